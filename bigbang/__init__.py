@@ -1,0 +1,3 @@
+"""bigbang: orchestrate a public IT department's platform swap weekend."""
+
+__version__ = "0.1.0"

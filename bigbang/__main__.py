@@ -1,0 +1,3 @@
+from bigbang.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from bigbang.ledger import Ledger
+from bigbang.report import render_report
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="render a run's report again (HTML and Markdown)")
+    p.add_argument("run_id")
+    p.add_argument("--ledger", metavar="URL")
+    p.add_argument("--out", metavar="DIR", help="reports directory (default: reports/)")
+    p.set_defaults(func=run)
+    r = sub.add_parser("runs", help="list recent runs in the ledger")
+    r.add_argument("--ledger", metavar="URL")
+    r.add_argument("--limit", type=int, default=20)
+    r.set_defaults(func=list_runs)
+
+
+def run(args) -> int:
+    files = render_report(Ledger(args.ledger), args.run_id, Path(args.out) if args.out else None)
+    Console(highlight=False).print(f"{files.html}\n{files.markdown}")
+    return 0
+
+
+def list_runs(args) -> int:
+    from rich.table import Table
+
+    from bigbang.report import format_time
+
+    table = Table()
+    for col in ("run", "rollout", "mode", "status", "started", "halted"):
+        table.add_column(col)
+    for r in Ledger(args.ledger).list_runs(args.limit):
+        table.add_row(r["run_id"], r["rollout"], r["mode"], r["status"], format_time(r["created_at"]),
+                      r["halted_reason"] or "")
+    Console().print(table)
+    return 0

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import time
+
+from rich.console import Console
+
+from bigbang.errors import RunError
+from bigbang.ledger import Ledger
+from bigbang.prefect_env import apply_defaults
+from bigbang.progress import RunMonitor, summary_table
+from bigbang.report import report_data
+from bigbang.session import RunOptions, RunSession
+
+EXIT_HALTED = 3
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run the weekend flow (a rehearsal unless --mode live)")
+    p.add_argument("path", nargs="?", help="inventory file or directory (optional with --resume)")
+    p.add_argument("--mode", choices=("rehearsal", "live"), default="rehearsal")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a run after a crash or Ctrl-C; finished steps are kept")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: run failed steps again")
+    p.add_argument("--seed", type=int, help="rehearsal: random seed (default: rehearsal.seed)")
+    p.add_argument("--compression", type=float, help="rehearsal: simulated seconds per real second")
+    p.add_argument("--failure-rate", type=float, help="rehearsal: chance that one attempt fails")
+    p.add_argument("--zero-duration", action="store_true", help="rehearsal: steps take no time (benchmarks)")
+    p.add_argument("--ledger", metavar="URL", help="ledger database (default: sqlite:///.bigbang/ledger.db)")
+    p.add_argument("--run-id", help=argparse_suppress())
+    p.add_argument("--strict", action="store_true", help="exit 3 when any step failed, not only on a halt")
+    p.add_argument("--quiet", action="store_true", help="no live display")
+    p.set_defaults(func=run)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def run(args) -> int:
+    console = Console(stderr=True, highlight=False)
+    if args.resume:
+        session = RunSession.resume(args.resume, inventory_path=args.path, ledger_url=args.ledger,
+                                    retry_failed=args.retry_failed)
+        console.print(f"Resuming [bold]{session.run_id}[/]: finished steps are kept.")
+    else:
+        if not args.path:
+            raise RunError("give an inventory path, or --resume RUN_ID")
+        if args.retry_failed:
+            raise RunError("--retry-failed goes with --resume RUN_ID")
+        options = RunOptions(mode=args.mode, seed=args.seed, compression=args.compression,
+                             failure_rate=args.failure_rate, zero_duration=args.zero_duration)
+        session = RunSession.start(args.path, options, ledger_url=args.ledger, run_id=args.run_id)
+    plan = session.plan
+    console.print(f"[bold]{plan.rollout}[/] · {session.mode} · run [bold]{session.run_id}[/] · "
+                  f"{plan.step_count} steps in {len(plan.locations)} locations and {len(plan.servers)} servers")
+    console.print(f"ledger {session.ledger.safe_url}", style="dim")
+
+    apply_defaults()
+    started = time.monotonic()
+    monitor = None if args.quiet else RunMonitor(session.ledger, session.run_id, plan, console).start()
+    try:
+        weekend = importlib.import_module("flows.weekend")
+        weekend.run_weekend(session)
+    except KeyboardInterrupt:
+        _interrupted(session, monitor, console)
+    finally:
+        if monitor is not None:
+            monitor.stop()
+    return _summarise(session.ledger, session.run_id, console, time.monotonic() - started, args.strict)
+
+
+def _interrupted(session: RunSession, monitor, console: Console) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the ledger flush short
+    if monitor is not None:
+        monitor.stop()
+    try:
+        session.ledger.flush(timeout=30)
+        session.ledger.set_run_status(session.run_id, "interrupted")
+    finally:
+        console.print(f"\nInterrupted. Every finished step is recorded. Continue with:\n"
+                      f"  bigbang run --resume {session.run_id}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # device threads still running would otherwise keep the process alive
+
+
+def _summarise(ledger: Ledger, run_id: str, console: Console, wall: float, strict: bool) -> int:
+    data = report_data(ledger, run_id)
+    out = Console(highlight=False)
+    out.print(summary_table(data))
+    devices = data["devices"]
+    out.print(f"Run {run_id} {data['run']['status']} in {wall:.1f} s: "
+              f"{devices.get('succeeded', 0)} devices done, {devices.get('failed', 0)} failed, "
+              f"{devices.get('skipped', 0)} skipped.")
+    if data["run"]["halted_reason"]:
+        out.print(f"[red]Halted:[/] {data['run']['halted_reason']}")
+    report_dir = os.path.join(os.environ.get("BIGBANG_REPORTS", "reports"), run_id)
+    out.print(f"Report: {report_dir}/summary.html (and summary.md)")
+    if data["retry_command"]:
+        out.print(f"To retry what failed: {data['retry_command']}", markup=False)
+    if data["run"]["status"] in ("halted", "failed"):
+        return EXIT_HALTED
+    if strict and data["failures"]:
+        return EXIT_HALTED
+    return 0

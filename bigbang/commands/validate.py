@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from rich.console import Console
+
+from bigbang.inventory import load_inventory
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="check an inventory; every problem as file:line: path: message")
+    p.add_argument("path", help="inventory file or directory")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    inventory = load_inventory(args.path)
+    Console(highlight=False).print(f"ok: {inventory.summary()}", markup=False)
+    return 0

@@ -1,0 +1,83 @@
+"""The connector protocol: the one seam between a plan and the world.
+
+A connector runs one `Action` (a step of the plan for one target) and returns an
+`Outcome` value; it never raises for a device's failure. Real connectors (vsphere,
+ssh, winrm) and the simulated one used by rehearsals satisfy the same protocol.
+Each connector type describes its settings with a pydantic model, which feeds
+inventory validation and `bigbang connectors` docs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Action:
+    """One attempt at one planned step."""
+
+    step_id: str
+    kind: str  # e.g. "ws.image"
+    target: str  # hostname, server name or location id
+    attempt: int  # 1-based
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt did. `changed` is False when the target already was as asked."""
+
+    ok: bool
+    changed: bool = False
+    message: str = ""
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    transient: bool = True  # worth retrying when not ok
+    simulated_duration: float | None = None
+
+    @classmethod
+    def failed(cls, message: str, *, transient: bool = True, **facts: Any) -> "Outcome":
+        return cls(ok=False, message=message, transient=transient, facts=facts)
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """Runs actions against real or simulated targets."""
+
+    name: ClassVar[str]
+
+    def run(self, action: Action) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ConnectorContext:
+    """What a connector may use besides its settings."""
+
+    run_id: str
+    inventory: Any  # bigbang.inventory.Inventory (Any avoids an import cycle)
+    resolve_secret: Callable[[Any], str]
+    state: Any = None  # the run's Ledger, for connectors that keep state in it
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectorType:
+    """A kind of connector: its settings model and how to make one."""
+
+    name: str
+    summary: str
+    settings_model: type[BaseModel]
+    step_kinds: frozenset[str]
+    factory: str  # "module:callable" imported only when a run needs it (keeps pyvmomi etc. lazy)
+    live: bool = True
+
+    def create(self, settings: BaseModel, context: ConnectorContext) -> Connector:
+        import importlib
+
+        module_name, _, attr = self.factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory(settings, context)

@@ -1,0 +1,129 @@
+"""The simulated connector: what rehearsals run against.
+
+A first-class connector, not a test double: it models each step's duration
+(mean +- jitter, compressed into real time), its failures (a rate per step kind,
+or injected for one target) and the devices' state. Every random choice is a
+hash of (seed, step, attempt), so a rehearsal with the same seed fails the same
+devices no matter how threads interleave.
+
+Device state changes are recorded in the ledger's `sim_effects` table: a change
+applied before a crash is seen on resume and not applied again, which is how a
+real, idempotent step behaves (read the fact, then change only what differs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any, ClassVar
+
+from bigbang.connectors.base import Action, ConnectorContext, Outcome
+from bigbang.inventory.model import Rehearsal
+
+# Realistic reasons, so rehearsal reports read like the weekend's.
+FAILURES: dict[str, tuple[str, ...]] = {
+    "srv.precheck": ("template not found on the cluster", "datastore below the free-space threshold"),
+    "srv.snapshot": ("snapshot task timed out", "VM has a disk in independent mode"),
+    "srv.provision": ("clone task failed: insufficient disk space", "guest customisation timed out",
+                      "vCenter task error: host in maintenance mode"),
+    "srv.verify": ("guest tools not running after 900 s", "no IP address reported by guest tools"),
+    "ws.prestage": ("deployment server rejected the MAC: already staged for another device",
+                    "WinRM to the deployment server timed out"),
+    "ws.image": ("PXE boot did not start within 10 min", "image download checksum mismatch",
+                 "device did not come back after Wake-on-LAN"),
+    "ws.verify": ("device not joined to the domain", "software baseline incomplete: Citrix Workspace missing"),
+    "tc.reassign": ("SSH connection refused", "firmware update failed: not enough flash space",
+                    "device did not come back after reboot"),
+    "tc.verify": ("profile shows the old StoreFront URL", "hostname not changed after reboot"),
+}
+DEFAULT_DURATIONS = {  # simulated seconds per attempt, when the inventory gives none
+    "srv.precheck": 20, "srv.snapshot": 60, "srv.provision": 1200, "srv.verify": 120,
+    "ws.prestage": 30, "ws.image": 2700, "ws.verify": 120, "tc.reassign": 420, "tc.verify": 60,
+}
+
+
+def unit(*parts: Any) -> float:
+    """A deterministic number in [0, 1) from its parts."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class SimulatedConnector:
+    name: ClassVar[str] = "simulated"
+
+    def __init__(self, settings: Rehearsal, context: ConnectorContext):
+        self.settings = settings
+        self.run_id = context.run_id
+        self.ledger = context.state
+        options = context.options
+        self.seed = options.get("seed", settings.seed)
+        self.compression = float(options.get("compression") or settings.compression)
+        self.zero_duration = bool(options.get("zero_duration"))
+        self.default_failure_rate = options.get("failure_rate")
+        if self.default_failure_rate is None:
+            self.default_failure_rate = settings.failure_rate
+        self._device_lock = threading.Lock()
+
+    # -- model
+    def duration(self, action: Action) -> float:
+        if self.zero_duration:
+            return 0.0
+        sim = self.settings.steps.get(action.kind)
+        mean = sim.duration if sim and sim.duration else DEFAULT_DURATIONS.get(action.kind, 0.0)
+        jitter = sim.jitter if sim else 0.2
+        return max(0.0, mean * (1 + jitter * (2 * unit(self.seed, "d", action.step_id, action.attempt) - 1)))
+
+    def failure(self, action: Action) -> str | None:
+        for inj in self.settings.inject:
+            location = action.params.get("location")
+            if inj.target.lower() in (action.target.lower(), str(location).lower()) and (
+                inj.step is None or inj.step == action.kind
+            ):
+                if inj.attempts == "all" or action.attempt <= inj.attempts:
+                    return inj.message
+        sim = self.settings.steps.get(action.kind)
+        rate = sim.failure_rate if sim and sim.failure_rate is not None else self.default_failure_rate
+        if rate and unit(self.seed, "f", action.step_id, action.attempt) < rate:
+            reasons = FAILURES.get(action.kind, ("simulated failure",))
+            return reasons[int(unit(self.seed, "r", action.step_id, action.attempt) * len(reasons))]
+        return None
+
+    # -- protocol
+    def run(self, action: Action) -> Outcome:
+        seconds = self.duration(action)
+        if seconds and self.compression:
+            time.sleep(seconds / self.compression)
+        reason = self.failure(action)
+        if reason is not None:
+            return Outcome(ok=False, message=reason, transient=True, simulated_duration=seconds)
+        changed = self._apply(action)
+        return Outcome(ok=True, changed=changed, facts=self._facts(action),
+                       message="changed" if changed else "already as planned", simulated_duration=seconds)
+
+    def close(self) -> None:
+        pass
+
+    def _apply(self, action: Action) -> bool:
+        if action.kind.endswith((".verify", ".precheck")):
+            return False  # reading facts changes nothing
+        if self.ledger is None:
+            return True
+        return self.ledger.apply_sim_effect(self.run_id, action.step_id)
+
+    def _facts(self, action: Action) -> dict[str, Any]:
+        p = action.params
+        if action.kind == "ws.verify":
+            return {"image_version": p.get("image_version"), "hostname": p.get("hostname"),
+                    "domain": p.get("domain"), "baseline_missing": []}
+        if action.kind == "tc.verify":
+            return {"profile": p.get("target_profile"), "firmware": p.get("firmware"), "hostname": p.get("hostname")}
+        if action.kind == "srv.verify":
+            ip = p.get("ip")
+            n = int(unit(self.seed, "ip", action.target) * 200) + 20
+            return {"ip": ip if ip and ip != "dhcp" else f"10.20.0.{n}", "guest_tools": "running"}
+        return {}
+
+
+def create(settings: Rehearsal, context: ConnectorContext) -> SimulatedConnector:
+    return SimulatedConnector(settings, context)

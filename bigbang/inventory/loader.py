@@ -1,0 +1,516 @@
+"""Load an inventory (one file or a directory of files), cascade defaults, validate.
+
+All problems are collected in one pass and raised together as `InventoryError`,
+each located as `file:line: yaml.path: message`.
+
+Order of precedence for a device's values (later wins):
+    defaults.<kind>  ->  groups.<g>.<kind> (in the location's order)  ->
+    location.defaults.<kind>  ->  the device itself
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ValidationError
+
+from bigbang.errors import InventoryError, Problem
+from bigbang.inventory.model import (
+    CASCADE_KINDS,
+    SECRET_KEY,
+    Inventory,
+    normalise_mac,
+)
+from bigbang.inventory.source import Origin, OriginMap, PathT, YamlFile, format_path
+
+LIST_SECTIONS = ("teams", "servers", "locations")
+MAP_SECTIONS = ("rollout", "defaults", "groups", "connectors", "rehearsal")
+SECTIONS = LIST_SECTIONS + MAP_SECTIONS
+DEVICE_LISTS = {"workstations": "workstation", "thin_clients": "thin_client"}
+# Identity fields cannot be inherited: two devices sharing one would be a duplicate.
+NOT_INHERITABLE = {"hostname", "serial", "mac", "name", "id", "workstations", "thin_clients", "new_hostname"}
+
+
+def inventory_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = [
+            p for p in path.rglob("*")
+            if p.suffix in (".yaml", ".yml") and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
+        return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+    return [path]
+
+
+def _display(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("../..") else str(path)
+
+
+class _Loader:
+    def __init__(self, root: Path):
+        self.root = root
+        self.problems: list[Problem] = []
+        self.origins = OriginMap()
+        self.data: dict[str, Any] = {"teams": [], "servers": [], "locations": []}
+        self.secret_paths: set[PathT] = set()
+
+    # ------------------------------------------------------------ read and merge
+    def read(self) -> str:
+        if not self.root.exists():
+            raise InventoryError([Problem(_display(self.root), 1, "", "no such file or directory")])
+        files = inventory_files(self.root)
+        if not files:
+            raise InventoryError([Problem(_display(self.root), 1, "", "no .yaml files in this directory")])
+        digest = hashlib.sha256()
+        for file in files:
+            yf = YamlFile(file, _display(file)).load()
+            digest.update(file.relative_to(self.root).as_posix().encode() if self.root.is_dir() else b"")
+            digest.update(file.read_bytes() if file.exists() else b"")
+            self.problems.extend(yf.problems)
+            if yf.data is None:
+                continue
+            self._merge_file(yf)
+        return digest.hexdigest()[:16]
+
+    def _merge_file(self, yf: YamlFile) -> None:
+        if not isinstance(yf.data, dict):
+            self.problems.append(Problem(yf.display, 1, "", "the file must be a mapping of sections (rollout, locations, ...)"))
+            return
+        for key, value in yf.data.items():
+            origin = yf.origins[(key,)]
+            if key not in SECTIONS:
+                self.problems.append(Problem(yf.display, origin.line, str(key), _unknown(key, SECTIONS, "section")))
+                continue
+            if key in LIST_SECTIONS:
+                if not isinstance(value, list):
+                    self.problems.append(Problem(yf.display, origin.line, key, f"'{key}' must be a list"))
+                    continue
+                offset = len(self.data[key])
+                self.data[key].extend(value)
+                for path, org in yf.origins.items():
+                    if path[:1] == (key,) and len(path) > 1:
+                        self.origins.set((key, offset + path[1]) + path[2:], org)
+                self.origins.set((key,), origin)
+            else:
+                if not isinstance(value, dict):
+                    self.problems.append(Problem(yf.display, origin.line, key, f"'{key}' must be a mapping"))
+                    continue
+                self._deep_merge(self.data.setdefault(key, {}), value, (key,), yf)
+
+    def _deep_merge(self, into: dict, new: dict, path: PathT, yf: YamlFile) -> None:
+        if path not in [()] and self.origins.get(path) is None:
+            self.origins.set(path, yf.origins[path])
+        for key, value in new.items():
+            sub = path + (key,)
+            if key in into:
+                if isinstance(into[key], dict) and isinstance(value, dict):
+                    self._deep_merge(into[key], value, sub, yf)
+                    continue
+                first = self.origins.find(sub)[0]
+                self.problems.append(
+                    Problem(yf.display, yf.origins[sub].line, format_path(sub),
+                            f"already set in {first.file}:{first.line}")
+                )
+                continue
+            into[key] = value
+            for p, org in yf.origins.items():
+                if p[: len(sub)] == sub:
+                    self.origins.set(p, org)
+
+    # ------------------------------------------------------------ secrets in plain text
+    def scan_secrets(self, value: Any, path: PathT) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                if (
+                    isinstance(key, str) and SECRET_KEY.search(key)
+                    and isinstance(sub, (str, int, float)) and not isinstance(sub, bool)
+                    and sub != ""
+                ):
+                    self.secret_paths.add(path + (key,))
+                    self.problems.append(self.origins.problem(
+                        path + (key,),
+                        "plaintext secret; reference it instead: {env: VARIABLE} or {prefect_secret: BLOCK_NAME}",
+                    ))
+                else:
+                    self.scan_secrets(sub, path + (key,))
+        elif isinstance(value, list):
+            for i, sub in enumerate(value):
+                self.scan_secrets(sub, path + (i,))
+
+    # ------------------------------------------------------------ cascade
+    def cascade(self) -> None:
+        defaults = self.data.get("defaults", {})
+        groups = self.data.get("groups", {})
+        self._check_partials(defaults, ("defaults",))
+        for name, group in groups.items():
+            if isinstance(group, dict):
+                self._check_partials(group, ("groups", name))
+            else:
+                self.problems.append(self.origins.problem(("groups", name), "a group is a mapping of kind -> values"))
+        for i, server in enumerate(self.data["servers"]):
+            if isinstance(server, dict):
+                self._inherit(server, ("servers", i), [(("defaults", "server"), defaults.get("server"))])
+        for i, loc in enumerate(self.data["locations"]):
+            if not isinstance(loc, dict):
+                continue
+            lpath = ("locations", i)
+            own = loc.pop("defaults", None) or {}
+            if not isinstance(own, dict):
+                self.problems.append(self.origins.problem(lpath + ("defaults",), "must be a mapping of kind -> values"))
+                own = {}
+            self._check_partials(own, lpath + ("defaults",), kinds=("workstation", "thin_client"))
+            group_names = loc.get("groups") or []
+            chain_groups: list[tuple[PathT, dict]] = []
+            for j, g in enumerate(group_names if isinstance(group_names, list) else []):
+                if isinstance(g, str) and isinstance(groups.get(g), dict):
+                    chain_groups.append((("groups", g), groups[g]))
+                else:
+                    self.problems.append(self.origins.problem(
+                        lpath + ("groups", j), _unknown(g, groups, "group")))
+            self._inherit(loc, lpath, [(("defaults", "location"), defaults.get("location"))]
+                          + [(p + ("location",), g.get("location")) for p, g in chain_groups])
+            for list_key, kind in DEVICE_LISTS.items():
+                devices = loc.get(list_key)
+                if not isinstance(devices, list):
+                    continue
+                chain = ([(("defaults", kind), defaults.get(kind))]
+                         + [(p + (kind,), g.get(kind)) for p, g in chain_groups]
+                         + [(lpath + ("defaults", kind), own.get(kind))])
+                chain = [(p, v) for p, v in chain if isinstance(v, dict)]
+                for j, device in enumerate(devices):
+                    if isinstance(device, dict):
+                        self._inherit(device, lpath + (list_key, j), chain)
+
+    def _check_partials(self, section: Any, path: PathT, kinds: Iterable[str] = tuple(CASCADE_KINDS)) -> None:
+        if not isinstance(section, dict):
+            return
+        kinds = tuple(kinds)
+        for kind, values in section.items():
+            if kind not in kinds:
+                self.problems.append(self.origins.problem(path + (kind,), _unknown(kind, kinds, "kind")))
+                continue
+            if not isinstance(values, dict):
+                self.problems.append(self.origins.problem(path + (kind,), f"'{kind}' must be a mapping of values"))
+                continue
+            fields = set(CASCADE_KINDS[kind].model_fields) - NOT_INHERITABLE - {"kind"}
+            for key in values:
+                if key not in fields:
+                    msg = (f"'{key}' cannot be inherited; set it on each {kind}" if key in NOT_INHERITABLE
+                           else _unknown(key, fields, f"{kind} key"))
+                    self.problems.append(self.origins.problem(path + (kind, key), msg))
+
+    def _inherit(self, target: dict, tpath: PathT, chain: list[tuple[PathT, Any]]) -> None:
+        """Fill `target` from `chain` (most general first), recording where each value came from."""
+        for spath, source in reversed(chain):  # most specific first: first one set wins
+            if not isinstance(source, dict):
+                continue
+            for key, value in source.items():
+                if key in NOT_INHERITABLE or key == "kind":
+                    continue
+                if key not in target:
+                    target[key] = _copy(value)
+                    self._copy_origins(value, spath + (key,), tpath + (key,))
+                elif isinstance(target[key], dict) and isinstance(value, dict):
+                    for sub_key, sub_value in value.items():
+                        if sub_key not in target[key]:
+                            target[key][sub_key] = _copy(sub_value)
+                            self._copy_origins(sub_value, spath + (key, sub_key), tpath + (key, sub_key))
+
+    def _copy_origins(self, value: Any, src: PathT, dst: PathT) -> None:
+        origin = self.origins.get(src)
+        if origin is not None:
+            self.origins.set(dst, origin)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self._copy_origins(v, src + (k,), dst + (k,))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self._copy_origins(v, src + (i,), dst + (i,))
+
+    # ------------------------------------------------------------ schema
+    def validate_schema(self) -> Inventory | None:
+        from bigbang.connectors import CONNECTORS
+
+        raw = {k: v for k, v in self.data.items() if k not in ("defaults", "groups", "connectors")}
+        connectors: dict[str, BaseModel] = {}
+        for name, settings in (self.data.get("connectors") or {}).items():
+            ctype = CONNECTORS.get(name)
+            if ctype is None or name == "simulated":
+                self.problems.append(self.origins.problem(
+                    ("connectors", name),
+                    _unknown(name, [n for n in CONNECTORS if n != "simulated"], "connector")
+                    + ("; rehearsal settings go under 'rehearsal:'" if name == "simulated" else "")))
+                continue
+            try:
+                connectors[name] = ctype.settings_model.model_validate(settings if settings is not None else {})
+            except ValidationError as exc:
+                self._pydantic_problems(exc, ("connectors", name), ctype.settings_model)
+        if "rollout" not in raw:
+            self.problems.append(Problem(_display(self.root), 1, "rollout", "missing required section 'rollout'"))
+            return None
+        try:
+            inventory = Inventory.model_validate(raw)
+        except ValidationError as exc:
+            self._pydantic_problems(exc, (), Inventory)
+            return None
+        return inventory.model_copy(update={"connectors": connectors})
+
+    def _pydantic_problems(self, exc: ValidationError, prefix: PathT, model: type[BaseModel]) -> None:
+        root = self.data
+        for part in prefix:
+            root = root.get(part) if isinstance(root, dict) else None
+        for err in exc.errors(include_url=False):
+            loc = _data_path(root, err["loc"])
+            path = prefix + loc
+            if path in self.secret_paths or any(path[: len(p)] == p for p in self.secret_paths):
+                continue
+            kind = err["type"]
+            if kind == "extra_forbidden":
+                msg = _unknown(loc[-1], _known_keys(model, loc[:-1]), "key")
+            elif kind == "missing":
+                msg = f"missing required key '{loc[-1]}'"
+            else:
+                msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            self.problems.append(self.origins.problem(path, msg))
+
+    # ------------------------------------------------------------ cross-references
+    def cross_check(self) -> None:
+        d = self.data
+        p = self.problems.append
+        prob = self.origins.problem
+
+        def ids(section: str, key: str) -> dict[str, PathT]:
+            seen: dict[str, PathT] = {}
+            for i, item in enumerate(d[section]):
+                if isinstance(item, dict) and isinstance(item.get(key), str):
+                    value = item[key].lower() if key in ("name", "hostname") else item[key]
+                    if value in seen:
+                        first = self.origins.find(seen[value] + (key,))[0]
+                        p(prob((section, i, key), f"duplicate {key} '{item[key]}' (also at {first.file}:{first.line})"))
+                    else:
+                        seen[value] = (section, i)
+            return seen
+
+        teams = ids("teams", "id")
+        servers = ids("servers", "name")
+        ids("locations", "id")
+
+        unique: dict[str, dict[str, PathT]] = {"hostname": {}, "mac": {}, "serial": {}}
+        for name, spath in servers.items():
+            unique["hostname"][name] = spath
+        rollout = d.get("rollout") if isinstance(d.get("rollout"), dict) else {}
+        images = rollout.get("images") or {}
+        profiles = rollout.get("thin_client_profiles") or {}
+        baselines = rollout.get("baselines") or {}
+
+        for i, loc in enumerate(d["locations"]):
+            if not isinstance(loc, dict):
+                continue
+            lpath = ("locations", i)
+            team = loc.get("team")
+            if isinstance(team, str) and team not in teams:
+                p(prob(lpath + ("team",), _unknown(team, teams, "team")))
+            for j, req in enumerate(loc.get("requires") or [] if isinstance(loc.get("requires"), list) else []):
+                if isinstance(req, str) and req.lower() not in servers:
+                    p(prob(lpath + ("requires", j), _unknown(req, servers, "server")))
+            for list_key in DEVICE_LISTS:
+                devices = loc.get(list_key)
+                if not isinstance(devices, list):
+                    continue
+                for j, dev in enumerate(devices):
+                    if not isinstance(dev, dict):
+                        continue
+                    dpath = lpath + (list_key, j)
+                    for key in ("hostname", "mac", "serial"):
+                        value = dev.get(key)
+                        if not isinstance(value, str) or not value:
+                            continue
+                        if key == "mac":
+                            try:
+                                value = normalise_mac(value)
+                            except ValueError:
+                                continue
+                        if key == "hostname":
+                            value = value.lower()
+                        if value in unique[key]:
+                            first = self.origins.find(unique[key][value] + (key,))[0]
+                            p(prob(dpath + (key,), f"duplicate {key} '{dev[key]}' (also at {first.file}:{first.line})"))
+                        else:
+                            unique[key][value] = dpath
+                    if list_key == "workstations":
+                        for key, known, what in (("target_image", images, "image"), ("baseline", baselines, "baseline")):
+                            value = dev.get(key)
+                            if isinstance(value, str) and value not in known:
+                                p(prob(dpath + (key,), _unknown(value, known, what) + f"; define it under rollout.{what}s"))
+                    else:
+                        value = dev.get("target_profile")
+                        if isinstance(value, str) and value not in profiles:
+                            p(prob(dpath + ("target_profile",), _unknown(value, profiles, "thin-client profile")
+                                   + "; define it under rollout.thin_client_profiles"))
+
+        window = rollout.get("window") if isinstance(rollout.get("window"), dict) else {}
+        start, end = _local_time(window.get("start")), _local_time(window.get("end"))
+        if start and end and end <= start:
+            p(prob(("rollout", "window", "end"),
+                   f"the window ends ({end:%Y-%m-%d %H:%M}) before it starts ({start:%Y-%m-%d %H:%M})"))
+
+        # depends_on: dangling names and cycles
+        graph: dict[str, list[str]] = {}
+        for i, srv in enumerate(d["servers"]):
+            if not isinstance(srv, dict) or not isinstance(srv.get("name"), str):
+                continue
+            deps = srv.get("depends_on") or []
+            graph[srv["name"].lower()] = []
+            for j, dep in enumerate(deps if isinstance(deps, list) else []):
+                if not isinstance(dep, str):
+                    continue
+                if dep.lower() not in servers:
+                    p(prob(("servers", i, "depends_on", j), _unknown(dep, servers, "server")))
+                elif dep.lower() == srv["name"].lower():
+                    p(prob(("servers", i, "depends_on", j), "a server cannot depend on itself"))
+                else:
+                    graph[srv["name"].lower()].append(dep.lower())
+        for cycle in _cycles(graph):
+            first = servers[cycle[0]]
+            p(prob(first + ("depends_on",), "dependency cycle: " + " -> ".join(cycle + [cycle[0]])))
+
+        rehearsal = d.get("rehearsal") if isinstance(d.get("rehearsal"), dict) else {}
+        from bigbang.plan import STEP_KINDS
+
+        for kind in (rehearsal.get("steps") or {}) if isinstance(rehearsal.get("steps"), dict) else {}:
+            if kind not in STEP_KINDS:
+                p(prob(("rehearsal", "steps", kind), _unknown(kind, STEP_KINDS, "step kind")))
+        targets = set(servers) | set(unique["hostname"]) | {
+            loc.get("id") for loc in d["locations"] if isinstance(loc, dict)}
+        for j, inj in enumerate(rehearsal.get("inject") or [] if isinstance(rehearsal.get("inject"), list) else []):
+            if not isinstance(inj, dict):
+                continue
+            target = inj.get("target")
+            if isinstance(target, str) and target.lower() not in targets and target not in targets:
+                p(prob(("rehearsal", "inject", j, "target"), f"unknown target '{target}' (a hostname, server or location id)"))
+            if isinstance(inj.get("step"), str) and inj["step"] not in STEP_KINDS:
+                p(prob(("rehearsal", "inject", j, "step"), _unknown(inj["step"], STEP_KINDS, "step kind")))
+
+
+def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+    """Load, cascade and validate; raise `InventoryError` with every problem found."""
+    loader = _Loader(Path(path))
+    digest = loader.read()
+    loader.scan_secrets(loader.data, ())
+    loader.cascade()
+    loader.cross_check()
+    inventory = loader.validate_schema()
+    if loader.problems or inventory is None:
+        raise InventoryError(loader.problems or [Problem(_display(Path(path)), 1, "", "empty inventory")])
+    return inventory.model_copy(update={"source": str(Path(path)), "digest": digest})
+
+
+# ------------------------------------------------------------ helpers
+
+def _local_time(value: Any):
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.strip()) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _unknown(name: Any, known: Iterable[Any], what: str) -> str:
+    known = sorted(str(k) for k in known)
+    msg = f"unknown {what} '{name}'"
+    close = difflib.get_close_matches(str(name), known, n=1)
+    if close:
+        return f"{msg}; did you mean '{close[0]}'?"
+    if known and len(known) <= 12:
+        return f"{msg} (known: {', '.join(known)})"
+    return msg
+
+
+def _data_path(data: Any, loc: tuple) -> PathT:
+    """Pydantic's loc without its type tags (e.g. 'function-before[...]', 'SecretRef')."""
+    out: list[Any] = []
+    current = data
+    for i, part in enumerate(loc):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+            out.append(part)
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+            current = current[part]
+            out.append(part)
+        elif i == len(loc) - 1 and isinstance(part, (str, int)) and isinstance(current, dict):
+            out.append(part)  # a missing or unknown key
+    return tuple(out)
+
+
+def _known_keys(model: Any, path: PathT) -> list[str]:
+    """Field names of the model reached by walking `path` through `model`'s annotations."""
+    current: Any = model
+    for part in path:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            current = field.annotation if field else None
+        else:
+            args = typing.get_args(current)
+            current = args[-1] if args else None
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items() if n != "kind"]
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            models = [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+            others = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = models[0] if models else (others[0] if others else None)
+        else:
+            return tp
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Each dependency cycle once, starting at its smallest name."""
+    found: set[tuple[str, ...]] = set()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):]
+                k = cycle.index(min(cycle))
+                found.add(tuple(cycle[k:] + cycle[:k]))
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return [list(c) for c in sorted(found)]

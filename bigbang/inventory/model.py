@@ -1,0 +1,454 @@
+"""The inventory: a small typed model of one Big Bang weekend.
+
+Pydantic models with `extra="forbid"`: an unknown key is an error, never silently
+ignored. Values cascade defaults -> groups -> location defaults -> device before
+validation (see loader.py), so every device here is complete.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time
+from functools import cached_property
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+# ---------------------------------------------------------------- value types
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, 90.5, "90s", "5m", "1h30m"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like '5m' or '1h30m'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m and any(m.groups()):
+            h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+            return h * 3600 + mi * 60 + s
+    raise ValueError(f"not a duration: {value!r} (use seconds or text like '45m', '1h30m')")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$", re.I)
+
+
+def normalise_mac(value: Any) -> str:
+    if not isinstance(value, str) or not _MAC.match(value.strip()):
+        raise ValueError(f"not a MAC address: {value!r} (expected like 00:1a:2b:3c:4d:5e)")
+    digits = re.sub(r"[^0-9a-fA-F]", "", value).lower()
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+Mac = Annotated[str, BeforeValidator(normalise_mac)]
+
+_HOSTNAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?$", re.I)
+
+
+def check_hostname(value: Any) -> str:
+    if not isinstance(value, str) or not _HOSTNAME.match(value):
+        raise ValueError(
+            f"not a valid hostname: {value!r} (letters, digits and dashes, at most 63, no dots)"
+        )
+    return value.lower()
+
+
+Hostname = Annotated[str, BeforeValidator(check_hostname)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+# Names of keys that hold secrets; a plain-text value under such a key is refused.
+SECRET_KEY = re.compile(r"(pass(word|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential)s?$", re.I)
+
+
+class SecretRef(BaseModel):
+    """A reference to a secret, never the secret itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: str | None = Field(None, description="name of an environment variable holding the secret")
+    prefect_secret: str | None = Field(None, description="name of a Prefect Secret block")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plaintext(cls, value: Any) -> Any:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            raise ValueError(
+                "plaintext secret; reference it instead: {env: VARIABLE} or {prefect_secret: BLOCK_NAME}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretRef":
+        if (self.env is None) == (self.prefect_secret is None):
+            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
+        return self
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env else f"prefect-secret:{self.prefect_secret}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+
+# ---------------------------------------------------------------- rollout
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _parse_clock(value: Any) -> time:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads 18:00 as a sexagesimal int (1080); undo that.
+        value = f"{value // 60:02d}:{value % 60:02d}"
+    if isinstance(value, str):
+        if value.strip() == "24:00":
+            return time(23, 59, 59)
+        try:
+            return time.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"not a time of day: {value!r} (use HH:MM)")
+
+
+Clock = Annotated[time, BeforeValidator(_parse_clock)]
+
+
+class AccessWindow(_Model):
+    """When technicians can get in: days of the week and a daily time range."""
+
+    days: list[Day] = Field(default_factory=lambda: list(DAYS))
+    start: Clock = Field(alias="from")
+    end: Clock = Field(alias="to")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _order(self) -> "AccessWindow":
+        if self.end <= self.start:
+            raise ValueError(f"access window ends ({self.end:%H:%M}) before it starts ({self.start:%H:%M})")
+        return self
+
+
+def _access_hours(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("24/7", "always"):
+        return []
+    return value
+
+
+AccessHours = Annotated[list[AccessWindow], BeforeValidator(_access_hours)]
+
+
+def _parse_local(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"not a date and time: {value!r} (use 2026-11-27T18:00)")
+
+
+LocalDateTime = Annotated[datetime, BeforeValidator(_parse_local)]
+
+
+class Window(_Model):
+    """The rollout weekend, in local time of `timezone`."""
+
+    start: LocalDateTime
+    end: LocalDateTime
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name like Europe/Copenhagen)") from None
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: datetime) -> datetime:
+        if value.tzinfo:
+            raise ValueError("write the time without an offset; the window's 'timezone' says which")
+        return value
+    # end > start is checked by the loader, so it is reported even when another field is wrong.
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def start_utc(self) -> datetime:
+        return self.start.replace(tzinfo=self.zone)
+
+    @property
+    def end_utc(self) -> datetime:
+        return self.end.replace(tzinfo=self.zone)
+
+
+class Image(_Model):
+    version: str
+    os: Literal["windows", "linux"] = "windows"
+    description: str | None = None
+
+
+class ThinClientProfile(_Model):
+    firmware: str | None = None
+    storefront_url: str | None = None
+    hostname_pattern: str = "{location}-tc-{index:03d}"
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class Baseline(_Model):
+    packages: list[str] = Field(default_factory=list)
+
+
+class HaltRollout(_Model):
+    """When the whole rollout stops instead of just one location."""
+
+    failed_locations_percent: float | None = Field(None, ge=0, le=100)
+    on_server_failure: bool = False
+
+
+class FailurePolicy(_Model):
+    retries: int = Field(2, ge=0, le=20, description="extra attempts for a failed device step")
+    retry_delay: Duration = Field(60.0, description="wait between attempts (simulated time in rehearsals)")
+    max_fail_percent: float = Field(
+        20.0, ge=0, le=100, description="a location halts when more than this share of its devices failed"
+    )
+    halt_rollout: HaltRollout = Field(default_factory=HaltRollout)
+
+
+class Rollout(_Model):
+    name: str
+    window: Window
+    images: dict[str, Image] = Field(default_factory=dict)
+    thin_client_profiles: dict[str, ThinClientProfile] = Field(default_factory=dict)
+    baselines: dict[str, Baseline] = Field(default_factory=dict)
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    signoff_timeout: Duration = Field(
+        12 * 3600.0, description="how long a location waits for its technician's sign-off before it fails"
+    )
+
+
+# ---------------------------------------------------------------- devices
+
+class Workstation(_Model):
+    hostname: Hostname
+    serial: str
+    mac: Mac
+    model: str
+    target_image: str
+    current_image: str | None = None
+    baseline: str | None = None
+    new_hostname: Hostname | None = None
+    domain: str | None = None
+    address: str | None = Field(None, description="IP or DNS name to reach it; defaults to the hostname")
+    desk: str | None = None
+    room: str | None = None
+    user: str | None = None
+    connector: str = "winrm"
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+    kind: Literal["workstation"] = "workstation"
+
+
+class ThinClient(_Model):
+    hostname: Hostname
+    mac: Mac
+    target_profile: str
+    serial: str | None = None
+    model: str | None = None
+    current_profile: str | None = None
+    new_hostname: Hostname | None = None
+    address: str | None = None
+    desk: str | None = None
+    room: str | None = None
+    connector: str = "ssh"
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+    kind: Literal["thin_client"] = "thin_client"
+
+
+Device = Workstation | ThinClient
+
+
+class Customization(_Model):
+    os: Literal["windows", "linux"] = "windows"
+    hostname: Hostname | None = None
+    domain: str | None = None
+    ip: str = "dhcp"
+    netmask: str | None = None
+    gateway: str | None = None
+    dns: list[str] = Field(default_factory=list)
+    timezone: str | None = None
+
+
+class Server(_Model):
+    name: Hostname
+    template: str
+    cluster: str
+    datastore: str
+    network: str
+    cpu: int = Field(2, ge=1, le=768)
+    memory_gb: int = Field(4, ge=1, le=24576)
+    disks_gb: list[int] = Field(default_factory=list)
+    datacenter: str | None = None
+    resource_pool: str | None = None
+    folder: str | None = None
+    platform: Literal["vmware", "citrix"] = "vmware"
+    role: str | None = None
+    existing: bool = Field(False, description="the VM exists and will be changed: snapshot it first")
+    customization: Customization | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    connector: str = "vsphere"
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+    kind: Literal["server"] = "server"
+
+
+# ---------------------------------------------------------------- locations and teams
+
+class Contact(_Model):
+    name: str
+    role: str | None = None
+    phone: str | None = None
+    email: str | None = None
+
+
+class LocationNetwork(_Model):
+    subnet: str | None = None
+    broadcast: str | None = Field(None, description="broadcast address for Wake-on-LAN")
+    gateway: str | None = None
+
+
+class Location(_Model):
+    id: Identifier
+    name: str
+    address: str
+    team: str
+    criticality: Literal["normal", "high", "critical"] = "normal"
+    access_hours: AccessHours = Field(default_factory=list, description="empty or '24/7' means always")
+    coordinates: tuple[float, float] | None = None
+    requires: list[str] = Field(default_factory=list, description="servers that must be ready first")
+    groups: list[str] = Field(default_factory=list)
+    network: LocationNetwork | None = None
+    contacts: list[Contact] = Field(default_factory=list)
+    notes: str | None = None
+    workstations: list[Workstation] = Field(default_factory=list)
+    thin_clients: list[ThinClient] = Field(default_factory=list)
+
+    @property
+    def devices(self) -> list[Device]:
+        return [*self.workstations, *self.thin_clients]
+
+
+class Technician(_Model):
+    id: Identifier
+    name: str
+    phone: str | None = None
+    email: str | None = None
+
+
+class TeamCapacity(_Model):
+    parallel_locations: int = Field(1, ge=1, le=100, description="locations the team works at once")
+    parallel_devices: int = Field(4, ge=1, le=500, description="devices worked at once in one location")
+
+
+class Team(_Model):
+    id: Identifier
+    name: str
+    lead: str | None = None
+    technicians: list[Technician] = Field(default_factory=list)
+    capacity: TeamCapacity = Field(default_factory=TeamCapacity)
+
+
+# ---------------------------------------------------------------- rehearsal (the simulated connector)
+
+class StepSimulation(_Model):
+    duration: Duration = Field(0.0, description="mean simulated duration of one attempt")
+    jitter: float = Field(0.2, ge=0, le=1, description="spread of durations as a share of the mean")
+    failure_rate: float | None = Field(None, ge=0, le=1, description="chance that one attempt fails")
+
+
+class Injection(_Model):
+    """A failure to inject: `target` is a hostname, server name or location id."""
+
+    target: str
+    step: str | None = Field(None, description="step kind, e.g. ws.image; all steps when empty")
+    attempts: int | Literal["all"] = "all"
+    message: str = "injected failure"
+
+
+class Rehearsal(_Model):
+    """Settings of the simulated connector."""
+
+    seed: int = 0
+    compression: float = Field(3600.0, gt=0, description="simulated seconds per real second")
+    failure_rate: float = Field(0.0, ge=0, le=1, description="default chance that one attempt fails")
+    steps: dict[str, StepSimulation] = Field(default_factory=dict)
+    inject: list[Injection] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the whole inventory
+
+class Inventory(_Model):
+    """A validated inventory. Build it with `bigbang.inventory.load_inventory`."""
+
+    rollout: Rollout
+    teams: list[Team] = Field(default_factory=list)
+    servers: list[Server] = Field(default_factory=list)
+    locations: list[Location] = Field(default_factory=list)
+    connectors: dict[str, Any] = Field(default_factory=dict)
+    rehearsal: Rehearsal = Field(default_factory=Rehearsal)
+    source: str = ""
+    digest: str = ""
+
+    @cached_property
+    def location_by_id(self) -> dict[str, Location]:
+        return {loc.id: loc for loc in self.locations}
+
+    @cached_property
+    def server_by_name(self) -> dict[str, Server]:
+        return {s.name: s for s in self.servers}
+
+    @cached_property
+    def team_by_id(self) -> dict[str, Team]:
+        return {t.id: t for t in self.teams}
+
+    @cached_property
+    def device_by_hostname(self) -> dict[str, tuple[Location, Device]]:
+        return {d.hostname: (loc, d) for loc in self.locations for d in loc.devices}
+
+    @property
+    def device_count(self) -> int:
+        return sum(len(loc.workstations) + len(loc.thin_clients) for loc in self.locations)
+
+    def summary(self) -> str:
+        ws = sum(len(loc.workstations) for loc in self.locations)
+        tc = sum(len(loc.thin_clients) for loc in self.locations)
+        return (
+            f"{self.rollout.name}: {len(self.locations)} locations, {ws} workstations, "
+            f"{tc} thin clients, {len(self.servers)} servers, {len(self.teams)} teams"
+        )
+
+
+CASCADE_KINDS = {"workstation": Workstation, "thin_client": ThinClient, "server": Server, "location": Location}

@@ -1,0 +1,295 @@
+"""The plan: exactly what a run will do, as a pure function of the inventory.
+
+Phases:
+  1. prechecks  - every server's placement is checked; existing VMs are snapshotted
+  2. servers    - provisioned and verified in dependency waves (a wave needs only earlier waves)
+  3. locations  - per location: precheck, then every device's work steps
+  4. verify     - every device's verification step, then the location's verdict
+
+A location starts when the server waves holding its `requires` are done and the
+location before it in its team's chain is done (a team works `parallel_locations`
+locations at once). Devices of a location run `parallel_devices` at a time, each
+device's steps in order. Steps are ids `target:kind`, stable across runs: the
+ledger records outcomes by these ids, which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from bigbang.inventory.model import Inventory, Location, Server, ThinClient, Workstation
+
+
+@dataclass(frozen=True)
+class StepKind:
+    kind: str
+    phase: str
+    title: str
+    target: str  # server | workstation | thin_client | location
+
+
+STEP_KINDS: dict[str, StepKind] = {
+    k.kind: k
+    for k in (
+        StepKind("srv.precheck", "prechecks", "check template, cluster, datastore and network", "server"),
+        StepKind("srv.snapshot", "prechecks", "snapshot the existing VM", "server"),
+        StepKind("srv.provision", "servers", "clone, configure, customise and power on", "server"),
+        StepKind("srv.verify", "servers", "guest tools running with the planned IP", "server"),
+        StepKind("loc.precheck", "locations", "required servers ready", "location"),
+        StepKind("ws.prestage", "locations", "pre-stage MAC, serial and image on the deployment server", "workstation"),
+        StepKind("ws.image", "locations", "wake and re-image to the target image", "workstation"),
+        StepKind("tc.reassign", "locations", "write the location profile, apply and reboot", "thin_client"),
+        StepKind("ws.verify", "verify", "target image, hostname, domain and software baseline", "workstation"),
+        StepKind("tc.verify", "verify", "reports the new profile and hostname", "thin_client"),
+        StepKind("loc.signoff", "verify", "the location's technician signs it off", "location"),
+        StepKind("loc.verify", "verify", "location verdict against its failure threshold", "location"),
+    )
+}
+PHASES = ("prechecks", "servers", "locations", "verify")
+INTERNAL_CONNECTOR = "bigbang"  # steps the orchestrator decides itself, without touching a device
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    kind: str
+    target: str
+    connector: str
+    params: dict[str, Any] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+
+    @property
+    def phase(self) -> str:
+        return STEP_KINDS[self.kind].phase
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    hostname: str
+    kind: str  # workstation | thin_client
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    name: str
+    wave: int
+    depends_on: tuple[str, ...]
+    prechecks: tuple[Step, ...]
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class LocationPlan:
+    id: str
+    name: str
+    team: str
+    criticality: str
+    requires: tuple[str, ...]
+    waits_for_waves: tuple[int, ...]
+    after_location: str | None  # the previous location in this team's chain
+    chain: int  # which of the team's parallel chains
+    parallel_devices: int
+    max_fail_percent: float
+    precheck: Step
+    devices: tuple[DevicePlan, ...]
+    signoff: Step
+    verify: Step
+    start_offset: float | None = None  # seconds after the window opens; None: as soon as it may
+
+    def steps(self) -> Iterator[Step]:
+        yield self.precheck
+        for device in self.devices:
+            yield from device.steps
+        yield self.signoff
+        yield self.verify
+
+
+@dataclass(frozen=True)
+class Plan:
+    rollout: str
+    mode: str
+    inventory_digest: str
+    servers: tuple[ServerPlan, ...]
+    waves: tuple[tuple[str, ...], ...]
+    locations: tuple[LocationPlan, ...]
+    retries: int
+    retry_delay: float
+
+    def steps(self) -> Iterator[Step]:
+        for server in self.servers:
+            yield from server.prechecks
+        for server in self.servers:
+            yield from server.steps
+        for loc in self.locations:
+            yield from loc.steps()
+
+    @property
+    def step_count(self) -> int:
+        return sum(1 for _ in self.steps())
+
+    def location(self, location_id: str) -> LocationPlan:
+        for loc in self.locations:
+            if loc.id == location_id:
+                return loc
+        raise KeyError(location_id)
+
+    def server(self, name: str) -> ServerPlan:
+        for srv in self.servers:
+            if srv.name == name:
+                return srv
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rollout": self.rollout,
+            "mode": self.mode,
+            "inventory_digest": self.inventory_digest,
+            "policy": {"retries": self.retries, "retry_delay_s": self.retry_delay},
+            "phases": [
+                {"name": phase, "steps": sum(1 for s in self.steps() if s.phase == phase)} for phase in PHASES
+            ],
+            "waves": [list(w) for w in self.waves],
+            "servers": [asdict(s) for s in self.servers],
+            "locations": [asdict(loc) for loc in self.locations],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- building
+
+def build_plan(inventory: Inventory, mode: str = "rehearsal", *, order: list[str] | None = None,
+               slots: dict[str, tuple[str, float]] | None = None) -> Plan:
+    """The plan for `inventory`.
+
+    `order` (location ids) overrides the inventory's order. `slots` (from a schedule) maps a
+    location id to (team id, start offset in seconds after the window opens): the location is
+    dispatched to that team, in start order, and does not start before its offset.
+    """
+    if slots:
+        order = sorted(slots, key=lambda lid: (slots[lid][1], lid))
+    waves = _waves(inventory.servers)
+    wave_of = {name: i for i, wave in enumerate(waves) for name in wave}
+
+    def conn(name: str) -> str:
+        return "simulated" if mode == "rehearsal" else name
+
+    servers = []
+    for srv in sorted(inventory.servers, key=lambda s: (wave_of[s.name], s.name)):
+        spec = srv.model_dump(exclude={"kind", "connector"}, mode="json")
+        pre = [Step(f"{srv.name}:srv.precheck", "srv.precheck", srv.name, conn(srv.connector), spec)]
+        if srv.existing:
+            pre.append(Step(f"{srv.name}:srv.snapshot", "srv.snapshot", srv.name, conn(srv.connector),
+                            {"snapshot": _snapshot_name(inventory.rollout.name)}, (pre[0].id,)))
+        deps = tuple(f"{d.lower()}:srv.verify" for d in srv.depends_on)
+        provision = Step(f"{srv.name}:srv.provision", "srv.provision", srv.name, conn(srv.connector), spec,
+                         (pre[-1].id, *deps))
+        verify = Step(f"{srv.name}:srv.verify", "srv.verify", srv.name, conn(srv.connector),
+                      {"ip": (srv.customization.ip if srv.customization else "dhcp")}, (provision.id,))
+        servers.append(ServerPlan(srv.name, wave_of[srv.name], tuple(d.lower() for d in srv.depends_on),
+                                  tuple(pre), (provision, verify)))
+
+    by_id = inventory.location_by_id
+    location_order = [by_id[i] for i in order] if order else list(inventory.locations)
+    teams = inventory.team_by_id
+    chain_tail: dict[tuple[str, int], str] = {}
+    team_counter: dict[str, int] = {}
+    policy = inventory.rollout.failure_policy
+    locations = []
+    for loc in location_order:
+        team_id = slots[loc.id][0] if slots and loc.id in slots else loc.team
+        team = teams[team_id]
+        n = team_counter.get(team_id, 0)
+        team_counter[team_id] = n + 1
+        chain = n % team.capacity.parallel_locations
+        after = chain_tail.get((team_id, chain))
+        chain_tail[(team_id, chain)] = loc.id
+        requires = tuple(sorted(r.lower() for r in loc.requires))
+        precheck = Step(f"{loc.id}:loc.precheck", "loc.precheck", loc.id, INTERNAL_CONNECTOR,
+                        {"requires": list(requires)}, tuple(f"{r}:srv.verify" for r in requires))
+        devices = [_workstation_plan(inventory, loc, ws, conn, precheck.id) for ws in loc.workstations]
+        devices += [_thin_client_plan(inventory, loc, tc, i, conn, precheck.id)
+                    for i, tc in enumerate(loc.thin_clients, start=1)]
+        signoff = Step(f"{loc.id}:loc.signoff", "loc.signoff", loc.id, INTERNAL_CONNECTOR,
+                       {"team": team_id}, tuple(d.steps[-1].id for d in devices))
+        verify = Step(f"{loc.id}:loc.verify", "loc.verify", loc.id, INTERNAL_CONNECTOR,
+                      {"max_fail_percent": policy.max_fail_percent, "devices": len(devices)}, (signoff.id,))
+        locations.append(LocationPlan(
+            id=loc.id, name=loc.name, team=team_id, criticality=loc.criticality, requires=requires,
+            waits_for_waves=tuple(sorted({wave_of[r] for r in requires})), after_location=after, chain=chain,
+            parallel_devices=team.capacity.parallel_devices, max_fail_percent=policy.max_fail_percent,
+            precheck=precheck, devices=tuple(devices), signoff=signoff, verify=verify,
+            start_offset=slots[loc.id][1] if slots and loc.id in slots else None,
+        ))
+    return Plan(
+        rollout=inventory.rollout.name, mode=mode, inventory_digest=inventory.digest,
+        servers=tuple(servers), waves=tuple(tuple(w) for w in waves), locations=tuple(locations),
+        retries=policy.retries, retry_delay=policy.retry_delay,
+    )
+
+
+def _workstation_plan(inv: Inventory, loc: Location, ws: Workstation, conn, precheck_id: str) -> DevicePlan:
+    image = inv.rollout.images[ws.target_image]
+    baseline = inv.rollout.baselines.get(ws.baseline) if ws.baseline else None
+    params = {
+        "location": loc.id, "mac": ws.mac, "serial": ws.serial, "model": ws.model,
+        "address": ws.address or ws.hostname, "current_image": ws.current_image,
+        "target_image": ws.target_image, "image_version": image.version,
+        "hostname": ws.new_hostname or ws.hostname, "domain": ws.domain,
+        "baseline": ws.baseline, "packages": list(baseline.packages) if baseline else [],
+        "broadcast": loc.network.broadcast if loc.network else None, "vars": dict(ws.vars),
+    }
+    h = ws.hostname
+    prestage = Step(f"{h}:ws.prestage", "ws.prestage", h, conn(ws.connector), params, (precheck_id,))
+    image_step = Step(f"{h}:ws.image", "ws.image", h, conn(ws.connector), params, (prestage.id,))
+    verify = Step(f"{h}:ws.verify", "ws.verify", h, conn(ws.connector), params, (image_step.id,))
+    return DevicePlan(h, "workstation", (prestage, image_step, verify))
+
+
+def _thin_client_plan(inv: Inventory, loc: Location, tc: ThinClient, index: int, conn, precheck_id: str) -> DevicePlan:
+    profile = inv.rollout.thin_client_profiles[tc.target_profile]
+    slug = re.sub(r"[^a-z0-9-]+", "-", loc.id.lower()).strip("-")
+    new_hostname = tc.new_hostname or profile.hostname_pattern.format(location=slug, index=index)
+    params = {
+        "location": loc.id, "location_name": loc.name, "mac": tc.mac, "address": tc.address or tc.hostname,
+        "current_profile": tc.current_profile, "target_profile": tc.target_profile,
+        "firmware": profile.firmware, "storefront_url": profile.storefront_url,
+        "settings": dict(profile.settings), "hostname": new_hostname, "vars": dict(tc.vars),
+    }
+    h = tc.hostname
+    reassign = Step(f"{h}:tc.reassign", "tc.reassign", h, conn(tc.connector), params, (precheck_id,))
+    verify = Step(f"{h}:tc.verify", "tc.verify", h, conn(tc.connector), params, (reassign.id,))
+    return DevicePlan(h, "thin_client", (reassign, verify))
+
+
+def _waves(servers: list[Server]) -> list[list[str]]:
+    """Servers grouped by dependency depth; the loader has already refused cycles."""
+    deps = {s.name: [d.lower() for d in s.depends_on] for s in servers}
+    depth: dict[str, int] = {}
+
+    def level(name: str) -> int:
+        if name not in depth:
+            depth[name] = 0  # guards against a cycle slipping through
+            depth[name] = 1 + max((level(d) for d in deps.get(name, []) if d in deps), default=-1)
+        return depth[name]
+
+    for name in deps:
+        level(name)
+    waves: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for name in sorted(deps):
+        waves[depth[name]].append(name)
+    return waves
+
+
+def _snapshot_name(rollout: str) -> str:
+    return "bigbang-before-" + re.sub(r"[^A-Za-z0-9]+", "-", rollout).strip("-").lower()

@@ -1,0 +1,178 @@
+"""The run report: what happened, per location, and what to retry.
+
+Built only from the ledger (plus the inventory for names), so `bigbang report
+RUN_ID` gives the same report at any time after, or during, a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from bigbang.errors import InventoryError, RunError
+from bigbang.inventory import load_inventory
+from bigbang.ledger import Ledger
+from bigbang.plan import build_plan
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def templates_dir() -> Path:
+    return Path(os.environ.get("BIGBANG_TEMPLATES", TEMPLATES))
+
+
+def reports_dir() -> Path:
+    return Path(os.environ.get("BIGBANG_REPORTS", "reports"))
+
+
+def jinja_env() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(templates_dir())),
+        autoescape=select_autoescape(["html", "html.j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["duration"] = format_duration
+    env.filters["when"] = format_time
+    return env
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def format_time(ts: float | None) -> str:
+    if not ts:
+        return "–"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    directory: Path
+    markdown: Path
+    html: Path
+    json: Path
+
+
+def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
+    run = ledger.get_run(run_id)
+    if run is None:
+        raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}")
+    try:
+        inventory = load_inventory(run["inventory"])
+        plan = build_plan(inventory, run["mode"])
+    except (InventoryError, OSError):
+        inventory = plan = None
+    results = ledger.step_results(run_id)
+    loc_rows = ledger.location_results(run_id)
+    compression = (run["options"].get("compression") or (inventory.rehearsal.compression if inventory else 1.0)
+                   if run["mode"] == "rehearsal" else 1.0)
+
+    def status_of(step_ids: list[str]) -> str:
+        states = [results[s].status if s in results else "pending" for s in step_ids]
+        for state in ("failed", "running", "skipped", "pending"):
+            if state in states:
+                return state
+        return "succeeded"
+
+    servers: list[dict[str, Any]] = []
+    locations: list[dict[str, Any]] = []
+    device_status: Counter[str] = Counter()
+    planned_steps = 0
+    if plan is not None:
+        for srv in plan.servers:
+            ids = [s.id for s in (*srv.prechecks, *srv.steps)]
+            planned_steps += len(ids)
+            failed = [results[i] for i in ids if i in results and results[i].status in ("failed", "skipped")]
+            servers.append({"name": srv.name, "wave": srv.wave + 1, "depends_on": list(srv.depends_on),
+                            "status": status_of(ids), "message": failed[0].message if failed else "",
+                            "attempts": sum(results[i].attempts for i in ids if i in results)})
+        for loc in plan.locations:
+            inv_loc = inventory.location_by_id[loc.id]
+            row = loc_rows.get(loc.id, {})
+            counts: Counter[str] = Counter()
+            for device in loc.devices:
+                state = status_of([s.id for s in device.steps])
+                counts[state] += 1
+                device_status[state] += 1
+            planned_steps += sum(1 for _ in loc.steps())
+            started, finished = row.get("started_at"), row.get("finished_at")
+            real = (finished - started) if started and finished else None
+            locations.append({
+                "id": loc.id, "name": inv_loc.name, "team": loc.team, "criticality": loc.criticality,
+                "status": row.get("status", "pending"), "reason": row.get("reason", ""),
+                "devices": len(loc.devices), "succeeded": counts["succeeded"], "failed": counts["failed"],
+                "skipped": counts["skipped"], "pending": counts["pending"] + counts["running"],
+                "started_at": started, "finished_at": finished, "real_seconds": real,
+                "simulated_seconds": real * compression if real is not None and run["mode"] == "rehearsal" else None,
+            })
+    else:
+        for lid, row in sorted(loc_rows.items()):
+            locations.append({"id": lid, "name": lid, "team": "", "criticality": "", "status": row["status"],
+                              "reason": row["reason"], "devices": row["devices"], "succeeded": 0,
+                              "failed": row["devices_failed"], "skipped": row["devices_skipped"], "pending": 0,
+                              "started_at": row["started_at"], "finished_at": row["finished_at"],
+                              "real_seconds": None, "simulated_seconds": None})
+
+    failures = sorted(
+        ({"target": r.target, "kind": r.kind, "scope": r.scope, "attempts": r.attempts, "message": r.message}
+         for r in results.values() if r.status == "failed"),
+        key=lambda f: (f["scope"], f["target"], f["kind"]),
+    )
+    skipped_reasons: dict[str, int] = defaultdict(int)
+    for r in results.values():
+        if r.status == "skipped":
+            skipped_reasons[r.message] += 1
+    step_counts = Counter(r.status for r in results.values())
+    step_counts["pending"] = max(0, planned_steps - len(results)) if plan is not None else 0
+    wall = ((run["finished_at"] or run["updated_at"]) - run["created_at"]) if run["created_at"] else None
+    failed_devices = sorted({f["target"] for f in failures if f["scope"] != "servers"})
+    retry_command = (f"bigbang run --resume {run_id} --retry-failed"
+                     if failures or step_counts["pending"] or step_counts["running"] else None)
+    return {
+        "run": {**{k: run[k] for k in ("run_id", "rollout", "mode", "status", "halted_reason", "inventory",
+                                       "created_at", "finished_at")},
+                "wall_seconds": wall, "compression": compression,
+                "simulated_seconds": wall * compression if wall is not None and run["mode"] == "rehearsal" else None, "seed": run["options"].get("seed")},
+        "steps": dict(step_counts),
+        "devices": dict(device_status),
+        "locations_by_status": dict(Counter(loc["status"] for loc in locations)),
+        "servers": servers,
+        "locations": locations,
+        "failures": failures,
+        "skipped_reasons": dict(sorted(skipped_reasons.items(), key=lambda kv: -kv[1])),
+        "failed_devices": failed_devices,
+        "retry_command": retry_command,
+        "events": [{"at": e["at"], "kind": e["kind"], "message": e["message"]} for e in ledger.events(run_id)],
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
+
+
+def render_report(ledger: Ledger, run_id: str, out_dir: Path | None = None) -> ReportFiles:
+    data = report_data(ledger, run_id)
+    directory = (out_dir or reports_dir()) / run_id
+    directory.mkdir(parents=True, exist_ok=True)
+    env = jinja_env()
+    files = ReportFiles(directory, directory / "summary.md", directory / "summary.html", directory / "summary.json")
+    files.markdown.write_text(env.get_template("report.md.j2").render(**data), encoding="utf-8")
+    files.html.write_text(env.get_template("report.html.j2").render(**data), encoding="utf-8")
+    files.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    return files

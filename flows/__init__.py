@@ -1,0 +1,1 @@
+"""Prefect flows: they sequence and fan out; the logic lives in bigbang/."""

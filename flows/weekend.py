@@ -1,0 +1,96 @@
+"""The weekend flow: prechecks, server waves in dependency order, then locations.
+
+Each location task waits for the server waves holding its required servers and
+for the previous location in its team's chain. Results are values: a halted or
+blocked location is a result, not an exception, so neighbours carry on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from bigbang.report import render_report
+from bigbang.session import RunSession
+from flows.secrets import register_prefect_secrets
+from tasks import rollout
+
+
+@flow(name="bigbang-weekend", flow_run_name="{run_id}", persist_result=False, log_prints=False)
+def weekend(run_id: str, ledger_url: str | None = None) -> dict[str, Any]:
+    register_prefect_secrets()
+    session = RunSession.attach(run_id, ledger_url)
+    plan = session.plan
+
+    pre = rollout.prechecks.submit(run_id, ledger_url)
+    waves = []
+    previous = pre
+    for index in range(len(plan.waves)):
+        previous = rollout.server_wave.with_options(task_run_name=f"servers-wave-{index + 1}").submit(
+            run_id, ledger_url, index, wait_for=[previous])
+        waves.append(previous)
+
+    futures = {}
+    for loc in dispatch_order(plan):
+        upstream = [waves[i] for i in loc.waits_for_waves] or [pre]
+        if loc.after_location:
+            upstream.append(futures[loc.after_location])
+        futures[loc.id] = rollout.location.with_options(task_run_name=f"location-{loc.id}").submit(
+            run_id, ledger_url, loc.id, wait_for=upstream)
+
+    crashed = []
+    for loc_id, future in futures.items():
+        future.wait()
+        if not future.state.is_completed():
+            crashed.append(f"{loc_id}: {future.state.message}")
+    for future in [pre, *waves]:
+        future.wait()
+
+    return finish(session, crashed)
+
+
+def dispatch_order(plan):
+    """Locations by their position in their team chain: every chain's first location first.
+
+    Prefect's thread pool starts task runs in submission order; this order keeps
+    its threads on locations that can start, not on ones waiting for a predecessor.
+    """
+    position: dict[str, int] = {}
+    for loc in plan.locations:
+        position[loc.id] = position[loc.after_location] + 1 if loc.after_location else 0
+    return sorted(plan.locations, key=lambda loc: position[loc.id])
+
+
+def finish(session: RunSession, crashed: list[str]) -> dict[str, Any]:
+    ledger = session.ledger
+    ledger.flush()
+    for problem in crashed:
+        ledger.add_event(session.run_id, "location.crashed", problem.split(":")[0], problem)
+    halted = ledger.halted_reason(session.run_id)
+    ledger.set_run_status(session.run_id, "failed" if crashed else ("halted" if halted else "completed"))
+    files = render_report(ledger, session.run_id)
+    markdown = files.markdown.read_text(encoding="utf-8")
+    key = "bigbang-" + "".join(c if c.isalnum() else "-" for c in session.run_id.lower())
+    create_markdown_artifact(key=key, markdown=markdown, description=f"bigbang report for {session.run_id}")
+    rows = [
+        {"location": loc_id, "status": row["status"], "devices": row["devices"],
+         "failed": row["devices_failed"], "note": row["reason"]}
+        for loc_id, row in sorted(ledger.location_results(session.run_id).items())
+    ]
+    create_table_artifact(key=key + "-locations", table=rows, description="per-location status")
+    return {"run_id": session.run_id, "report": str(files.directory), "crashed": crashed}
+
+
+def workers_for(plan) -> int:
+    """Threads enough for every team chain to run at once, plus the server phase."""
+    chains = {(loc.team, loc.chain) for loc in plan.locations}
+    return max(2, len(chains) + 2)
+
+
+def run_weekend(session: RunSession) -> dict[str, Any]:
+    """Run the flow in this process (Prefect's ephemeral mode, or PREFECT_API_URL's server)."""
+    runner = ThreadPoolTaskRunner(max_workers=workers_for(session.plan))
+    return weekend.with_options(task_runner=runner)(session.run_id, session.ledger.url)
