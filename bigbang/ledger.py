@@ -114,6 +114,21 @@ signoffs = Table(
     Column("note", Text, nullable=False, default=""),
 )
 
+# Problems technicians note in the field (field app or CLI); the defect flow turns them into defects.
+# `problem_id` is the client's idempotency key: a retried request never files a problem twice.
+problems = Table(
+    "problems", metadata,
+    Column("problem_id", String(64), primary_key=True),
+    Column("run_id", String(80), nullable=False, index=True),
+    Column("location_id", String(80), nullable=False),
+    Column("device", String(120)),
+    Column("category", String(60), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("reported_by", String(120), nullable=False),
+    Column("reported_at", Float, nullable=False),
+    Column("source", String(40), nullable=False, default="field"),
+)
+
 # Side effects of the simulated connector: one row per applied change, so a
 # rehearsal's "devices" are changed exactly once even across crashes and workers.
 sim_effects = Table(
@@ -244,11 +259,13 @@ class Ledger:
             result = conn.execute(
                 update(runs).where(and_(runs.c.run_id == run_id, runs.c.halted_reason.is_(None)))
                 .values(halted_reason=reason, updated_at=now())
+                .returning(runs.c.run_id)
             )
-            if result.rowcount:
+            done = result.first() is not None
+            if done:
                 conn.execute(events.insert().values(run_id=run_id, at=now(), kind="run.halted",
                                                     subject=run_id, message=reason))
-            return bool(result.rowcount)
+            return done
 
     def halted_reason(self, run_id: str) -> str | None:
         with self.engine.connect() as conn:
@@ -400,9 +417,9 @@ class Ledger:
         insert = _insert(self.dialect)
         stmt = insert(signoffs).values(run_id=run_id, location_id=location_id, signed_by=signed_by,
                                        signed_at=now(), note=note)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "location_id"])
+        stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "location_id"]).returning(signoffs.c.location_id)
         with self.engine.begin() as conn:
-            done = bool(conn.execute(stmt).rowcount)
+            done = conn.execute(stmt).first() is not None
             if done:
                 conn.execute(events.insert().values(run_id=run_id, at=now(), kind="location.signed_off",
                                                     subject=location_id, message=f"by {signed_by}. {note}".strip()))
@@ -414,16 +431,35 @@ class Ledger:
                 and_(signoffs.c.run_id == run_id, signoffs.c.location_id == location_id))).mappings().first()
         return dict(row) if row else None
 
+    # ------------------------------------------------------------ field problems
+    def add_problem(self, problem_id: str, run_id: str, location_id: str, category: str, text: str,
+                    reported_by: str, device: str | None = None, source: str = "field") -> bool:
+        """Record a technician's problem once per `problem_id`; False if it was recorded before."""
+        insert = _insert(self.dialect)
+        stmt = insert(problems).values(problem_id=problem_id, run_id=run_id, location_id=location_id,
+                                       device=device, category=category, text=text, reported_by=reported_by,
+                                       reported_at=now(), source=source)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["problem_id"]).returning(problems.c.problem_id)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def problems(self, run_id: str, location_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(problems).where(problems.c.run_id == run_id)
+        if location_id is not None:
+            query = query.where(problems.c.location_id == location_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query.order_by(problems.c.reported_at)).mappings()]
+
     # ------------------------------------------------------------ simulated side effects
     def apply_sim_effect(self, run_id: str, step_id: str) -> bool:
         """Record one simulated change; False if it was applied before (no-op)."""
         insert = _insert(self.dialect)
         stmt = insert(sim_effects).values(run_id=run_id, step_id=step_id, applied_at=now(), worker=self.worker)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "step_id"])
+        stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "step_id"]).returning(sim_effects.c.step_id)
         for attempt in range(8):
             try:
                 with self.engine.begin() as conn:
-                    return bool(conn.execute(stmt).rowcount)
+                    return conn.execute(stmt).first() is not None
             except OperationalError:
                 if attempt == 7:
                     raise
