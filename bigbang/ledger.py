@@ -84,7 +84,7 @@ locations = Table(
     "locations", metadata,
     Column("run_id", String(80), primary_key=True),
     Column("location_id", String(80), primary_key=True),
-    Column("status", String(20), nullable=False),
+    Column("status", String(40), nullable=False),  # completed_with_failures: 23 characters
     Column("reason", Text, nullable=False, default=""),
     Column("devices", Integer, nullable=False, default=0),
     Column("devices_failed", Integer, nullable=False, default=0),
@@ -366,7 +366,7 @@ class Ledger:
                 facts=json.dumps(r.facts or {}, sort_keys=True, default=str), started_at=r.started_at,
                 finished_at=r.finished_at, sim_seconds=r.sim_seconds, worker=self.worker,
             )
-        rows = list(latest.values())
+        rows = [latest[key] for key in sorted(latest)]  # one lock order for all writers: no deadlocks
         insert = _insert(self.dialect)
         stmt = insert(steps)
         updatable = [c for c in steps.c.keys() if c not in ("run_id", "step_id")]

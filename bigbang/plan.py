@@ -163,7 +163,10 @@ class Plan:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """Identifies what the plan does; editing comments or formatting of the inventory keeps it."""
+        content = self.to_dict()
+        content.pop("inventory_digest")
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- building
@@ -174,7 +177,8 @@ def build_plan(inventory: Inventory, mode: str = "rehearsal", *, order: list[str
 
     `order` (location ids) overrides the inventory's order. `slots` (from a schedule) maps a
     location id to (team id, start offset in seconds after the window opens): the location is
-    dispatched to that team, in start order, and does not start before its offset.
+    dispatched to that team, in start order, and does not start before its offset. An optional
+    third item picks which of the team's parallel chains (crews) works it.
     """
     if slots:
         order = sorted(slots, key=lambda lid: (slots[lid][1], lid))
@@ -211,7 +215,8 @@ def build_plan(inventory: Inventory, mode: str = "rehearsal", *, order: list[str
         team = teams[team_id]
         n = team_counter.get(team_id, 0)
         team_counter[team_id] = n + 1
-        chain = n % team.capacity.parallel_locations
+        slot = slots.get(loc.id) if slots else None
+        chain = slot[2] if slot and len(slot) > 2 else n % team.capacity.parallel_locations  # (team, offset, crew)
         after = chain_tail.get((team_id, chain))
         chain_tail[(team_id, chain)] = loc.id
         requires = tuple(sorted(r.lower() for r in loc.requires))

@@ -154,7 +154,8 @@ class Runner:
         for step in steps:
             if blocker:
                 self.skip(step, "servers", blocker, known)
-                status, message = "skipped", blocker
+                if status == "succeeded":
+                    status, message = "skipped", blocker
                 continue
             rec = self.execute(step, "servers", known)
             if rec.status != "succeeded":
@@ -232,7 +233,7 @@ class Runner:
         """
         if _done(known.get(loc.signoff.id)):
             return
-        if self.session.mode == "rehearsal":
+        if self.session.mode == "rehearsal" and self.session.inventory.rehearsal.simulate_signoff:
             self.ledger.sign_off(self.run_id, loc.id, "simulated technician", "rehearsal")
         signed = self.session.wait_for_signoff(loc.id)
         if signed is None:

@@ -21,6 +21,7 @@ from bigbang.errors import LiveModeUnavailable, RunError
 from bigbang.inventory import Inventory, load_inventory
 from bigbang.ledger import Ledger, default_ledger_url
 from bigbang.plan import INTERNAL_CONNECTOR, Plan, build_plan
+from bigbang.schedule.store import remember as remember_schedule, run_slots, slots_of, stored_schedule
 from bigbang.secrets import resolve
 
 MODES = ("rehearsal", "live")
@@ -70,7 +71,8 @@ class RunSession:
         if options.mode not in MODES:
             raise RunError(f"unknown mode '{options.mode}'", hint="use --mode rehearsal or --mode live")
         inventory = load_inventory(inventory_path)
-        plan = build_plan(inventory, options.mode)
+        schedule = stored_schedule(inventory_path, inventory)  # from `bigbang schedule`: teams and slots
+        plan = build_plan(inventory, options.mode, slots=slots_of(schedule) if schedule else None)
         ledger = Ledger(ledger_url)
         session = cls(inventory, plan, ledger, run_id or new_run_id(), options)
         session.check_connectors()
@@ -79,12 +81,14 @@ class RunSession:
         ledger.create_run(session.run_id, rollout=inventory.rollout.name,
                           inventory=str(Path(inventory_path).resolve()), inventory_digest=inventory.digest,
                           plan_digest=plan.digest, mode=options.mode, options=options.to_dict())
+        if schedule:
+            remember_schedule(ledger, session.run_id, schedule)
         _SESSIONS[(session.run_id, ledger.url)] = session
         return session
 
     @classmethod
     def resume(cls, run_id: str, *, inventory_path: str | Path | None = None, ledger_url: str | None = None,
-               retry_failed: bool = False) -> "RunSession":
+               retry_failed: bool = False, compression: float | None = None) -> "RunSession":
         ledger = Ledger(ledger_url)
         row = ledger.get_run(run_id)
         if row is None:
@@ -93,7 +97,9 @@ class RunSession:
         path = Path(inventory_path) if inventory_path else Path(row["inventory"])
         inventory = load_inventory(path)
         options = replace(RunOptions.from_dict(row["options"]), retry_failed=retry_failed)
-        plan = build_plan(inventory, options.mode)
+        if compression is not None:  # pace only: the plan stays the same
+            options = replace(options, compression=compression)
+        plan = build_plan(inventory, options.mode, slots=run_slots(ledger, run_id))
         if plan.digest != row["plan_digest"]:
             raise RunError(
                 f"the plan of run {run_id} has changed since it started (the inventory at {path} was edited)",
@@ -119,7 +125,8 @@ class RunSession:
                 raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}")
             inventory = load_inventory(row["inventory"])
             options = RunOptions.from_dict(row["options"])
-            session = cls(inventory, build_plan(inventory, options.mode), ledger, run_id, options)
+            plan = build_plan(inventory, options.mode, slots=run_slots(ledger, run_id))
+            session = cls(inventory, plan, ledger, run_id, options)
             _SESSIONS[(run_id, ledger.url)] = session
             return session
 

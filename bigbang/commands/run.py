@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--failure-rate", type=float, help="rehearsal: chance that one attempt fails")
     p.add_argument("--zero-duration", action="store_true", help="rehearsal: steps take no time (benchmarks)")
     p.add_argument("--ledger", metavar="URL", help="ledger database (default: sqlite:///.bigbang/ledger.db)")
+    p.add_argument("--dispatch", choices=("local", "deployments", "dask"),
+                   help="where locations run: this process (default), Prefect workers via the deployments, "
+                        "or a Dask cluster (BIGBANG_DASK_ADDRESS); see docs/distributed.md")
     p.add_argument("--run-id", help=argparse_suppress())
     p.add_argument("--strict", action="store_true", help="exit 3 when any step failed, not only on a halt")
     p.add_argument("--quiet", action="store_true", help="no live display")
@@ -44,8 +47,13 @@ def argparse_suppress():
 def run(args) -> int:
     console = Console(stderr=True, highlight=False)
     if args.resume:
+        changed = [flag for flag, value in (("--seed", args.seed), ("--failure-rate", args.failure_rate),
+                                            ("--zero-duration", args.zero_duration or None)) if value is not None]
+        if changed:
+            raise RunError(f"{', '.join(changed)} cannot change on --resume: the run keeps its options",
+                           hint="only --compression and --retry-failed apply to a resumed run")
         session = RunSession.resume(args.resume, inventory_path=args.path, ledger_url=args.ledger,
-                                    retry_failed=args.retry_failed)
+                                    retry_failed=args.retry_failed, compression=args.compression)
         console.print(f"Resuming [bold]{session.run_id}[/]: finished steps are kept.")
     else:
         if not args.path:
@@ -65,7 +73,7 @@ def run(args) -> int:
     monitor = None if args.quiet else RunMonitor(session.ledger, session.run_id, plan, console).start()
     try:
         weekend = importlib.import_module("flows.weekend")
-        weekend.run_weekend(session)
+        weekend.run_weekend(session, dispatch=args.dispatch)
     except KeyboardInterrupt:
         _interrupted(session, monitor, console)
     finally:

@@ -30,7 +30,7 @@ from bigbang.inventory.model import (
 from bigbang.inventory.source import Origin, OriginMap, PathT, YamlFile, format_path
 
 LIST_SECTIONS = ("teams", "servers", "locations")
-MAP_SECTIONS = ("rollout", "defaults", "groups", "connectors", "rehearsal")
+MAP_SECTIONS = ("rollout", "defaults", "groups", "connectors", "rehearsal", "support", "schedule")
 SECTIONS = LIST_SECTIONS + MAP_SECTIONS
 DEVICE_LISTS = {"workstations": "workstation", "thin_clients": "thin_client"}
 # Identity fields cannot be inherited: two devices sharing one would be a duplicate.

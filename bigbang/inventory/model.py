@@ -237,8 +237,33 @@ class FailurePolicy(_Model):
     halt_rollout: HaltRollout = Field(default_factory=HaltRollout)
 
 
+_PASSWORD_HASH = re.compile(r"^(scrypt\$\d+\$\d+\$\d+|pbkdf2_sha256\$\d+)\$[A-Za-z0-9+/=_-]+\$[A-Za-z0-9+/=_-]+$")
+
+
+def _password_hash(value: Any) -> str:
+    if not isinstance(value, str) or not _PASSWORD_HASH.match(value.strip()):
+        raise ValueError("not a password hash (never put a password here); make one with `bigbang hash-password`")
+    return value.strip()
+
+
+PasswordHash = Annotated[str, BeforeValidator(_password_hash)]
+
+
+class StaffMember(_Model):
+    """An ops lead or support staff member who signs in to the field app (technicians are under teams)."""
+
+    id: Identifier
+    name: str
+    role: Literal["ops_lead", "support"]
+    username: Identifier | None = Field(None, description="sign-in name; defaults to the id")
+    password_hash: PasswordHash | None = Field(None, description="from `bigbang hash-password`")
+    phone: str | None = None
+    email: str | None = None
+
+
 class Rollout(_Model):
     name: str
+    staff: list[StaffMember] = Field(default_factory=list, description="ops leads and support staff (field app)")
     window: Window
     images: dict[str, Image] = Field(default_factory=dict)
     thin_client_profiles: dict[str, ThinClientProfile] = Field(default_factory=dict)
@@ -351,6 +376,8 @@ class Location(_Model):
     requires: list[str] = Field(default_factory=list, description="servers that must be ready first")
     groups: list[str] = Field(default_factory=list)
     network: LocationNetwork | None = None
+    region: Identifier | None = Field(
+        None, description="work queue of the Prefect workers that can reach this location's network")
     contacts: list[Contact] = Field(default_factory=list)
     notes: str | None = None
     workstations: list[Workstation] = Field(default_factory=list)
@@ -366,11 +393,16 @@ class Technician(_Model):
     name: str
     phone: str | None = None
     email: str | None = None
+    username: Identifier | None = Field(None, description="field app sign-in name; defaults to the id")
+    password_hash: PasswordHash | None = Field(None, description="from `bigbang hash-password`; no sign-in without it")
+    shifts: AccessHours = Field(default_factory=list, description="when this technician works; empty: all weekend")
 
 
 class TeamCapacity(_Model):
     parallel_locations: int = Field(1, ge=1, le=100, description="locations the team works at once")
     parallel_devices: int = Field(4, ge=1, le=500, description="devices worked at once in one location")
+    devices_per_hour: dict[Literal["workstation", "thin_client"], Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="schedule estimate per device kind; overrides the step durations")
 
 
 class Team(_Model):
@@ -379,6 +411,21 @@ class Team(_Model):
     lead: str | None = None
     technicians: list[Technician] = Field(default_factory=list)
     capacity: TeamCapacity = Field(default_factory=TeamCapacity)
+    base: tuple[float, float] | None = Field(None, description="coordinates the team sets out from (schedule)")
+
+
+class ScheduleSettings(_Model):
+    """Inputs of `bigbang schedule` beyond teams and locations (see docs/schedule.md)."""
+
+    travel: dict[str, dict[str, Duration]] = Field(
+        default_factory=dict, description="travel times: from location or team id -> to location id -> duration")
+    travel_speed_kmh: float = Field(40.0, gt=0, description="estimate from coordinates when not in `travel`")
+    road_factor: float = Field(1.3, ge=1, description="road distance per straight-line distance")
+    travel_default: Duration = Field(15 * 60.0, description="travel time when neither matrix nor coordinates say")
+    setup: Duration = Field(15 * 60.0, description="time on site per location besides device work")
+    step_durations: dict[str, Duration] = Field(
+        default_factory=dict, description="estimate per step kind; else rehearsal.steps, else defaults")
+    keep_teams: bool = Field(False, description="keep each location with its inventory team")
 
 
 # ---------------------------------------------------------------- rehearsal (the simulated connector)
@@ -406,6 +453,62 @@ class Rehearsal(_Model):
     failure_rate: float = Field(0.0, ge=0, le=1, description="default chance that one attempt fails")
     steps: dict[str, StepSimulation] = Field(default_factory=dict)
     inject: list[Injection] = Field(default_factory=list)
+    simulate_signoff: bool = Field(
+        True, description="a simulated technician signs each location off; false: wait for a real sign-off")
+
+
+# ---------------------------------------------------------------- support (post-rollout defects)
+
+class PriorityRule(_Model):
+    """How a defect's priority is computed: criticality x affected x age (see docs/defects.md)."""
+
+    criticality: dict[str, float] = Field(
+        default_factory=lambda: {"normal": 1.0, "high": 2.0, "critical": 5.0},
+        description="weight of a location's criticality")
+    categories: dict[str, float] = Field(default_factory=dict, description="extra weight per defect category")
+    age_step: Duration = Field(24 * 3600.0, description="the age factor grows by 1 per this much age")
+    max_age_factor: float = Field(3.0, ge=1, description="the age factor never exceeds this")
+    levels: list[float] = Field(
+        default_factory=lambda: [20.0, 8.0, 3.0],
+        description="scores at or above these give priority 1, 2, 3; anything lower is 4")
+
+    @field_validator("levels")
+    @classmethod
+    def _descending(cls, value: list[float]) -> list[float]:
+        if len(value) != 3 or sorted(value, reverse=True) != value:
+            raise ValueError("give three descending scores, the thresholds of priority 1, 2 and 3")
+        return value
+
+
+class TicketSystemSettings(_Model):
+    """Where defects are filed: the embedded queue, or Request Tracker 5 over REST2."""
+
+    kind: Literal["embedded", "rt"] = "embedded"
+    url: str | None = Field(None, description="RT's base URL, e.g. https://rt.example.org")
+    queue: str = "General"
+    user: str | None = None
+    password: SecretRef | None = None
+    key_field: str = Field("BigBang Defect", description="RT custom field holding the defect key")
+    verify_tls: bool = True
+    timeout: Duration = 15.0
+    priorities: dict[int, int] = Field(default_factory=lambda: {1: 90, 2: 70, 3: 50, 4: 30},
+                                       description="RT priority for each bigbang priority")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TicketSystemSettings":
+        if self.kind == "rt":
+            missing = [n for n in ("url", "user", "password") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"ticket_system kind 'rt' needs {', '.join(missing)}")
+        return self
+
+
+class Support(_Model):
+    """The post-rollout support queue: priority rule, ticket system and probing."""
+
+    priority: PriorityRule = Field(default_factory=PriorityRule)
+    ticket_system: TicketSystemSettings = Field(default_factory=TicketSystemSettings)
+    probe_sample_percent: float = Field(10.0, ge=0, le=100, description="share of healthy devices probed per run")
 
 
 # ---------------------------------------------------------------- the whole inventory
@@ -419,6 +522,8 @@ class Inventory(_Model):
     locations: list[Location] = Field(default_factory=list)
     connectors: dict[str, Any] = Field(default_factory=dict)
     rehearsal: Rehearsal = Field(default_factory=Rehearsal)
+    support: Support = Field(default_factory=Support)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     source: str = ""
     digest: str = ""
 

@@ -1,0 +1,626 @@
+"""The embedded support queue: defects, problems, history, tickets, in the ledger's database.
+
+Its own tables on the ledger's engine (SQLite by default, PostgreSQL by URL).
+`apply()` turns a batch of observations into defects in one transaction, under a
+write lock, so an hourly collection and a manual one never file the same defect
+twice. Each defect has a `version` that grows on changes worth telling a ticket
+system; the sync to an external system catches up from there (see sync.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from bigbang.defects.triage import (
+    TECHNICAL_SOURCES,
+    Observation,
+    TargetIndex,
+    category_of,
+    defect_key,
+    group_problems,
+    priority,
+    problem_key,
+    score,
+    signature,
+)
+from bigbang.errors import UserError
+from bigbang.inventory.model import Inventory, PriorityRule
+
+STATES = ("new", "triaged", "in_progress", "resolved", "closed")
+OPEN_STATES = ("new", "triaged", "in_progress")
+# Where support staff may move a defect from each state (the collector also reopens).
+TRANSITIONS = {
+    "new": ("triaged", "in_progress", "resolved", "closed"),
+    "triaged": ("in_progress", "resolved", "closed"),
+    "in_progress": ("triaged", "resolved", "closed"),
+    "resolved": ("closed", "in_progress"),
+    "closed": ("in_progress",),
+}
+MAX_TEXT = 4000
+MAX_FIELD = 200
+
+
+class DefectError(UserError):
+    """A support-queue request that cannot be done as asked."""
+
+
+metadata = MetaData()
+
+defects = Table(
+    "defects", metadata,
+    Column("key", String(16), primary_key=True),
+    Column("problem_key", String(16), index=True),
+    Column("target", String(120), nullable=False, index=True),
+    Column("target_kind", String(20), nullable=False),
+    Column("location_id", String(80), index=True),
+    Column("model", String(120), nullable=False),
+    Column("check_name", String(80), nullable=False),
+    Column("signature", String(300), nullable=False),
+    Column("category", String(60), nullable=False, index=True),
+    Column("source", String(20), nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("state", String(20), nullable=False, index=True),
+    Column("priority", Integer, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("affected", Integer, nullable=False),
+    Column("assignee", String(120)),
+    Column("occurrences", Integer, nullable=False),
+    Column("reopened", Integer, nullable=False, default=0),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("resolved_at", Float),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("run_id", String(80)),
+)
+
+observations = Table(
+    "defect_observations", metadata,
+    Column("obs_id", String(300), primary_key=True),
+    Column("defect_key", String(16), nullable=False, index=True),
+    Column("source", String(20), nullable=False),
+    Column("check_name", String(80), nullable=False),
+    Column("failing", Integer, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("reporter", String(200), nullable=False, default=""),
+    Column("observed_at", Float, nullable=False),
+    Column("details", Text, nullable=False, default="{}"),
+)
+
+history = Table(
+    "defect_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("defect_key", String(16), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(120), nullable=False),
+    Column("action", String(20), nullable=False),  # created, state, assigned, comment, priority, reopened, resolved
+    Column("from_state", String(20)),
+    Column("to_state", String(20)),
+    Column("text", Text, nullable=False, default=""),
+)
+
+problems = Table(
+    "defect_problems", metadata,
+    Column("key", String(16), primary_key=True),
+    Column("signature", String(300), nullable=False),
+    Column("model", String(120), nullable=False),
+    Column("category", String(60), nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("defects", Integer, nullable=False),
+    Column("locations", Integer, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+# End-user reports (CSV import or the intake endpoint), waiting for the next collection.
+reports = Table(
+    "defect_reports", metadata,
+    Column("report_id", String(64), primary_key=True),
+    Column("received_at", Float, nullable=False),
+    Column("reported_at", Float, nullable=False),
+    Column("device", String(120)),
+    Column("location_id", String(80)),
+    Column("category", String(60), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("reporter", String(200), nullable=False, default=""),
+    Column("channel", String(20), nullable=False),
+    Column("processed_at", Float, index=True),
+)
+
+# One row per defect and external ticket system: what was pushed there, and the last failure.
+tickets = Table(
+    "defect_tickets", metadata,
+    Column("defect_key", String(16), primary_key=True),
+    Column("system", String(40), primary_key=True),
+    Column("external_id", String(80)),
+    Column("synced_version", Integer, nullable=False, default=0),
+    Column("synced_history_id", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False),
+)
+
+collections = Table(
+    "defect_collections", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(80)),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("summary", Text, nullable=False, default="{}"),
+    Column("errors", Text, nullable=False, default="[]"),
+)
+
+# A single row taken as a write lock by apply() on SQLite (PostgreSQL uses an advisory lock).
+lock = Table("defect_lock", metadata, Column("id", Integer, primary_key=True), Column("n", Integer, nullable=False))
+_ADVISORY_LOCK = 0x6269_6762  # "bigb"
+
+
+@dataclass
+class ApplySummary:
+    observations: int = 0
+    duplicates: int = 0
+    created: int = 0
+    updated: int = 0
+    reopened: int = 0
+    resolved: int = 0
+    problems: int = 0
+    keys: set[str] = field(default_factory=set)
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if k != "keys"}
+
+
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _title(target: str, obs: Observation, category: str) -> str:
+    if obs.source == "user":
+        head = f"{target}: user report ({category})"
+    elif obs.source == "field":
+        head = f"{target}: technician noted ({category})"
+    else:
+        head = f"{target}: {obs.check} failed"
+    text = " ".join(obs.message.split())
+    return (f"{head}: {text}" if text else head)[:MAX_FIELD]
+
+
+class DefectQueue:
+    """The embedded support queue on an SQLAlchemy engine (normally the ledger's)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        for attempt in range(3):
+            try:
+                metadata.create_all(engine)
+                break
+            except (IntegrityError, OperationalError):  # another process created them at the same moment
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        with engine.begin() as conn:
+            if conn.execute(select(lock.c.id)).first() is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(lock).values(id=1, n=0))
+                except IntegrityError:
+                    pass
+
+    @classmethod
+    def open(cls, ledger_url: str | None = None) -> "DefectQueue":
+        from bigbang.ledger import Ledger
+
+        return cls(Ledger(ledger_url).engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _write_lock(self, conn: Connection) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
+        else:  # a write first makes SQLite take its write lock before we read
+            conn.execute(update(lock).where(lock.c.id == 1).values(n=lock.c.n + 1))
+
+    # ------------------------------------------------------------ collector side
+    def apply(self, batch: Sequence[Observation], inventory: Inventory, *, now: float | None = None,
+              actor: str = "collector", run_id: str | None = None) -> ApplySummary:
+        """File, update, reopen and resolve defects from observations; re-prioritise all open ones."""
+        now = time.time() if now is None else now
+        summary = ApplySummary()
+        targets = TargetIndex(inventory)
+        rule = inventory.support.priority
+        unique: dict[str, Observation] = {}
+        for obs in batch:
+            unique.setdefault(obs.obs_id, obs)
+        summary.duplicates = len(batch) - len(unique)
+        with self.engine.begin() as conn:
+            self._write_lock(conn)
+            seen: set[str] = set()
+            ids = list(unique)
+            for chunk in _chunks(ids):
+                seen.update(conn.execute(select(observations.c.obs_id).where(observations.c.obs_id.in_(chunk))).scalars())
+            fresh = [o for o in unique.values() if o.obs_id not in seen]
+            summary.duplicates += len(unique) - len(fresh)
+            summary.observations = len(fresh)
+
+            existing = {r["key"]: dict(r) for r in conn.execute(select(defects)).mappings()}
+            changed: dict[str, dict[str, Any]] = {}
+            created: dict[str, dict[str, Any]] = {}
+            hist: list[dict[str, Any]] = []
+            obs_rows: list[dict[str, Any]] = []
+
+            failing = sorted((o for o in fresh if o.failing), key=lambda o: o.observed_at)
+            passing = sorted((o for o in fresh if not o.failing), key=lambda o: o.observed_at)
+            for obs in failing:
+                target = targets.resolve(obs.target, obs.location_id)
+                sig = signature(obs)
+                key = defect_key(target.name, sig)
+                obs_rows.append(self._obs_row(obs, key))
+                row = created.get(key) or existing.get(key)
+                if row is None:
+                    category = category_of(obs)
+                    row = dict(
+                        key=key, problem_key=None, target=target.name, target_kind=target.kind,
+                        location_id=obs.location_id or target.location_id, model=target.model,
+                        check_name=obs.check[:80], signature=sig[:300], category=category[:60], source=obs.source,
+                        title=_title(target.name, obs, category), message=obs.message[:MAX_TEXT], state="new",
+                        priority=4, score=0.0, affected=1, assignee=None, occurrences=1, reopened=0,
+                        first_seen=obs.observed_at, last_seen=obs.observed_at, resolved_at=None, created_at=now,
+                        updated_at=now, version=1, run_id=run_id,
+                    )
+                    created[key] = row
+                    hist.append(self._hist(key, now, actor, "created", None, "new",
+                                           f"{obs.source}: {obs.message}"[:MAX_TEXT]))
+                    summary.created += 1
+                    continue
+                row["occurrences"] += 1
+                row["message"] = obs.message[:MAX_TEXT]
+                row["last_seen"] = max(row["last_seen"], obs.observed_at)
+                row["updated_at"] = now
+                if key not in created:
+                    changed[key] = row
+                if row["state"] in ("resolved", "closed") and obs.observed_at > (row["resolved_at"] or 0):
+                    hist.append(self._hist(key, now, actor, "reopened", row["state"], "new",
+                                           f"failed again ({obs.source}): {obs.message}"[:MAX_TEXT]))
+                    row.update(state="new", resolved_at=None, reopened=row["reopened"] + 1,
+                               version=row["version"] + 1)
+                    summary.reopened += 1
+
+            by_target: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for row in [*existing.values(), *created.values()]:
+                by_target[row["target"]].append(row)
+            for obs in passing:
+                target = targets.resolve(obs.target, obs.location_id)
+                obs_rows.append(self._obs_row(obs, defect_key(target.name, signature(obs))))
+                for row in by_target.get(target.name, []):
+                    if (row["state"] in OPEN_STATES and row["source"] in TECHNICAL_SOURCES
+                            and row["last_seen"] <= obs.observed_at):
+                        note = f"probe {obs.check} passed: {obs.message}".strip()
+                        hist.append(self._hist(row["key"], now, actor, "resolved", row["state"], "resolved", note))
+                        row.update(state="resolved", resolved_at=obs.observed_at, updated_at=now,
+                                   version=row["version"] + 1)
+                        if row["key"] not in created:
+                            changed[row["key"]] = row
+                        summary.resolved += 1
+
+            # Re-prioritise everything still open: counts and ages change with every collection.
+            every = {**existing, **created}
+            groups = group_problems(every.values())
+            problem_rows = []
+            in_group: dict[str, tuple[str, int]] = {}
+            for pkey, members in groups.items():
+                affected = len({m["target"] for m in members})
+                for m in members:
+                    in_group[m["key"]] = (pkey, affected)
+            for key, row in every.items():
+                pkey, affected = in_group.get(key, (None, 0))
+                if not affected:
+                    affected = targets.resolve(row["target"], row["location_id"]).users
+                crit = targets.resolve(row["target"], row["location_id"]).criticality
+                value = round(score(rule, criticality=crit, affected=affected, age_seconds=now - row["first_seen"],
+                                    category=row["category"]), 3)
+                level = priority(rule, value)
+                was = (row["problem_key"], row["affected"], row["priority"], row["score"])
+                row.update(problem_key=pkey, affected=affected, score=value)
+                if level != row["priority"]:
+                    if key not in created and row["state"] in OPEN_STATES:
+                        hist.append(self._hist(key, now, actor, "priority", None, None,
+                                               f"priority {row['priority']} -> {level} (score {value:g})"))
+                        row["version"] += 1
+                    row["priority"] = level
+                if key not in created and was != (row["problem_key"], row["affected"], row["priority"], row["score"]):
+                    changed[key] = row
+            for pkey, members in groups.items():
+                lead = min(members, key=lambda m: m["first_seen"])
+                problem_rows.append(dict(
+                    key=pkey, signature=lead["signature"], model=lead["model"], category=lead["category"],
+                    title=f"{len({m['target'] for m in members})} × {lead['model']}: {lead['title'].split(': ', 1)[-1]}"[:MAX_FIELD],
+                    defects=len(members), locations=len({m["location_id"] for m in members}),
+                    priority=min(m["priority"] for m in members), first_seen=lead["first_seen"],
+                    last_seen=max(m["last_seen"] for m in members)))
+            summary.problems = len(problem_rows)
+            summary.updated = len(changed)
+            summary.keys = set(created) | set(changed)
+
+            if created:
+                conn.execute(insert(defects), list(created.values()))
+            if changed:
+                cols = [c.name for c in defects.columns if c.name != "key"]
+                stmt = update(defects).where(defects.c.key == bindparam("k")).values(
+                    **{c: bindparam(f"v_{c}") for c in cols})
+                conn.execute(stmt, [{"k": r["key"], **{f"v_{c}": r[c] for c in cols}} for r in changed.values()])
+            if obs_rows:
+                conn.execute(insert(observations), obs_rows)
+            if hist:
+                conn.execute(insert(history), hist)
+            conn.execute(delete(problems))
+            if problem_rows:
+                conn.execute(insert(problems), problem_rows)
+        return summary
+
+    @staticmethod
+    def _obs_row(obs: Observation, key: str) -> dict[str, Any]:
+        return dict(obs_id=obs.obs_id[:300], defect_key=key, source=obs.source, check_name=obs.check[:80],
+                    failing=int(obs.failing), message=obs.message[:MAX_TEXT], reporter=obs.reporter[:MAX_FIELD],
+                    observed_at=obs.observed_at, details=json.dumps(obs.details, default=str, sort_keys=True))
+
+    @staticmethod
+    def _hist(key: str, at: float, actor: str, action: str, from_state: str | None, to_state: str | None,
+              note: str = "") -> dict[str, Any]:
+        return dict(defect_key=key, at=at, actor=actor[:120], action=action, from_state=from_state,
+                    to_state=to_state, text=note)
+
+    # ------------------------------------------------------------ support staff side
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(defects).where(defects.c.key == key)).mappings().first()
+        return dict(row) if row else None
+
+    def require(self, key: str) -> dict[str, Any]:
+        row = self.get(key)
+        if row is None:
+            raise DefectError(f"no defect {key}", hint="list them with `bigbang defects list`")
+        return row
+
+    def list(self, *, location: str | None = None, category: str | None = None, priority: int | None = None,
+             state: str | Sequence[str] | None = None, assignee: str | None = None, problem: str | None = None,
+             limit: int | None = 500, offset: int = 0) -> list[dict[str, Any]]:
+        query = select(defects)
+        if location:
+            query = query.where(defects.c.location_id == location)
+        if category:
+            query = query.where(defects.c.category == category)
+        if priority:
+            query = query.where(defects.c.priority == int(priority))
+        if state == "open":
+            state = OPEN_STATES
+        elif state == "all":
+            state = None
+        elif isinstance(state, str) and state and state not in STATES:
+            raise DefectError(f"unknown state '{state}'", hint="use open, all or one of " + ", ".join(STATES))
+        if isinstance(state, str) and state:
+            query = query.where(defects.c.state == state)
+        elif state:
+            query = query.where(defects.c.state.in_(list(state)))
+        if assignee:
+            query = query.where(defects.c.assignee == assignee)
+        if problem:
+            query = query.where(defects.c.problem_key == problem)
+        query = query.order_by(defects.c.priority, defects.c.score.desc(), defects.c.first_seen, defects.c.key)
+        if limit:
+            query = query.limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(defects.c.state, func.count()).group_by(defects.c.state)).all())
+
+    def facets(self) -> dict[str, list[str]]:
+        """Values for the list's filters."""
+        with self.engine.connect() as conn:
+            locs = conn.execute(select(defects.c.location_id).distinct()).scalars().all()
+            cats = conn.execute(select(defects.c.category).distinct()).scalars().all()
+        return {"location": sorted(x for x in locs if x), "category": sorted(cats), "status": list(STATES),
+                "priority": ["1", "2", "3", "4"]}
+
+    def history(self, key: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(history).where(history.c.defect_key == key).order_by(history.c.id)).mappings()
+            return [dict(r) for r in rows]
+
+    def observations(self, key: str | None = None, *, target: str | None = None,
+                     source: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        query = select(observations)
+        if key:
+            query = query.where(observations.c.defect_key == key)
+        if target:
+            keys = select(defects.c.key).where(defects.c.target == target)
+            query = query.where(or_(observations.c.defect_key.in_(keys),
+                                    observations.c.obs_id.like(f"probe:%:{target}")))
+        if source:
+            query = query.where(observations.c.source == source)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(observations.c.observed_at.desc()).limit(limit)).mappings()
+            return [dict(r) for r in rows]
+
+    def problems(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(problems).order_by(problems.c.priority, problems.c.defects.desc())).mappings()
+            return [dict(r) for r in rows]
+
+    def _change(self, key: str, actor: str, action: str, note: str = "", **values: Any) -> dict[str, Any]:
+        now = time.time()
+        with self.engine.begin() as conn:
+            self._write_lock(conn)
+            row = conn.execute(select(defects).where(defects.c.key == key)).mappings().first()
+            if row is None:
+                raise DefectError(f"no defect {key}", hint="list them with `bigbang defects list`")
+            to_state = values.get("state")
+            if to_state is not None and to_state != row["state"] and to_state not in TRANSITIONS[row["state"]]:
+                allowed = ", ".join(TRANSITIONS[row["state"]])
+                raise DefectError(f"defect {key} is {row['state']}; it can move to {allowed}, not {to_state}")
+            if to_state in ("resolved", "closed") and row["state"] in OPEN_STATES:
+                values["resolved_at"] = now
+            elif to_state in OPEN_STATES:
+                values["resolved_at"] = None
+            conn.execute(update(defects).where(defects.c.key == key).values(
+                updated_at=now, version=defects.c.version + 1, **values))
+            conn.execute(insert(history).values(self._hist(key, now, actor, action, row["state"],
+                                                           to_state or row["state"], note[:MAX_TEXT])))
+        return self.require(key)
+
+    def assign(self, key: str, assignee: str, actor: str) -> dict[str, Any]:
+        assignee = assignee.strip()[:120]
+        if not assignee:
+            raise DefectError("give the assignee's name")
+        row = self.require(key)
+        state = "triaged" if row["state"] == "new" else row["state"]
+        return self._change(key, actor, "assigned", f"assigned to {assignee}", assignee=assignee, state=state)
+
+    def comment(self, key: str, note: str, actor: str) -> dict[str, Any]:
+        if not note.strip():
+            raise DefectError("a comment needs some text")
+        return self._change(key, actor, "comment", note.strip())
+
+    def set_state(self, key: str, state: str, actor: str, note: str = "") -> dict[str, Any]:
+        if state not in STATES:
+            raise DefectError(f"unknown state '{state}'", hint="use one of " + ", ".join(STATES))
+        action = "resolved" if state == "resolved" else "state"
+        return self._change(key, actor, action, note.strip() or f"-> {state}", state=state)
+
+    def resolve(self, key: str, note: str, actor: str) -> dict[str, Any]:
+        return self.set_state(key, "resolved", actor, note or "resolved")
+
+    # ------------------------------------------------------------ end-user reports
+    def add_reports(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Store validated reports once per report_id; returns how many were new."""
+        if not rows:
+            return 0
+        now = time.time()
+        ids = [r["report_id"] for r in rows]
+        with self.engine.begin() as conn:
+            known: set[str] = set()
+            for chunk in _chunks(ids):
+                known.update(conn.execute(select(reports.c.report_id).where(reports.c.report_id.in_(chunk))).scalars())
+            new: dict[str, dict[str, Any]] = {}
+            for r in rows:
+                if r["report_id"] not in known:
+                    new.setdefault(r["report_id"], {**r, "received_at": now, "processed_at": None})
+            if new:
+                conn.execute(insert(reports), list(new.values()))
+        return len(new)
+
+    def pending_reports(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(reports).where(reports.c.processed_at.is_(None))
+                                .order_by(reports.c.reported_at)).mappings()
+            return [dict(r) for r in rows]
+
+    def mark_reports_processed(self, report_ids: Sequence[str]) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(report_ids)):
+                conn.execute(update(reports).where(reports.c.report_id.in_(chunk)).values(processed_at=now))
+
+    # ------------------------------------------------------------ collections
+    def start_collection(self, run_id: str | None) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(insert(collections).values(run_id=run_id, started_at=time.time())
+                                .returning(collections.c.id)).scalar_one()
+
+    def finish_collection(self, collection_id: int, summary: dict[str, Any], errors: list[str]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(collections).where(collections.c.id == collection_id).values(
+                finished_at=time.time(), summary=json.dumps(summary, sort_keys=True, default=str),
+                errors=json.dumps(errors)))
+
+    def collections(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(collections).order_by(collections.c.id.desc()).limit(limit)).mappings()
+            out = []
+            for r in rows:
+                d = dict(r)
+                d["summary"], d["errors"] = json.loads(d["summary"]), json.loads(d["errors"])
+                out.append(d)
+            return out
+
+    def collection_count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(collections)).scalar_one()
+
+    # ------------------------------------------------------------ external tickets
+    def unsynced(self, system: str) -> list[dict[str, Any]]:
+        """Defects whose latest version has not reached `system` yet, oldest first."""
+        query = (select(defects, tickets.c.external_id, tickets.c.synced_version, tickets.c.synced_history_id)
+                 .select_from(defects.outerjoin(tickets, and_(tickets.c.defect_key == defects.c.key,
+                                                              tickets.c.system == system)))
+                 .where(or_(tickets.c.defect_key.is_(None), tickets.c.synced_version < defects.c.version))
+                 .order_by(defects.c.priority, defects.c.created_at, defects.c.key))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def ticket(self, key: str, system: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(tickets).where(and_(tickets.c.defect_key == key, tickets.c.system == system))
+                               ).mappings().first()
+        return dict(row) if row else None
+
+    def history_since(self, key: str, after_id: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(history).where(and_(history.c.defect_key == key, history.c.id > after_id))
+                                .order_by(history.c.id)).mappings()
+            return [dict(r) for r in rows]
+
+    def record_ticket(self, key: str, system: str, *, external_id: str | None, synced_version: int | None = None,
+                      synced_history_id: int | None = None, error: str | None = None) -> None:
+        """Remember what reached the ticket system (or why it did not)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(tickets).where(and_(tickets.c.defect_key == key, tickets.c.system == system))
+                               ).mappings().first()
+            values: dict[str, Any] = {"updated_at": now, "last_error": error}
+            if external_id is not None:
+                values["external_id"] = external_id
+            if synced_version is not None:
+                values["synced_version"] = synced_version
+            if synced_history_id is not None:
+                values["synced_history_id"] = synced_history_id
+            if row is None:
+                conn.execute(insert(tickets).values(defect_key=key, system=system, attempts=1 if error else 0,
+                                                    **{"synced_version": 0, "synced_history_id": 0, **values}))
+            else:
+                if error:
+                    values["attempts"] = row["attempts"] + 1
+                conn.execute(update(tickets).where(and_(tickets.c.defect_key == key, tickets.c.system == system))
+                             .values(**values))

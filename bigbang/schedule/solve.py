@@ -1,0 +1,224 @@
+"""Solving: a fast greedy first answer, CP-SAT to improve it, and proven lower bounds.
+
+A solution is an ordered list of jobs per crew; start times follow from the
+order (each job as early as its release, access hours, shift and the crew's
+previous job plus travel allow), so every solution respects every constraint
+by construction.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from bigbang.schedule.problem import Problem
+
+UNSCHEDULED = -1
+
+
+@dataclass(frozen=True)
+class Visit:
+    job: int
+    crew: int
+    start: int
+    end: int
+    travel: int  # minutes from the crew's previous place (or base)
+
+
+@dataclass(frozen=True)
+class Solution:
+    sequences: tuple[tuple[int, ...], ...]  # per crew: job indices in visit order
+    visits: tuple[Visit, ...]  # per job index (crew UNSCHEDULED: no place for it)
+    method: str
+
+    @property
+    def unscheduled(self) -> list[int]:
+        return [v.job for v in self.visits if v.crew == UNSCHEDULED]
+
+    @property
+    def makespan(self) -> int:
+        ends = [v.end for v in self.visits if v.crew != UNSCHEDULED]
+        return max(ends, default=0)
+
+    @property
+    def total_travel(self) -> int:
+        return sum(v.travel for v in self.visits if v.crew != UNSCHEDULED)
+
+    def key(self) -> tuple[int, int, int, int]:
+        """Better is smaller: everything placed, then makespan, then summed ends, then travel."""
+        return (len(self.unscheduled), self.makespan, sum(v.end for v in self.visits), self.total_travel)
+
+
+def timed(problem: Problem, sequences: list[list[int]], method: str) -> Solution:
+    """Start every job as early as its crew's order allows (left-shifted: never later than needed)."""
+    visits: dict[int, Visit] = {}
+    kept: list[tuple[int, ...]] = []
+    for c, seq in enumerate(sequences):
+        free, prev, order = 0, None, []
+        for j in seq:
+            travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
+            start = problem.earliest_start(j, c, free + travel)
+            if start is None:
+                continue  # cannot fit here; reported as unscheduled unless another crew has it
+            visits[j] = Visit(j, c, start, start + problem.jobs[j].duration[problem.crews[c].team], travel)
+            free, prev = visits[j].end, j
+            order.append(j)
+        kept.append(tuple(order))
+    all_visits = tuple(visits.get(j, Visit(j, UNSCHEDULED, 0, 0, 0)) for j in range(len(problem.jobs)))
+    return Solution(tuple(kept), all_visits, method)
+
+
+# ---------------------------------------------------------------- greedy
+
+def greedy(problem: Problem, order: list[int], method: str = "greedy") -> Solution:
+    """Each job in `order` to the crew where it finishes first (appended to that crew's day)."""
+    crews = len(problem.crews)
+    free = [0] * crews
+    last: list[int | None] = [None] * crews
+    sequences: list[list[int]] = [[] for _ in range(crews)]
+    for j in order:
+        best = None
+        for c in range(crews):
+            travel = problem.base_travel[c][j] if last[c] is None else problem.travel[last[c]][j]
+            start = problem.earliest_start(j, c, free[c] + travel)
+            if start is None:
+                continue
+            end = start + problem.jobs[j].duration[problem.crews[c].team]
+            key = (end, start - free[c], travel, c)
+            if best is None or key < best[0]:
+                best = (key, c, end)
+        if best is None:
+            continue
+        _, c, end = best
+        sequences[c].append(j)
+        free[c], last[c] = end, j
+    return timed(problem, sequences, method)
+
+
+def priority_orders(problem: Problem, rng: random.Random, restarts: int) -> list[tuple[str, list[int]]]:
+    jobs = problem.jobs
+    n = len(jobs)
+    idx = list(range(n))
+
+    def longest(j: int) -> int:
+        return max(jobs[j].duration.values())
+
+    def latest_start(j: int) -> int:  # the tightest jobs first: the least room before the window ends
+        closing = [b for a, b in jobs[j].access if b > jobs[j].release]
+        return (closing[-1] if closing else problem.horizon) - longest(j)
+
+    def first_opening(j: int) -> int:
+        return next((max(a, jobs[j].release) for a, b in jobs[j].access if b > jobs[j].release), problem.horizon)
+
+    rules = [
+        ("longest first", sorted(idx, key=lambda j: (-longest(j), jobs[j].id))),
+        ("release, longest first", sorted(idx, key=lambda j: (jobs[j].release, -longest(j), jobs[j].id))),
+        ("opening, longest first", sorted(idx, key=lambda j: (first_opening(j), -longest(j), jobs[j].id))),
+        ("least slack first", sorted(idx, key=lambda j: (latest_start(j), -longest(j), jobs[j].id))),
+    ]
+    base = rules[2][1]
+    for r in range(restarts):
+        noise = {j: rng.random() for j in idx}
+        spread = 0.15 + 0.5 * r / max(1, restarts)
+        rules.append((f"randomised #{r + 1}", sorted(
+            idx, key=lambda j: (first_opening(j) + spread * longest(j) * noise[j] - longest(j) * 0.05, jobs[j].id))))
+    del base
+    return rules
+
+
+def heuristic(problem: Problem, seed: int = 0, budget_s: float = 1.0, restarts: int = 40) -> Solution:
+    """The best of several priority rules and seeded random restarts (deterministic for a seed:
+    the budget only stops restarts early on a very slow machine, checked after each full rule)."""
+    rng = random.Random(seed)
+    best = None
+    t0 = time.perf_counter()
+    for i, (name, order) in enumerate(priority_orders(problem, rng, restarts)):
+        sol = greedy(problem, order, f"greedy ({name})")
+        if best is None or sol.key() < best.key():
+            best = sol
+        if i >= 4 and time.perf_counter() - t0 > budget_s * 10:
+            break
+    best = improve(problem, best, budget_s=budget_s * 2)
+    return best
+
+
+def _crew_stats(problem: Problem, c: int, seq: list[int]) -> tuple[bool, int, int, int]:
+    """(all fit, end, summed ends, travel) of one crew's sequence, started as early as possible."""
+    free, prev, total, travel_sum = 0, None, 0, 0
+    team = problem.crews[c].team
+    for j in seq:
+        travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
+        start = problem.earliest_start(j, c, free + travel)
+        if start is None:
+            return False, 0, 0, 0
+        free, prev = start + problem.jobs[j].duration[team], j
+        total += free
+        travel_sum += travel
+    return True, free, total, travel_sum
+
+
+def improve(problem: Problem, sol: Solution, budget_s: float = 2.0, max_rounds: int = 400) -> Solution:
+    """Local search: move a job of the crew that ends last to another crew, or swap it with one there.
+
+    Accepts a change when (makespan, summed ends, travel) gets smaller; stops when nothing helps,
+    after `max_rounds` accepted changes, or at the time budget (checked between rounds)."""
+    if sol.unscheduled:
+        return sol
+    m = len(problem.crews)
+    seqs = [list(s) for s in sol.sequences]
+    stats = [_crew_stats(problem, c, seqs[c]) for c in range(m)]
+
+    def key(st) -> tuple[int, int, int]:
+        return (max(s[1] for s in st), sum(s[2] for s in st), sum(s[3] for s in st))
+
+    current = key(stats)
+    t0 = time.perf_counter()
+    for _ in range(max_rounds):
+        if time.perf_counter() - t0 > budget_s:
+            break
+        late = max(range(m), key=lambda c: (stats[c][1], -c))
+        found = None
+        for j in reversed(seqs[late]):
+            base_late = [x for x in seqs[late] if x != j]
+            st_late = _crew_stats(problem, late, base_late)
+            for c in sorted(range(m), key=lambda c: (stats[c][1], c)):
+                if c == late or not problem.start_windows(j, c):
+                    continue
+                for pos in range(len(seqs[c]) + 1):  # move j into c
+                    cand = seqs[c][:pos] + [j] + seqs[c][pos:]
+                    st_c = _crew_stats(problem, c, cand)
+                    if not (st_c[0] and st_late[0]):
+                        continue
+                    trial = list(stats)
+                    trial[late], trial[c] = st_late, st_c
+                    if key(trial) < current:
+                        found = (c, base_late, cand, trial)
+                        break
+                if found:
+                    break
+                for k_pos, k in enumerate(seqs[c]):  # swap j and k
+                    if not problem.start_windows(k, late):
+                        continue
+                    cand_c = seqs[c][:k_pos] + [j] + seqs[c][k_pos + 1:]
+                    cand_l = [k if x == j else x for x in seqs[late]]
+                    st_c, st_l = _crew_stats(problem, c, cand_c), _crew_stats(problem, late, cand_l)
+                    if not (st_c[0] and st_l[0]):
+                        continue
+                    trial = list(stats)
+                    trial[late], trial[c] = st_l, st_c
+                    if key(trial) < current:
+                        found = (c, cand_l, cand_c, trial)
+                        break
+                if found:
+                    break
+            if found:
+                break
+        if not found:
+            break
+        c, new_late, new_c, trial = found
+        seqs[late], seqs[c], stats = new_late, new_c, trial
+        current = key(stats)
+    method = sol.method if sol.method.endswith("+ local search") else sol.method + " + local search"
+    better = timed(problem, seqs, method)
+    return better if better.key() <= sol.key() else sol

@@ -1,0 +1,386 @@
+"""The field app: server-rendered pages for technicians and the ops lead's board.
+
+Small pages that work without JavaScript on a phone over a weak connection:
+every change is one POST form with a CSRF token and a request key (the form's
+idempotency key), answered by a redirect back to the page (post/redirect/get),
+so a reload or a retried request never counts twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bigbang.checklists import (
+    Checklist,
+    build_checklist,
+    html_to_pdf,
+    item_ids,
+    languages,
+    location_status,
+    render_checklist_html,
+    schedule,
+    template_env,
+)
+from bigbang.errors import UserError
+from bigbang.field import MAX_TEXT, MAX_VALUE, PROBLEM_CATEGORIES, Actor, FieldInputError, FieldStore
+from bigbang.inventory import load_inventory
+from bigbang.ledger import Ledger
+from bigbang.plan import build_plan
+from bigbang.web.auth import (
+    NotSignedIn,
+    Sessions,
+    User,
+    accounts_from_inventory,
+    authenticate,
+    csrf_token,
+    current_user,
+    require_role,
+    session_middleware,
+    start_session,
+    verify_csrf,
+)
+
+log = logging.getLogger("bigbang.web")
+
+MAX_BODY = 64 * 1024  # a form here is a few hundred bytes; anything larger is refused before parsing
+BOARD_REFRESH = 15
+VERIFY_REFRESH = 5
+
+
+class FieldApp:
+    """What the pages need: inventory, plan, ledger, check-offs, accounts; shared by all requests."""
+
+    def __init__(self, inventory_path: str | Path, ledger_url: str | None, run_id: str | None, lang: str,
+                 base_url: str | None):
+        self.inventory_path = Path(inventory_path)
+        self.inventory = load_inventory(self.inventory_path)
+        self.plan = build_plan(self.inventory)
+        self.ledger = Ledger(ledger_url)
+        self.store = FieldStore(self.ledger)
+        self.fixed_run_id = run_id
+        self.lang = lang
+        self.base_url = base_url
+        self.accounts = accounts_from_inventory(self.inventory)
+        self.users_by_id = {a.user.id: a.user for a in self.accounts.values()}
+        self.schedule = schedule(self.plan)
+        if run_id is not None and self.ledger.get_run(run_id) is None:
+            raise UserError(f"no run {run_id} in the ledger {self.ledger.safe_url}")
+
+    def run_id(self) -> str | None:
+        """The run the pages show: the one given, else the newest run of this inventory."""
+        if self.fixed_run_id:
+            return self.fixed_run_id
+        for row in self.ledger.list_runs(50):
+            if row["inventory_digest"] == self.inventory.digest:
+                return row["run_id"]
+        return None
+
+    def visible_location(self, user: User, location_id: str) -> str:
+        """The location's team if `user` may see it; 404 otherwise (the same answer for 'not yours')."""
+        entry = self.schedule.get(location_id)
+        if entry is None or not user.can_see(entry[1].team):
+            raise HTTPException(status_code=404, detail="not_found")
+        return entry[1].team
+
+    def checklist(self, location_id: str, run_id: str | None) -> Checklist:
+        return build_checklist(self.inventory, self.plan, location_id,
+                               ledger=self.ledger if run_id else None, run_id=run_id, base_url=self.base_url)
+
+
+def create_app(inventory_path: str | Path, ledger_url: str | None = None, run_id: str | None = None, *,
+               lang: str = "en", base_url: str | None = None, secret: str | None = None,
+               session_hours: float = 12.0, secure_cookies: bool = False) -> FastAPI:
+    """The field app for one inventory and ledger; `run_id` None shows the inventory's newest run."""
+    field = FieldApp(inventory_path, ledger_url, run_id, lang, base_url)
+    sessions = Sessions(secret or os.environ.get("BIGBANG_WEB_SECRET") or secrets.token_urlsafe(32),
+                        session_hours * 3600, secure_cookies)
+    app = FastAPI(title="bigbang field app", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.field = field
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return page(request, "web/error.html.j2", status=411, message="error.bad_request")
+            if int(length) > MAX_BODY:
+                return page(request, "web/error.html.j2", status=413, message="error.too_large")
+        return await call_next(request)
+
+    app.middleware("http")(session_middleware(sessions))  # added last: runs first, so error pages have a session
+
+    _errors(app)
+    _routes(app, field)
+    _include_defects(app)
+    return app
+
+
+# ---------------------------------------------------------------- rendering
+
+@lru_cache(maxsize=8)
+def _env(lang: str):
+    return template_env(lang)
+
+
+def request_lang(request: Request) -> str:
+    lang = request.state.session.get("lang") if hasattr(request.state, "session") else None
+    return lang if lang in languages() else request.app.state.field.lang
+
+
+def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render templates/<template> with the request's language, user and CSRF token."""
+    lang = request_lang(request)
+    session = getattr(request.state, "session", None) or {}
+    user = request.app.state.field.users_by_id.get(session.get("uid")) if session.get("uid") else None
+    values: dict[str, Any] = {"refresh": None, "detail": None, "error": None, "msg": None}
+    values.update(context)
+    try:
+        html = _env(lang).get_template(template).render(
+            request=request, user=user, csrf=session.get("csrf", ""),
+            rollout=request.app.state.field.inventory.rollout, new_key=lambda: secrets.token_urlsafe(12), **values)
+    except Exception:  # noqa: BLE001 - an error page must never fail into a traceback
+        if template == "web/error.html.j2":
+            log.exception("rendering the error page failed")
+            return HTMLResponse("<!doctype html><title>Error</title><p>Error " + str(status) + "</p>",
+                                status_code=status)
+        raise
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _errors(app: FastAPI) -> None:
+    messages = {400: "error.bad_request", 403: "error.forbidden", 404: "error.not_found", 413: "error.too_large",
+                422: "error.bad_request"}
+
+    @app.exception_handler(NotSignedIn)
+    async def not_signed_in(request: Request, exc: NotSignedIn):
+        if request.method == "GET":
+            target = "/login?next=" + _quote(request.url.path) + ("&expired=1" if exc.expired else "")
+            return RedirectResponse(target, status_code=303)
+        return page(request, "web/error.html.j2", status=401,
+                    message="web.session_expired" if exc.expired else "error.forbidden")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        key = "error.csrf" if exc.detail == "csrf" else messages.get(exc.status_code, "error.bad_request")
+        return page(request, "web/error.html.j2", status=exc.status_code, message=key,
+                    detail=exc.detail if exc.detail not in ("csrf", "not_found", "forbidden", "Not Found") else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        fields = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
+        return page(request, "web/error.html.j2", status=422, message="error.bad_request",
+                    detail="check: " + ", ".join(fields) if fields else None)
+
+    @app.exception_handler(FieldInputError)
+    async def bad_field(request: Request, exc: FieldInputError):
+        return page(request, "web/error.html.j2", status=422, message="error.bad_request", detail=str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        ref = secrets.token_hex(4)
+        log.exception("field app error %s on %s %s", ref, request.method, request.url.path)
+        return page(request, "web/error.html.j2", status=500, message="error.internal", detail=f"ref {ref}")
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="/")
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path on this site: never an absolute or scheme-relative URL (open redirect).
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _source(request: Request) -> str:
+    client = request.client.host if request.client else "?"
+    agent = (request.headers.get("user-agent") or "")[:80]
+    return f"web {client} {agent}".strip()
+
+
+# ---------------------------------------------------------------- routes
+
+def _routes(app: FastAPI, field: FieldApp) -> None:
+    technician_or_lead = require_role("technician", "ops_lead", "support")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/", expired: int = 0):
+        return page(request, "web/login.html.j2", next=_safe_next(next), error="web.session_expired" if expired else None)
+
+    @app.post("/login", response_class=HTMLResponse, dependencies=[Depends(verify_csrf)])
+    def login(request: Request, username: str = Form(..., max_length=64), password: str = Form(..., max_length=256),
+              next: str = Form("/", max_length=300)):
+        user = authenticate(field.accounts, username, password)
+        if user is None:
+            log.warning("failed sign-in for %r from %s", username[:64], _source(request))
+            return page(request, "web/login.html.j2", status=401, next=_safe_next(next), error="web.bad_login",
+                        username=username)
+        start_session(request, user.id)
+        return RedirectResponse(_safe_next(next), status_code=303)
+
+    @app.post("/logout", dependencies=[Depends(verify_csrf)])
+    def logout(request: Request):
+        start_session(request, None)
+        return RedirectResponse("/login", status_code=303)
+
+    @app.get("/lang/{code}")
+    def set_lang(request: Request, code: str, next: str = "/"):
+        if code not in languages():
+            raise HTTPException(status_code=404, detail="not_found")
+        request.state.session["lang"] = code
+        request.state.session_changed = True
+        return RedirectResponse(_safe_next(next), status_code=303)
+
+    @app.get("/", response_class=HTMLResponse)
+    def home(request: Request, user: User = Depends(technician_or_lead)):
+        if user.role != "technician":
+            return RedirectResponse("/board", status_code=303)
+        run_id = field.run_id()
+        rows = _location_rows(field, run_id, [lid for lid, (_, lp) in field.schedule.items() if lp.team == user.team])
+        return page(request, "web/home.html.j2", rows=rows, run_id=run_id)
+
+    @app.get("/board", response_class=HTMLResponse)
+    def board(request: Request, user: User = Depends(require_role("ops_lead", "support"))):
+        run_id = field.run_id()
+        rows = _location_rows(field, run_id, list(field.schedule))
+        return page(request, "web/board.html.j2", rows=rows, run_id=run_id, refresh=BOARD_REFRESH)
+
+    @app.get("/l/{location_id}", response_class=HTMLResponse)
+    def location(request: Request, location_id: str, msg: str | None = None,
+                 user: User = Depends(technician_or_lead)):
+        team = field.visible_location(user, location_id)
+        run_id = field.run_id()
+        checklist = field.checklist(location_id, run_id)
+        verifying = checklist.signoff is not None and (checklist.verify is None or not checklist.verify.final)
+        return page(request, "web/location.html.j2", c=checklist, run_id=run_id, can_change=user.can_change(team),
+                    categories=PROBLEM_CATEGORIES, msg=msg if msg in ("saved", "already", "problem") else None,
+                    refresh=VERIFY_REFRESH if verifying else None, max_text=MAX_TEXT, max_value=MAX_VALUE)
+
+    @app.get("/l/{location_id}/checklist.pdf")
+    def location_pdf(request: Request, location_id: str, user: User = Depends(technician_or_lead)):
+        field.visible_location(user, location_id)
+        checklist = field.checklist(location_id, field.run_id())
+        html = render_checklist_html(checklist, field.inventory, request_lang(request))
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "checklist.pdf"
+            html_to_pdf(html, out)
+            data = out.read_bytes()
+        return Response(data, media_type="application/pdf",
+                        headers={"Content-Disposition": f'inline; filename="{location_id}.pdf"'})
+
+    def changing(request: Request, location_id: str, user: User) -> tuple[str, Checklist]:
+        team = field.visible_location(user, location_id)
+        if not user.can_change(team):
+            raise HTTPException(status_code=403, detail="forbidden")
+        run_id = field.run_id()
+        if run_id is None:
+            raise HTTPException(status_code=409, detail="no run has started yet")
+        return run_id, field.checklist(location_id, run_id)
+
+    def actor(request: Request, user: User) -> Actor:
+        return Actor(user.id, user.role, _source(request))
+
+    @app.post("/l/{location_id}/check", dependencies=[Depends(verify_csrf)])
+    def check(request: Request, location_id: str, item: str = Form(..., max_length=200),
+              action: str = Form(..., pattern="^(check|uncheck)$"), value: str = Form("", max_length=MAX_VALUE),
+              request_key: str = Form(..., max_length=64), user: User = Depends(technician_or_lead)):
+        run_id, checklist = changing(request, location_id, user)
+        it = checklist.item(item)
+        if it is None:
+            raise HTTPException(status_code=404, detail=f"no item '{item[:60]}' at this location")
+        if it.needs_value and action == "check" and not value.strip():
+            raise HTTPException(status_code=422, detail="type or scan the serial number first")
+        done = field.store.set_check(run_id, location_id, item, action == "check", actor(request, user), request_key,
+                                     value=value if it.needs_value else None)
+        return _back(location_id, "saved" if done else "already", item)
+
+    @app.post("/l/{location_id}/problem", dependencies=[Depends(verify_csrf)])
+    def problem(request: Request, location_id: str, category: str = Form(..., max_length=40),
+                text: str = Form(..., max_length=MAX_TEXT), device: str = Form("", max_length=120),
+                request_key: str = Form(..., max_length=64), user: User = Depends(technician_or_lead)):
+        run_id, checklist = changing(request, location_id, user)
+        if device and device not in checklist.device_hostnames:
+            raise HTTPException(status_code=404, detail=f"no device '{device[:60]}' at this location")
+        done = field.store.add_problem(run_id, location_id, category, text, actor(request, user), request_key,
+                                       device=device or None)
+        return _back(location_id, "problem" if done else "already", "problems")
+
+    @app.post("/l/{location_id}/signoff", dependencies=[Depends(verify_csrf)])
+    def signoff(request: Request, location_id: str, note: str = Form("", max_length=MAX_TEXT),
+                request_key: str = Form(..., max_length=64), user: User = Depends(technician_or_lead)):
+        run_id, checklist = changing(request, location_id, user)
+        if checklist.signoff is None and checklist.status in ("planned", "in_progress"):
+            raise HTTPException(status_code=409, detail="the location's work is not finished yet; sign off after it")
+        done = field.store.sign_off(run_id, location_id, actor(request, user), request_key, note)
+        return _back(location_id, "saved" if done else "already", "signoff")
+
+
+def _back(location_id: str, msg: str, anchor: str) -> RedirectResponse:
+    return RedirectResponse(f"/l/{location_id}?msg={msg}#{anchor}", status_code=303)
+
+
+def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str]) -> list[dict[str, Any]]:
+    """One row per location for the lists and the board: planned vs actual, status, checks, problems."""
+    ledger = field.ledger
+    results = ledger.location_results(run_id) if run_id else {}
+    checks = field.store.checks(run_id) if run_id else {}
+    problems = ledger.problems(run_id) if run_id else []
+    steps = ledger.step_results(run_id) if run_id else {}
+    rows = []
+    window = field.inventory.rollout.window
+    for location_id in location_ids:
+        position, loc_plan = field.schedule[location_id]
+        loc = field.inventory.location_by_id[location_id]
+        row = results.get(location_id)
+        signoff = ledger.signoff(run_id, location_id) if run_id else None
+        status = location_status(row, steps, loc_plan, signoff) if run_id else "planned"
+        device_steps = [steps.get(s.id) for d in loc_plan.devices for s in d.steps[-1:]]
+        rows.append({
+            "id": location_id, "name": loc.name, "address": loc.address, "team": loc_plan.team,
+            "position": position, "criticality": loc.criticality,
+            "planned": (window.start.timestamp() + loc_plan.start_offset) if loc_plan.start_offset is not None else None,
+            "started": row["started_at"] if row else None, "finished": row["finished_at"] if row else None,
+            "status": status, "reason": row["reason"] if row else "",
+            "devices": len(loc_plan.devices),
+            "devices_done": sum(1 for r in device_steps if r is not None and r.status == "succeeded"),
+            "devices_failed": sum(1 for r in device_steps if r is not None and r.status == "failed"),
+            "checked": sum(1 for (lid, _), c in checks.items() if lid == location_id and c.checked),
+            "items": len(item_ids(loc)),
+            "problems": sum(1 for p in problems if p["location_id"] == location_id),
+            "signoff": signoff,
+        })
+    return rows
+
+
+def _include_defects(app: FastAPI) -> None:
+    """The support staff's defect pages (issue 6), when that module is installed."""
+    try:
+        from bigbang.defects.web import router
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bigbang.defects", "bigbang.defects.web"):
+            log.warning("defect pages unavailable: %s", exc)
+        return
+    except Exception as exc:  # noqa: BLE001 - the field app must start even if the defect pages are broken
+        log.warning("defect pages unavailable: %s", exc)
+        return
+    app.include_router(router, dependencies=[Depends(current_user)])
+
