@@ -144,7 +144,7 @@ def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
     step_counts = Counter(r.status for r in results.values())
     step_counts["pending"] = max(0, planned_steps - len(results)) if plan is not None else 0
     wall = ((run["finished_at"] or run["updated_at"]) - run["created_at"]) if run["created_at"] else None
-    failed_devices = sorted({f["target"] for f in failures if f["scope"] != "servers"})
+    failed_devices = sorted({f["target"] for f in failures if f["kind"].startswith(("ws.", "tc."))})
     retry_command = (f"bigbang run --resume {run_id} --retry-failed"
                      if failures or step_counts["pending"] or step_counts["running"] else None)
     return {
