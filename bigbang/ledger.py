@@ -360,6 +360,8 @@ class Ledger:
         # The last write for a step in one batch wins; earlier ones are superseded.
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         for run_id, r in items:
+            if latest.get((run_id, r.step_id), {}).get("status") == "succeeded":
+                continue  # as in the database below: nothing undoes a succeeded step
             latest[(run_id, r.step_id)] = dict(
                 run_id=run_id, step_id=r.step_id, scope=r.scope, target=r.target, kind=r.kind,
                 status=r.status, attempts=r.attempts, changed=r.changed, message=r.message[:4000],

@@ -11,17 +11,18 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from bigbang.report import render_report
 from bigbang.session import RunSession
+from flows import dispatch as dispatching
 from flows.secrets import register_prefect_secrets
 from tasks import rollout
 
 
 @flow(name="bigbang-weekend", flow_run_name="{run_id}", persist_result=False, log_prints=False)
-def weekend(run_id: str, ledger_url: str | None = None) -> dict[str, Any]:
+def weekend(run_id: str, ledger_url: str | None = None, dispatch: str = "local") -> dict[str, Any]:
     register_prefect_secrets()
+    location_task = dispatching.location_task(dispatching.dispatch_mode(dispatch))
     session = RunSession.attach(run_id, ledger_url)
     plan = session.plan
 
@@ -38,7 +39,7 @@ def weekend(run_id: str, ledger_url: str | None = None) -> dict[str, Any]:
         upstream = [waves[i] for i in loc.waits_for_waves] or [pre]
         if loc.after_location:
             upstream.append(futures[loc.after_location])
-        futures[loc.id] = rollout.location.with_options(task_run_name=f"location-{loc.id}").submit(
+        futures[loc.id] = location_task.with_options(task_run_name=f"location-{loc.id}").submit(
             run_id, ledger_url, loc.id, wait_for=upstream)
 
     crashed = []
@@ -90,7 +91,13 @@ def workers_for(plan) -> int:
     return max(2, len(chains) + 2)
 
 
-def run_weekend(session: RunSession) -> dict[str, Any]:
-    """Run the flow in this process (Prefect's ephemeral mode, or PREFECT_API_URL's server)."""
-    runner = ThreadPoolTaskRunner(max_workers=workers_for(session.plan))
-    return weekend.with_options(task_runner=runner)(session.run_id, session.ledger.url)
+def run_weekend(session: RunSession, dispatch: str | None = None) -> dict[str, Any]:
+    """Run the flow in this process (Prefect's ephemeral mode, or PREFECT_API_URL's server).
+
+    `dispatch` (or BIGBANG_DISPATCH) says where locations run; see flows/dispatch.py.
+    """
+    mode = dispatching.dispatch_mode(dispatch)
+    dispatching.check_setup(session.ledger.url, mode)
+    runner = dispatching.task_runner(mode, workers_for(session.plan))
+    flow_dispatch = "deployments" if mode == "deployments" else "local"  # dask: the task runner does it
+    return weekend.with_options(task_runner=runner)(session.run_id, session.ledger.url, flow_dispatch)

@@ -76,6 +76,14 @@ def run(args) -> int:
         weekend.run_weekend(session, dispatch=args.dispatch)
     except KeyboardInterrupt:
         _interrupted(session, monitor, console)
+    except Exception:
+        if monitor is not None:
+            monitor.stop()
+        session.ledger.flush(timeout=30)
+        session.ledger.set_run_status(session.run_id, "failed")
+        console.print(f"The run stopped on an unexpected error (below). Every finished step is recorded; "
+                      f"after fixing the cause continue with: bigbang run --resume {session.run_id}")
+        raise
     finally:
         if monitor is not None:
             monitor.stop()

@@ -316,6 +316,8 @@ class SshConnector:
             try:
                 transport.auth_publickey(self.settings.username, key)
             except paramiko.AuthenticationException:
+                if not transport.is_active():  # the host went away mid-login (e.g. rebooting): not a key problem
+                    raise ConnectorError(f"{where} closed the connection during login", transient=True) from None
                 continue
             if transport.is_authenticated():
                 return

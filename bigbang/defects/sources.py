@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 from bigbang.connectors.base import Action
 from bigbang.defects.store import MAX_FIELD, MAX_TEXT
 from bigbang.defects.triage import Observation, unit_sample
-from bigbang.errors import ConnectorError
+from bigbang.errors import BigBangError, ConnectorError
 from bigbang.inventory.model import Inventory
 from bigbang.ledger import Ledger
 from bigbang.plan import Plan, Step
@@ -114,13 +114,21 @@ def probe(connector_for: Callable[[str], Any], plan: Plan, targets: Sequence[str
     """Run each target's verification step again through the run's connectors."""
     steps = probe_steps(plan)
     errors: list[str] = []
+    connectors: dict[str, Any] = {}
+    for name in sorted({steps[t].connector for t in targets}):
+        try:
+            connectors[name] = connector_for(name)
+        except BigBangError as exc:  # e.g. live mode without the connector's settings: say it once
+            skipped = sum(1 for t in targets if steps[t].connector == name)
+            errors.append(f"probe through the '{name}' connector not possible ({skipped} targets not probed): {exc}")
+    targets = [t for t in targets if steps[t].connector in connectors]
 
     def one(target: str) -> Observation | None:
         step = steps[target]
         action = Action(step_id=step.id, kind=step.kind, target=step.target,
                         attempt=PROBE_ATTEMPT_BASE + round_no, params=step.params)
         try:
-            outcome = connector_for(step.connector).run(action)
+            outcome = connectors[step.connector].run(action)
         except ConnectorError as exc:  # the connector itself is unusable: not the device's fault
             errors.append(f"probe of {target} not possible: {exc}")
             return None

@@ -44,12 +44,11 @@ from bigbang.defects.triage import (
     defect_key,
     group_problems,
     priority,
-    problem_key,
     score,
     signature,
 )
 from bigbang.errors import UserError
-from bigbang.inventory.model import Inventory, PriorityRule
+from bigbang.inventory.model import Inventory
 
 STATES = ("new", "triaged", "in_progress", "resolved", "closed")
 OPEN_STATES = ("new", "triaged", "in_progress")
@@ -284,7 +283,7 @@ class DefectQueue:
             for obs in failing:
                 target = targets.resolve(obs.target, obs.location_id)
                 sig = signature(obs)
-                key = defect_key(target.name, sig)
+                key = defect_key(target.name, sig, run_id or "")
                 obs_rows.append(self._obs_row(obs, key))
                 row = created.get(key) or existing.get(key)
                 if row is None:
@@ -318,10 +317,11 @@ class DefectQueue:
 
             by_target: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for row in [*existing.values(), *created.values()]:
-                by_target[row["target"]].append(row)
+                if row["run_id"] == run_id:
+                    by_target[row["target"]].append(row)
             for obs in passing:
                 target = targets.resolve(obs.target, obs.location_id)
-                obs_rows.append(self._obs_row(obs, defect_key(target.name, signature(obs))))
+                obs_rows.append(self._obs_row(obs, defect_key(target.name, signature(obs), run_id or "")))
                 for row in by_target.get(target.name, []):
                     if (row["state"] in OPEN_STATES and row["source"] in TECHNICAL_SOURCES
                             and row["last_seen"] <= obs.observed_at):
@@ -516,6 +516,8 @@ class DefectQueue:
     def set_state(self, key: str, state: str, actor: str, note: str = "") -> dict[str, Any]:
         if state not in STATES:
             raise DefectError(f"unknown state '{state}'", hint="use one of " + ", ".join(STATES))
+        if self.require(key)["state"] == state:
+            raise DefectError(f"defect {key} is already {state}")
         action = "resolved" if state == "resolved" else "state"
         return self._change(key, actor, action, note.strip() or f"-> {state}", state=state)
 

@@ -9,7 +9,6 @@ small so TOPdesk, Zammad, Jira Service Management or ServiceNow adapters can fol
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -35,7 +34,7 @@ class TicketDraft:
     subject: str
     body: str
     priority: int  # bigbang's 1 (highest) .. 4
-    status: str  # bigbang's state
+    status: str  # bigbang's state, or "reopened" for a new one that was resolved before
 
 
 @runtime_checkable
@@ -76,7 +75,8 @@ class EmbeddedTickets:
 
 
 # RT's default lifecycle: new, open, stalled, resolved, rejected, deleted.
-RT_STATUS = {"new": "new", "triaged": "open", "in_progress": "open", "resolved": "resolved", "closed": "resolved"}
+RT_STATUS = {"new": "new", "reopened": "open", "triaged": "open", "in_progress": "open", "resolved": "resolved",
+             "closed": "resolved"}
 
 
 class RequestTracker:
@@ -183,12 +183,16 @@ def draft_of(defect: dict[str, Any]) -> TicketDraft:
         defect["message"],
     ])
     return TicketDraft(defect["key"], f"[{defect['key']}] {defect['title']}"[:200], body, defect["priority"],
-                       defect["state"])
+                       status_of(defect))
 
 
 def _note(entry: dict[str, Any]) -> str:
     states = f" ({entry['from_state']} -> {entry['to_state']})" if entry["from_state"] != entry["to_state"] else ""
     return f"[{entry['action']}{states} by {entry['actor']}] {entry['text']}".strip()
+
+
+def status_of(defect: dict[str, Any]) -> str:
+    return "reopened" if defect["state"] == "new" and defect["reopened"] else defect["state"]
 
 
 def sync_tickets(queue: DefectQueue, system: TicketSystem) -> SyncResult:
@@ -214,7 +218,7 @@ def sync_tickets(queue: DefectQueue, system: TicketSystem) -> SyncResult:
             entries = queue.history_since(key, defect["synced_history_id"] or 0)
             notes = [_note(e) for e in entries if e["action"] != "created"]
             if notes or not created:
-                system.update(ticket_id, status=defect["state"], priority=defect["priority"],
+                system.update(ticket_id, status=status_of(defect), priority=defect["priority"],
                               comment="\n".join(notes) or None)
                 if not created:
                     result.updated += 1

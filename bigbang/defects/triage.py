@@ -69,12 +69,13 @@ def _digest(*parts: str, size: int = 5) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=size).hexdigest()
 
 
-def defect_key(target: str, sig: str) -> str:
-    return "D-" + _digest(target.lower(), sig)
+def defect_key(target: str, sig: str, scope: str = "") -> str:
+    """Stable per run (`scope`), so a rehearsal's defects never merge with the live weekend's."""
+    return "D-" + _digest(scope, target.lower(), sig)
 
 
-def problem_key(model: str, sig: str) -> str:
-    return "P-" + _digest(model.lower(), sig)
+def problem_key(model: str, sig: str, scope: str = "") -> str:
+    return "P-" + _digest(scope, model.lower(), sig)
 
 
 def category_of(obs: Observation) -> str:
@@ -144,7 +145,7 @@ def group_problems(defects: Iterable[dict[str, Any]]) -> dict[str, list[dict[str
     for d in defects:
         if d["state"] in ("resolved", "closed"):
             continue
-        groups.setdefault(problem_key(d["model"], d["signature"]), []).append(d)
+        groups.setdefault(problem_key(d["model"], d["signature"], d["run_id"] or ""), []).append(d)
     return {k: v for k, v in groups.items() if len({d["target"] for d in v}) >= 2}
 
 

@@ -92,13 +92,13 @@ def defect_detail(request: Request, key: str, user: User = Depends(support_staff
     device = found[1].model_dump(mode="json", exclude={"vars"}) if found else None
     location = field.inventory.location_by_id.get(d["location_id"] or "")
     server = field.inventory.server_by_name.get(d["target"])
-    rollout = []
+    rollout_steps = []
     if d["run_id"]:
         steps = field.ledger.step_results(d["run_id"])
-        rollout = sorted((s for s in steps.values() if s.target == d["target"]), key=lambda s: s.started_at or 0)
+        rollout_steps = sorted((s for s in steps.values() if s.target == d["target"]), key=lambda s: s.started_at or 0)
     return _page(request, "defects/detail.html.j2", d=d, history=queue.history(key), device=device,
                  location=location, server=server.model_dump(mode="json", exclude={"vars"}) if server else None,
-                 rollout=rollout, probes=queue.observations(target=d["target"], source="probe", limit=20),
+                 rollout_steps=rollout_steps, probes=queue.observations(target=d["target"], source="probe", limit=20),
                  observations=queue.observations(key, limit=50), transitions=TRANSITIONS[d["state"]],
                  problem_members=queue.list(problem=d["problem_key"], state="all", limit=50) if d["problem_key"] else [],
                  max_text=MAX_TEXT, msg=msg if msg in ("assigned", "commented", "changed") else None)

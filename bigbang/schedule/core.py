@@ -68,7 +68,7 @@ class Schedule:
                         key=lambda v: (v.start, p.jobs[v.job].id)):
             job, crew = p.jobs[v.job], p.crews[v.crew]
             visits.append({
-                "location": job.id, "name": job.name, "team": crew.team, "crew": crew.id,
+                "location": job.id, "name": job.name, "address": job.address, "team": crew.team, "crew": crew.id,
                 "start_min": v.start, "end_min": v.end, "start": when(v.start), "end": when(v.end),
                 "duration_min": v.end - v.start, "travel_min": v.travel, "devices": job.devices,
                 "workstations": job.workstations, "thin_clients": job.thin_clients,
@@ -134,7 +134,8 @@ def make_schedule(inventory: Inventory, *, seed: int = 0, time_limit: float = 10
 
         result = improve_with_cpsat(problem, first, time_limit=time_limit, seed=seed)
         solve.update(solver_status=result.status, solver_s=round(result.wall_s, 3),
-                     solver_deterministic_s=round(result.deterministic_s, 3), solver_complete_model=result.complete)
+                     solver_deterministic_s=round(result.deterministic_s, 3), solver_whole_model=result.complete,
+                     deterministic=not result.stopped_by_wall_clock)
         if result.solution is not None and result.solution.key() < best.key():
             best = result.solution
         if result.bound is not None:

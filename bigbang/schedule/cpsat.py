@@ -2,52 +2,67 @@
 
 Model: each location is assigned to exactly one crew and starts inside one of
 its feasible start ranges on that crew (access hours x shift x release). Per
-crew a circuit through its locations carries travel times (arc i->j means j
-starts after i ends plus travel). Minimise the makespan. The heuristic's
-solution is the hint, so the answer is never worse than it.
+crew a circuit through its locations carries travel times (arc i->j: j starts
+after i ends plus travel). Objective: the makespan, then the summed end times
+(so locations finish as early as they can). The current solution is the hint,
+so the answer is never worse than it.
 
-For large instances only the K nearest successors of each location get an arc
-(plus every arc the hint uses); the model is then a restriction, and its
-objective bound is not used as a proof.
+Small instances are solved as one model; its proven objective bound is a lower
+bound of the real problem. Large ones (more than FULL_ARCS_UP_TO arcs) are
+improved by large-neighbourhood search: repeatedly re-solve exactly the crew that
+ends last together with a few other crews and all their locations, keeping what
+improves. Effort is counted in CP-SAT's deterministic seconds, so a seed gives the
+same answer on a fast or a slow machine (a wall-clock safety net of 4x is noted
+in the result when it strikes).
 """
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 
 from bigbang.schedule.problem import Problem
-from bigbang.schedule.solve import Solution, timed
+from bigbang.schedule.solve import Solution, _crew_stats, timed
 
-FULL_ARCS_UP_TO = 60_000  # crews x jobs^2 arcs; above this only near neighbours get an arc
-NEIGHBOURS = 12
+FULL_ARCS_UP_TO = 20_000  # crews x jobs^2 in one model; above: neighbourhood search
+NEIGHBOURHOOD_CREWS = 4
+SUB_LIMIT = 2.0  # deterministic seconds per neighbourhood
 
 
 @dataclass(frozen=True)
 class CpResult:
     solution: Solution | None
-    status: str  # OPTIMAL | FEASIBLE | INFEASIBLE | UNKNOWN | ...
-    bound: int | None  # proven lower bound on the makespan (complete model only)
-    complete: bool  # every arc present: the model is exactly the problem
+    status: str  # OPTIMAL | FEASIBLE | INFEASIBLE | UNKNOWN, or "LNS: ..." for neighbourhood search
+    bound: int | None  # proven lower bound on the makespan (whole model only)
+    complete: bool  # one model of the whole problem
+    wall_s: float
+    deterministic_s: float
+    stopped_by_wall_clock: bool = False
+
+
+@dataclass(frozen=True)
+class _Sub:
+    sequences: dict[int, list[int]] | None  # crew -> job order
+    status: str
+    bound: int | None
     wall_s: float
     deterministic_s: float
 
 
-def improve_with_cpsat(problem: Problem, hint: Solution, *, time_limit: float, seed: int = 0,
-                       workers: int = 2) -> CpResult:
+def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, list[int]], *,
+           time_limit: float, seed: int, workers: int) -> _Sub:
+    """Exact model of `jobs` on `crews` (every arc), hinted with `hint`."""
     from ortools.sat.python import cp_model
 
-    jobs, crews = problem.jobs, problem.crews
-    n, m = len(jobs), len(crews)
     model = cp_model.CpModel()
     horizon = problem.horizon
-    complete = m * n * n <= FULL_ARCS_UP_TO
-
-    start = [model.new_int_var(0, horizon, f"s{j}") for j in range(n)]
-    end = [model.new_int_var(0, horizon, f"e{j}") for j in range(n)]
+    start = {j: model.new_int_var(0, horizon, f"s{j}") for j in jobs}
+    end = {j: model.new_int_var(0, horizon, f"e{j}") for j in jobs}
     assign: dict[tuple[int, int], object] = {}
-    for j in range(n):
+    for j in jobs:
         options = []
-        for c in range(m):
+        for c in crews:
             ranges = problem.start_windows(j, c)
             if not ranges:
                 continue
@@ -56,98 +71,165 @@ def improve_with_cpsat(problem: Problem, hint: Solution, *, time_limit: float, s
             options.append(x)
             domain = cp_model.Domain.from_intervals([[lo, hi] for lo, hi in ranges])
             model.add_linear_expression_in_domain(start[j], domain).only_enforce_if(x)
-            model.add(end[j] == start[j] + jobs[j].duration[crews[c].team]).only_enforce_if(x)
+            model.add(end[j] == start[j] + problem.jobs[j].duration[problem.crews[c].team]).only_enforce_if(x)
         if not options:
-            return CpResult(None, "INFEASIBLE", None, complete, 0.0, 0.0)
+            return _Sub(None, "INFEASIBLE", None, 0.0, 0.0)
         model.add_exactly_one(options)
 
     hint_arcs = set()
-    for c, seq in enumerate(hint.sequences):
-        prev = 0
+    for c, seq in hint.items():
+        prev = -1
         for j in seq:
-            hint_arcs.add((c, prev, j + 1))
-            prev = j + 1
-        hint_arcs.add((c, prev, 0))
-    near = {}
-    if not complete:
-        for i in range(n):
-            near[i] = set(sorted(range(n), key=lambda k: (problem.travel[i][k], k))[: NEIGHBOURS + 1])
-
+            hint_arcs.add((c, prev, j))
+            prev = j
+        hint_arcs.add((c, prev, -1))
+    node = {j: k + 1 for k, j in enumerate(jobs)}  # 0 is the crew's depot
     arc_lits: dict[tuple[int, int, int], object] = {}
-    for c in range(m):
-        arcs = []
-        members = [j for j in range(n) if (j, c) in assign]
+    for c in crews:
+        members = [j for j in jobs if (j, c) in assign]
         empty = model.new_bool_var(f"empty{c}")
-        arcs.append((0, 0, empty))
-        arc_lits[c, 0, 0] = empty
+        arcs = [(0, 0, empty)]
+        arc_lits[c, -1, -1] = empty
         for j in members:
             x = assign[j, c]
-            arcs.append((j + 1, j + 1, ~x))
+            model.add_implication(empty, ~x)
+            arcs.append((node[j], node[j], ~x))
             first = model.new_bool_var(f"f{c}_{j}")
-            arcs.append((0, j + 1, first))
-            arc_lits[c, 0, j + 1] = first
+            arcs.append((0, node[j], first))
+            arc_lits[c, -1, j] = first
             model.add(start[j] >= problem.base_travel[c][j]).only_enforce_if(first)
             last = model.new_bool_var(f"l{c}_{j}")
-            arcs.append((j + 1, 0, last))
-            arc_lits[c, j + 1, 0] = last
+            arcs.append((node[j], 0, last))
+            arc_lits[c, j, -1] = last
         for i in members:
             for k in members:
                 if i == k:
                     continue
-                if not complete and k not in near[i] and (c, i + 1, k + 1) not in hint_arcs:
-                    continue
                 lit = model.new_bool_var(f"a{c}_{i}_{k}")
-                arcs.append((i + 1, k + 1, lit))
-                arc_lits[c, i + 1, k + 1] = lit
+                arcs.append((node[i], node[k], lit))
+                arc_lits[c, i, k] = lit
                 model.add(start[k] >= end[i] + problem.travel[i][k]).only_enforce_if(lit)
         model.add_circuit(arcs)
-        for j in members:  # an empty crew visits nobody
-            model.add_implication(empty, ~assign[j, c])
 
     makespan = model.new_int_var(0, horizon, "makespan")
-    model.add_max_equality(makespan, end)
-    model.minimize(makespan)
+    model.add_max_equality(makespan, list(end.values()))
+    weight = len(jobs) * horizon + 1  # makespan first, then the summed ends
+    model.minimize(makespan * weight + sum(end.values()))
 
-    # the hint: the heuristic's solution, complete
-    for j, visit in enumerate(hint.visits):
-        if visit.crew < 0:
-            break
-    else:
-        for j, visit in enumerate(hint.visits):
-            model.add_hint(start[j], visit.start)
-            model.add_hint(end[j], visit.end)
-            for c in range(m):
-                if (j, c) in assign:
-                    model.add_hint(assign[j, c], c == visit.crew)
+    timing = timed_subset(problem, hint)
+    if timing is not None:
+        for j, (s, e, c) in timing.items():
+            model.add_hint(start[j], s)
+            model.add_hint(end[j], e)
+            for cc in crews:
+                if (j, cc) in assign:
+                    model.add_hint(assign[j, cc], cc == c)
         for key, lit in arc_lits.items():
             c, a, b = key
-            if a == 0 and b == 0:
-                model.add_hint(lit, not hint.sequences[c])
-            else:
-                model.add_hint(lit, key in hint_arcs)
-        model.add_hint(makespan, hint.makespan)
+            model.add_hint(lit, (not hint.get(c)) if a == -1 and b == -1 else key in hint_arcs)
+        model.add_hint(makespan, max((e for _, e, _ in timing.values()), default=0))
 
     solver = cp_model.CpSolver()
     params = solver.parameters
     params.random_seed = seed
     params.num_workers = workers
-    params.interleave_search = True  # deterministic for a seed, with several workers
+    if workers > 1:
+        params.interleave_search = True  # deterministic for a seed, with several workers
     params.max_deterministic_time = time_limit
-    params.max_time_in_seconds = time_limit * 4 + 10  # a safety net on a very busy machine
-    params.log_search_progress = False
+    params.max_time_in_seconds = time_limit * 4 + 5  # safety net on a very busy machine
     status = solver.solve(model)
     name = solver.status_name(status)
-    solution = None
-    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        sequences: list[list[int]] = [[] for _ in range(m)]
-        for j in range(n):
-            for c in range(m):
-                if (j, c) in assign and solver.boolean_value(assign[j, c]):
-                    sequences[c].append(j)
-        for seq in sequences:
-            seq.sort(key=lambda j: (solver.value(start[j]), j))
-        solution = timed(problem, sequences, "CP-SAT")
-    bound = None
-    if complete and status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        bound = int(round(solver.best_objective_bound))
-    return CpResult(solution, name, bound, complete, solver.wall_time, solver.deterministic_time)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return _Sub(None, name, None, solver.wall_time, solver.deterministic_time)
+    sequences: dict[int, list[int]] = {c: [] for c in crews}
+    for (j, c), x in assign.items():
+        if solver.boolean_value(x):
+            sequences[c].append(j)
+    for seq in sequences.values():
+        seq.sort(key=lambda j: (solver.value(start[j]), j))
+    bound = int(solver.best_objective_bound // weight)
+    return _Sub(sequences, name, bound, solver.wall_time, solver.deterministic_time)
+
+
+def timed_subset(problem: Problem, sequences: dict[int, list[int]]) -> dict[int, tuple[int, int, int]] | None:
+    """Start, end and crew of each job of `sequences`, as early as possible; None if one does not fit."""
+    out = {}
+    for c, seq in sequences.items():
+        free, prev = 0, None
+        for j in seq:
+            travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
+            s = problem.earliest_start(j, c, free + travel)
+            if s is None:
+                return None
+            free, prev = s + problem.jobs[j].duration[problem.crews[c].team], j
+            out[j] = (s, free, c)
+    return out
+
+
+def improve_with_cpsat(problem: Problem, hint: Solution, *, time_limit: float, seed: int = 0,
+                       workers: int = 2) -> CpResult:
+    n, m = len(problem.jobs), len(problem.crews)
+    t0 = time.perf_counter()
+    if m * n * n <= FULL_ARCS_UP_TO:
+        sub = _solve(problem, list(range(m)), list(range(n)), dict(enumerate(map(list, hint.sequences))),
+                     time_limit=time_limit, seed=seed, workers=workers)
+        solution = None
+        if sub.sequences is not None:
+            solution = timed(problem, [sub.sequences[c] for c in range(m)], "CP-SAT")
+        return CpResult(solution, sub.status, sub.bound, True, sub.wall_s, sub.deterministic_s,
+                        sub.wall_s >= time_limit * 4 + 4)
+    return _neighbourhood_search(problem, hint, time_limit, seed, t0)
+
+
+def _neighbourhood_search(problem: Problem, sol: Solution, time_limit: float, seed: int, t0: float) -> CpResult:
+    rng = random.Random(seed)
+    m = len(problem.crews)
+    seqs = [list(s) for s in sol.sequences]
+    stats = [_crew_stats(problem, c, seqs[c]) for c in range(m)]
+
+    def key(st) -> tuple[int, int]:
+        return (max(s[1] for s in st), sum(s[2] for s in st))
+
+    spent = 0.0
+    rounds = improved = 0
+    wall_stop = False
+    tabu: dict[frozenset[int], int] = {}
+    while spent < time_limit:
+        if time.perf_counter() - t0 > time_limit * 4 + 10:
+            wall_stop = True
+            break
+        rounds += 1
+        order = sorted(range(m), key=lambda c: (-stats[c][1], c))
+        late = order[0]
+        others = [c for c in range(m) if c != late]
+        # the crews ending earliest can take work; a random one or two widen the search
+        early = sorted(others, key=lambda c: (stats[c][1], c))
+        pick = early[: NEIGHBOURHOOD_CREWS - 2] + rng.sample(early[NEIGHBOURHOOD_CREWS - 2:],
+                                                             min(2, max(0, len(early) - NEIGHBOURHOOD_CREWS + 2)))
+        crews = sorted({late, *pick})
+        group = frozenset(crews)
+        if tabu.get(group, -1) >= improved:  # tried with no change since: pick others at random
+            crews = sorted({late, *rng.sample(others, min(NEIGHBOURHOOD_CREWS - 1, len(others)))})
+            group = frozenset(crews)
+        jobs = sorted(j for c in crews for j in seqs[c])
+        sub = _solve(problem, crews, jobs, {c: seqs[c] for c in crews},
+                     time_limit=min(SUB_LIMIT, time_limit - spent + 0.05), seed=seed + rounds, workers=1)
+        spent += max(sub.deterministic_s, 0.01)
+        if sub.sequences is None:
+            tabu[group] = improved
+            continue
+        trial = list(stats)
+        for c in crews:
+            trial[c] = _crew_stats(problem, c, sub.sequences[c])
+        if all(trial[c][0] for c in crews) and key(trial) < key(stats):
+            for c in crews:
+                seqs[c] = sub.sequences[c]
+            stats = trial
+            improved += 1
+        else:
+            tabu[group] = improved
+        if rounds > 50 * max(1, m) and not improved:
+            break
+    solution = timed(problem, seqs, sol.method + " + CP-SAT neighbourhoods")
+    return CpResult(solution, f"LNS: {rounds} neighbourhoods, {improved} improved", None, False,
+                    time.perf_counter() - t0, spent, wall_stop)

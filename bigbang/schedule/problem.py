@@ -43,6 +43,7 @@ class Job:
 
     id: str
     name: str
+    address: str
     criticality: str
     workstations: int
     thin_clients: int
@@ -348,7 +349,7 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
         else:
             release, release_servers = phase.prechecks_done, ()
         jobs.append(Job(
-            id=loc.id, name=loc.name, criticality=loc.criticality, workstations=len(loc.workstations),
+            id=loc.id, name=loc.name, address=loc.address, criticality=loc.criticality, workstations=len(loc.workstations),
             thin_clients=len(loc.thin_clients), home_team=loc.team, release=release,
             release_servers=release_servers,
             access=tuple(openings(loc.access_hours, w.start, w.timezone, horizon)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ log = logging.getLogger("bigbang.web")
 MAX_BODY = 64 * 1024  # a form here is a few hundred bytes; anything larger is refused before parsing
 BOARD_REFRESH = 15
 VERIFY_REFRESH = 5
+LOCK_AFTER, LOCK_WINDOW = 5, 300.0  # failed sign-ins per user name, seconds: then a pause (guessing passwords)
 
 
 class FieldApp:
@@ -73,8 +75,19 @@ class FieldApp:
         self.accounts = accounts_from_inventory(self.inventory)
         self.users_by_id = {a.user.id: a.user for a in self.accounts.values()}
         self.schedule = schedule(self.plan)
+        self._failures: dict[str, list[float]] = {}  # username -> times of recent failed sign-ins
         if run_id is not None and self.ledger.get_run(run_id) is None:
             raise UserError(f"no run {run_id} in the ledger {self.ledger.safe_url}")
+
+    def sign_in_locked(self, username: str) -> bool:
+        recent = [t for t in self._failures.get(username, []) if t > time.monotonic() - LOCK_WINDOW]
+        self._failures[username] = recent
+        return len(recent) >= LOCK_AFTER
+
+    def sign_in_failed(self, username: str) -> None:
+        if len(self._failures) > 10_000:  # bounded memory under a flood of made-up names
+            self._failures.clear()
+        self._failures.setdefault(username, []).append(time.monotonic())
 
     def run_id(self) -> str | None:
         """The run the pages show: the one given, else the newest run of this inventory."""
@@ -118,11 +131,31 @@ def create_app(inventory_path: str | Path, ledger_url: str | None = None, run_id
         return await call_next(request)
 
     app.middleware("http")(session_middleware(sessions))  # added last: runs first, so error pages have a session
+    app.add_middleware(_CompressPages)
 
     _errors(app)
     _routes(app, field)
     _include_defects(app)
     return app
+
+
+class _CompressPages:
+    """gzip for the big pages (a location with a hundred devices: ~270 kB -> ~25 kB on a phone's weak link).
+
+    Not for pages that echo request input beside the CSRF token (sign-in's `next`): compressing a secret
+    next to attacker-chosen text would let a network observer guess it from sizes (BREACH).
+    """
+
+    def __init__(self, app):
+        from starlette.middleware.gzip import GZipMiddleware
+
+        self.app = app
+        self.gzip = GZipMiddleware(app, minimum_size=2048)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (scope["path"].startswith("/l/") or scope["path"] in ("/", "/board")):
+            return await self.gzip(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 # ---------------------------------------------------------------- rendering
@@ -227,8 +260,13 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
     @app.post("/login", response_class=HTMLResponse, dependencies=[Depends(verify_csrf)])
     def login(request: Request, username: str = Form(..., max_length=64), password: str = Form(..., max_length=256),
               next: str = Form("/", max_length=300)):
+        name = username.strip().lower()
+        if field.sign_in_locked(name):
+            return page(request, "web/login.html.j2", status=429, next=_safe_next(next), error="web.locked",
+                        username=username)
         user = authenticate(field.accounts, username, password)
         if user is None:
+            field.sign_in_failed(name)
             log.warning("failed sign-in for %r from %s", username[:64], _source(request))
             return page(request, "web/login.html.j2", status=401, next=_safe_next(next), error="web.bad_login",
                         username=username)
@@ -345,13 +383,14 @@ def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str])
     checks = field.store.checks(run_id) if run_id else {}
     problems = ledger.problems(run_id) if run_id else []
     steps = ledger.step_results(run_id) if run_id else {}
+    signoffs = _signoffs(ledger, run_id) if run_id else {}
     rows = []
     window = field.inventory.rollout.window
     for location_id in location_ids:
         position, loc_plan = field.schedule[location_id]
         loc = field.inventory.location_by_id[location_id]
         row = results.get(location_id)
-        signoff = ledger.signoff(run_id, location_id) if run_id else None
+        signoff = signoffs.get(location_id)
         status = location_status(row, steps, loc_plan, signoff) if run_id else "planned"
         device_steps = [steps.get(s.id) for d in loc_plan.devices for s in d.steps[-1:]]
         rows.append({
@@ -369,6 +408,16 @@ def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str])
             "signoff": signoff,
         })
     return rows
+
+
+def _signoffs(ledger: Ledger, run_id: str) -> dict[str, dict[str, Any]]:
+    from sqlalchemy import select
+
+    from bigbang.ledger import signoffs
+
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(signoffs).where(signoffs.c.run_id == run_id)).mappings().all()
+    return {r["location_id"]: dict(r) for r in rows}
 
 
 def _include_defects(app: FastAPI) -> None:

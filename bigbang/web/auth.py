@@ -120,7 +120,8 @@ def session_middleware(sessions: Sessions):
         request.state.session_changed = data is None
         response = await call_next(request)
         if request.state.session_changed:
-            response.set_cookie(COOKIE, sessions.dump(request.state.session), max_age=int(sessions.lifetime),
+            # The cookie outlives the signature by an hour so an expired session is told apart from none.
+            response.set_cookie(COOKIE, sessions.dump(request.state.session), max_age=int(sessions.lifetime) + 3600,
                                 httponly=True, samesite="lax", secure=sessions.secure, path="/")
         return response
 
