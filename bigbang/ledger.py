@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -522,7 +521,3 @@ def _engine(url: str) -> Engine:
     except Exception as exc:  # noqa: BLE001 - a bad URL or missing driver is the user's to fix
         raise ConfigError(f"cannot use ledger URL {url!r}: {exc}") from exc
     raise ConfigError(f"unsupported ledger URL {url!r}", hint="use sqlite:///PATH or postgresql://USER@HOST/DB")
-
-
-def utc(ts: float | None) -> datetime | None:
-    return datetime.fromtimestamp(ts, tz=timezone.utc) if ts else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -352,8 +351,3 @@ def _phase(name: str, results: list[tuple[str, str, str]]) -> PhaseResult:
         skipped=tuple(n for n, s, _ in results if s == "skipped"),
         reasons={n: m for n, s, m in results if s != "succeeded"},
     )
-
-
-def sleep(seconds: float) -> None:
-    if seconds > 0:
-        time.sleep(seconds)

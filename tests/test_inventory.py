@@ -221,6 +221,6 @@ def test_validate_cli_exit_status_and_summary(bigbang, tmp_path):
     out = bigbang("validate", bad)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert lines[0] == f"inv.yaml:11: locations[0].team: unknown team 'nobody' (known: team-a)"
+    assert lines[0] == "inv.yaml:11: locations[0].team: unknown team 'nobody' (known: team-a)"
     assert lines[-1].startswith("error: inventory has 1 problem")
     assert "Traceback" not in out.stderr

@@ -92,7 +92,7 @@ def read_rows(path: Path, delimiter: str | None = None) -> tuple[list[tuple[int,
         if len(values) > len(columns):
             problems.append(Problem(display, line, "", f"{len(values)} values but the header has {len(columns)} columns"))
             continue
-        rows.append((line, {c: v.strip() for c, v in zip(columns, values) if c}))
+        rows.append((line, {c: v.strip() for c, v in zip(columns, values, strict=False) if c}))
     return rows, problems
 
 
@@ -104,7 +104,7 @@ def import_csv(path: Path, out: Path, *, delimiter: str | None = None, force: bo
     seen: dict[str, dict[str, int]] = {"hostname": {}, "mac": {}, "serial": {}}
 
     for line, row in rows:
-        def bad(column: str, message: str) -> None:
+        def bad(column: str, message: str, line: int = line) -> None:
             result.problems.append(Problem(display, line, column, message))
 
         errors_before = len(result.problems)

@@ -27,7 +27,7 @@ from bigbang.inventory.model import (
     Inventory,
     normalise_mac,
 )
-from bigbang.inventory.source import Origin, OriginMap, PathT, YamlFile, format_path
+from bigbang.inventory.source import OriginMap, PathT, YamlFile, format_path
 
 LIST_SECTIONS = ("teams", "servers", "locations")
 MAP_SECTIONS = ("rollout", "defaults", "groups", "connectors", "rehearsal", "support", "schedule")

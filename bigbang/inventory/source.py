@@ -66,14 +66,6 @@ class OriginMap:
         origin, rest = self.find(path)
         return Problem(origin.file, origin.line, format_path(origin.path + rest), message)
 
-    def copy_subtree(self, src: PathT, dst: PathT) -> None:
-        """Make values inherited from `src` (defaults) point at where `src` was written."""
-        src = tuple(src)
-        n = len(src)
-        for path, origin in list(self._origins.items()):
-            if path[:n] == src:
-                self._origins.setdefault(dst + path[n:], origin)
-
 
 class YamlFile:
     """One YAML file converted to plain values, with origins."""

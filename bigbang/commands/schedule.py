@@ -1,0 +1,193 @@
+"""`bigbang schedule`: fit the weekend into its window, and check a run against its schedule.
+
+    bigbang schedule PATH [--json] [--out DIR] [--from-run RUN_ID] [--seed N] [--time-limit S]
+    bigbang schedule compare RUN_ID [--json]
+    bigbang schedule deployment PATH [--run-id RUN_ID]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bigbang.errors import UserError
+
+EXIT_DOES_NOT_FIT = 2
+SUBCOMMANDS = ("compare", "deployment")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "schedule", help="fit the locations into the window: teams, slots, verdict, Gantt charts",
+        description="Compute the weekend's schedule: each location to a team and a time slot, inside its "
+                    "access hours, after its servers, with travel between locations. Prints the verdict "
+                    "(fits with how much slack, or what does not fit and what would make it fit), the makespan "
+                    "beside a proven lower bound, and writes Gantt charts (SVG, PNG, HTML). The schedule is "
+                    "stored next to the inventory; runs of that inventory then follow it. "
+                    "`bigbang schedule compare RUN_ID` shows planned vs actual per location; "
+                    "`bigbang schedule deployment PATH` prints the Prefect schedule that starts the weekend.")
+    p.add_argument("path", metavar="PATH", help="inventory file or directory (or: compare RUN_ID, deployment PATH)")
+    p.add_argument("target", nargs="?", help=__import__("argparse").SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the schedule (or comparison) as JSON")
+    p.add_argument("--out", metavar="DIR", help="where to write the charts (default: reports/schedule-<rollout>)")
+    p.add_argument("--from-run", metavar="RUN_ID", help="use step durations measured in this run")
+    p.add_argument("--ledger", metavar="URL", help="ledger database for --from-run and compare")
+    p.add_argument("--seed", type=int, default=0, help="seed of the heuristic and solver (default 0)")
+    p.add_argument("--time-limit", type=float, default=10.0, metavar="S",
+                   help="CP-SAT effort in (deterministic) seconds after the first answer; 0: heuristic only")
+    p.add_argument("--no-store", action="store_true", help="do not store the schedule next to the inventory")
+    p.add_argument("--team", action="append", metavar="ID", help="show only this team's itinerary")
+    p.add_argument("--check", action="store_true", help=f"exit {EXIT_DOES_NOT_FIT} when it does not fit")
+    p.add_argument("--run-id", help="deployment: the run the scheduled flow run works on")
+    p.add_argument("--tolerance", type=float, default=15.0, metavar="MIN",
+                   help="compare: minutes of slip before a location is flagged (default 15)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.path in SUBCOMMANDS:
+        if not args.target:
+            raise UserError(f"`bigbang schedule {args.path}` needs "
+                            + ("a run id" if args.path == "compare" else "an inventory path"))
+        return compare(args) if args.path == "compare" else deployment(args)
+    if args.target:
+        raise UserError(f"unexpected argument '{args.target}'",
+                        hint="bigbang schedule PATH, or bigbang schedule compare RUN_ID")
+    if args.time_limit < 0:
+        raise UserError("--time-limit cannot be negative")
+    from bigbang.inventory import load_inventory
+    from bigbang.schedule import make_schedule
+    from bigbang.schedule.render import itineraries, write_files
+    from bigbang.schedule.store import save
+
+    inventory = load_inventory(args.path)
+    measured, measured_from = None, ""
+    if args.from_run:
+        from bigbang.ledger import Ledger
+        from bigbang.schedule.problem import measured_durations
+
+        measured, measured_from = measured_durations(Ledger(args.ledger), args.from_run), f"run {args.from_run}"
+    schedule = make_schedule(inventory, seed=args.seed, time_limit=args.time_limit, measured=measured,
+                             measured_from=measured_from)
+    data = schedule.to_dict()
+    data["slots"] = {lid: {"team": team, "offset_s": offset, "crew": crew}
+                     for lid, (team, offset, crew) in sorted(schedule.slots().items())}
+    out = Path(args.out) if args.out else _default_out(inventory.rollout.name)
+    files = write_files(schedule, out)
+    stored = None
+    if not args.no_store:
+        stored = save(args.path, data)
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    else:
+        show(Console(highlight=False), schedule, data, itineraries(schedule), args.team)
+        console = Console(highlight=False)
+        console.print(f"Charts: {files['html']} (and gantt*.svg/png in {out})")
+        if stored:
+            console.print(f"Stored: {stored} — runs of this inventory follow it (delete the file to run without).")
+    return EXIT_DOES_NOT_FIT if args.check and not schedule.verdict.fits else 0
+
+
+def _default_out(rollout: str) -> Path:
+    import re
+
+    from bigbang.report import reports_dir
+
+    return reports_dir() / ("schedule-" + re.sub(r"[^a-z0-9]+", "-", rollout.lower()).strip("-"))
+
+
+def _hm(minutes: float | None) -> str:
+    if minutes is None:
+        return "–"
+    m = int(round(minutes))
+    sign = "-" if m < 0 else ""
+    return f"{sign}{abs(m) // 60}h{abs(m) % 60:02d}"
+
+
+def show(console: Console, schedule, data: dict, crews: list[dict], teams: list[str] | None) -> None:
+    v = schedule.verdict
+    console.print(f"[bold]{data['rollout']}[/] — window {data['window']['start']} to {data['window']['end']}")
+    console.print(("[green]" if v.fits else "[red]") + v.summary + "[/]")
+    for line in v.details[1:] if not v.fits else []:
+        console.print(f"  • {line}")
+    if v.remedies:
+        console.print("[bold]What would make it fit:[/]")
+        for line in v.remedies:
+            console.print(f"  • {line}")
+    console.print(f"makespan +{_hm(data['makespan_min'])} ({data['makespan_end']}), lower bound "
+                  f"+{_hm(data['lower_bound_min'])}, ratio {data['ratio']:.3f}; {data['solve']['method']}"
+                  + (f", CP-SAT {data['solve']['solver_status']}" if "solver_status" in data["solve"] else ""))
+    bounds = Table(title="Lower bounds (no schedule can end earlier)", title_justify="left")
+    for col in ("bound", "ends", "because"):
+        bounds.add_column(col)
+    for b in data["bounds"]:
+        bounds.add_row(b["name"], "+" + _hm(b["minutes"]), b["because"])
+    console.print(bounds)
+    known = {c["team"] for c in crews}
+    unknown = set(teams or []) - known
+    if unknown:
+        raise UserError(f"unknown team {', '.join(sorted(unknown))}", hint="known: " + ", ".join(sorted(known)))
+    shown = [c for c in crews if not teams or c["team"] in teams]
+    if not teams and sum(len(c["stops"]) for c in crews) > 60:
+        table = Table(title="Crews", title_justify="left")
+        for col in ("crew", "locations", "first", "last ends", "on site", "travel"):
+            table.add_column(col)
+        for c in crews:
+            stops = c["stops"]
+            table.add_row(c["crew"], str(len(stops)), stops[0]["arrive"] if stops else "–",
+                          stops[-1]["leave"] if stops else "–", _hm(c["busy_min"]), _hm(c["travel_min"]))
+        console.print(table)
+        console.print("Itineraries: --team ID, the HTML page, or --json.")
+        return
+    for c in shown:
+        table = Table(title=f"Crew {c['crew']}: {len(c['stops'])} locations", title_justify="left")
+        for col in ("arrive", "leave", "location", "address", "devices", "access hours", "travel"):
+            table.add_column(col)
+        for s in c["stops"]:
+            style = "red" if s["late"] else None
+            table.add_row(s["arrive"], s["leave"], f"{s['location']} {s['name']}", s["address"],
+                          str(s["devices"]), s["access_hours"], f"{s['travel_min']} min", style=style)
+        console.print(table)
+    if data["unscheduled"]:
+        console.print(f"[red]Not scheduled:[/] {', '.join(data['unscheduled'])}")
+
+
+def compare(args) -> int:
+    from bigbang.ledger import Ledger
+    from bigbang.schedule.compare import compare_run
+
+    result = compare_run(Ledger(args.ledger), args.target, args.tolerance)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        return 0
+    console = Console(highlight=False)
+    clock = "simulated" if result["mode"] == "rehearsal" else "real"
+    table = Table(title=f"{result['run_id']}: planned vs actual ({clock} time after the start; "
+                        f"slips over {result['tolerance_min']:g} min flagged)", title_justify="left")
+    for col in ("location", "crew", "planned", "actual", "start slip", "end slip", "status", "flags"):
+        table.add_column(col)
+    for r in result["locations"]:
+        table.add_row(r["location"], r["crew"], f"+{_hm(r['planned_start_min'])}–+{_hm(r['planned_end_min'])}",
+                      f"+{_hm(r['actual_start_min'])}–+{_hm(r['actual_end_min'])}", _hm(r["start_slip_min"]),
+                      _hm(r["end_slip_min"]), r["status"], ", ".join(r["flags"]),
+                      style="red" if r["flags"] else None)
+    console.print(table)
+    console.print(f"{result['slipped']} of {len(result['locations'])} locations slipped; planned end "
+                  f"+{_hm(result['planned_makespan_min'])}, actual +{_hm(result['actual_makespan_min'])}")
+    return 0
+
+
+def deployment(args) -> int:
+    from bigbang.inventory import load_inventory
+    from bigbang.schedule.deployment import deployment_schedule, deployment_yaml
+
+    inventory = load_inventory(args.target)
+    if args.json:
+        sys.stdout.write(json.dumps(deployment_schedule(inventory, args.run_id), indent=1) + "\n")
+    else:
+        sys.stdout.write(deployment_yaml(inventory, args.run_id))
+    return 0
