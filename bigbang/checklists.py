@@ -22,7 +22,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from bigbang.errors import ConfigError
-from bigbang.inventory.model import Inventory, Location, ThinClient, Workstation
+from bigbang.inventory.model import Inventory, Location, Workstation
 from bigbang.ledger import Ledger, StepRecord
 from bigbang.plan import LocationPlan, Plan
 from bigbang.report import templates_dir
@@ -345,7 +345,9 @@ def render_checklist_html(checklist: Checklist, inventory: Inventory, lang: str 
 
 
 def html_to_pdf(html: str, out: Path) -> None:
-    from weasyprint import HTML  # imported here: it is slow to import and only printing needs it
+    from weasyprint import (
+        HTML,  # imported here: it is slow to import and only printing needs it
+    )
 
     HTML(string=html, base_url=str(templates_dir())).write_pdf(str(out))
 

@@ -16,7 +16,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Float, Integer, MetaData, String, Table, Text, and_, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bigbang.errors import UserError

@@ -16,10 +16,11 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from bigbang.errors import InventoryError, RunError
+from bigbang.errors import InventoryError, RunError, UserError
 from bigbang.inventory import load_inventory
 from bigbang.ledger import Ledger
 from bigbang.plan import build_plan
+from bigbang.schedule.store import run_slots
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -78,7 +79,7 @@ def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
         raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}")
     try:
         inventory = load_inventory(run["inventory"])
-        plan = build_plan(inventory, run["mode"])
+        plan = build_plan(inventory, run["mode"], slots=run_slots(ledger, run_id))
     except (InventoryError, OSError):
         inventory = plan = None
     results = ledger.step_results(run_id)
@@ -161,9 +162,22 @@ def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
         "skipped_reasons": dict(sorted(skipped_reasons.items(), key=lambda kv: -kv[1])),
         "failed_devices": failed_devices,
         "retry_command": retry_command,
+        "schedule": _planned_vs_actual(ledger, run_id),
         "events": [{"at": e["at"], "kind": e["kind"], "message": e["message"]} for e in ledger.events(run_id)],
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
+
+
+def _planned_vs_actual(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
+    """Each location's scheduled slot beside what happened, when the run followed a schedule."""
+    from bigbang.schedule.compare import compare_run
+
+    if run_slots(ledger, run_id) is None:
+        return None
+    try:
+        return compare_run(ledger, run_id)
+    except UserError:
+        return None
 
 
 def render_report(ledger: Ledger, run_id: str, out_dir: Path | None = None) -> ReportFiles:

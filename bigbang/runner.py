@@ -242,10 +242,10 @@ class Runner:
                            {"signed_by": signed["signed_by"], "note": signed["note"]})
 
     def wait_for_slot(self, loc: LocationPlan) -> None:
-        """Hold a scheduled location until its slot (compressed in rehearsals)."""
+        """Hold a scheduled location until its slot (compressed in rehearsals) or its technician's check-in."""
         if loc.start_offset is None:
             return
-        self.session.wait_until_offset(loc.start_offset)
+        self.session.wait_until_offset(loc.start_offset, loc.id)
 
     def _prerequisites(self, loc: LocationPlan, known: dict[str, StepRecord]) -> str | None:
         prev = known.get(loc.precheck.id)

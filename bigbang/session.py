@@ -21,6 +21,7 @@ from bigbang.errors import LiveModeUnavailable, RunError
 from bigbang.inventory import Inventory, load_inventory
 from bigbang.ledger import Ledger, default_ledger_url
 from bigbang.plan import INTERNAL_CONNECTOR, Plan, build_plan
+from bigbang.schedule.start import wait_for_start
 from bigbang.schedule.store import remember as remember_schedule, run_slots, slots_of, stored_schedule
 from bigbang.secrets import resolve
 
@@ -180,15 +181,10 @@ class RunSession:
                 return signed
             time.sleep(min(poll, max(0.05, deadline - time.monotonic())))
 
-    def wait_until_offset(self, offset: float) -> None:
-        """Sleep until `offset` seconds after the run started, in the run's (compressed) time."""
-        if self.options.zero_duration:
-            return
-        row = self.ledger.get_run(self.run_id)
-        due = row["created_at"] + offset / self.compression()
-        delay = due - time.time()
-        if delay > 0:
-            time.sleep(delay)
+    def wait_until_offset(self, offset: float, location_id: str | None = None) -> str:
+        """Hold a location until `offset` seconds after the run's first step (in the run's compressed
+        time), or until its technician checks in, as the inventory's `schedule.start` says."""
+        return wait_for_start(self, location_id, offset)
 
     def close(self) -> None:
         for conn in self._connectors.values():

@@ -14,7 +14,7 @@ from bigbang.defects.sources import parse_reports_csv
 from bigbang.defects.store import DefectError, DefectQueue
 from bigbang.defects.triage import Observation, defect_key, signature
 from bigbang.errors import LiveModeUnavailable
-from tests.defects_helpers import DOMAIN, PXE, demo_inventory, rehearse
+from tests.test_defects_helpers import DOMAIN, PXE, demo_inventory, rehearse
 from tests.peers.postgres import postgres  # noqa: F401
 
 
@@ -177,6 +177,14 @@ def test_reports_csv_bad_rows_are_reported_by_line_and_good_rows_go_in(rehearsed
     assert printer["category"] == "printer" and printer["source"] == "user"
     assert collect(session=rehearsed, with_probe=False).gathered.get("user", 0) == 0
 
+    # A field over the csv module's limit and a quote left open: reported where the row starts.
+    content = ("device,text\nhst-ws-101,ok\nhst-ws-102," + "x" * 200_000 + "\nhst-ws-103,ok\n"
+               '"hst-ws-104,open quote\nhst-ws-105,swallowed\n')
+    broken = parse_reports_csv(content, inv)
+    assert [r["device"] for r in broken.rows] == ["hst-ws-101", "hst-ws-103"]
+    assert broken.errors == ["line 3: malformed CSV: field larger than field limit (131072)",
+                             "line 5: 1 fields, the header has 2 (the row runs to line 6: a quote left open?)"]
+
     bad = parse_reports_csv("device,colour\nx,y\n", inv)
     assert bad.rows == [] and bad.errors == ["line 1: unknown columns colour (columns: reported_at, device, "
                                              "location, category, text, reporter, report_id)"]
@@ -211,6 +219,8 @@ def test_queue_on_postgresql(tmp_path, postgres):  # noqa: F811
         assert queue.get(key)["state"] == "resolved" and queue.get(key)["assignee"] == "sune"
         assert len(queue.problems()) == 0  # the probe resolved the image failures
         assert queue.collection_count() == 2
+        first, second = concurrent_apply(queue, session.inventory, session.run_id)
+        assert first.created + second.created == 30 and first.observations + second.observations == 300
     finally:
         session.close()
 
@@ -307,3 +317,32 @@ def test_steps_that_never_finished_and_devices_never_done(tmp_path):
         assert len(skipped) == 1 and skipped[0]["message"] == "not done: location halted: 3 of 9 devices failed"
     finally:
         session.close()
+
+
+def concurrent_apply(queue: DefectQueue, inventory, run_id: str) -> list:
+    """Two collectors filing the same 300 sightings (30 devices x the same category: 30 defects) at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hosts = [d.hostname for loc in inventory.locations for d in loc.devices]
+    batch = [Observation(f"user:c{i}", "user", hosts[i % len(hosts)], f"user.cat{i % 10}", "broken",
+                         observed_at=2000.0 + i, category=f"cat{i % 10}") for i in range(300)]
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda b: queue.apply(b, inventory, run_id=run_id), [batch, list(reversed(batch))]))
+
+
+def test_technicians_problems_and_two_collectors_at_once(rehearsed):
+    ledger = rehearsed.ledger
+    ledger.add_problem("p-1", rehearsed.run_id, "HST-014", "network", "wifi drops in wing B", "aha")
+    ledger.add_problem("p-2", rehearsed.run_id, "HST-001", "hardware", "cracked screen", "mkr", device="hst-ws-104")
+    collect(session=rehearsed, with_probe=False)
+    queue = DefectQueue(ledger.engine)
+    got = by_target(queue)
+    assert got["HST-014"][0]["source"] == "field" and got["HST-014"][0]["target_kind"] == "location"
+    assert got["hst-ws-104"][0]["category"] == "hardware" and "cracked screen" in got["hst-ws-104"][0]["message"]
+
+    before = len(queue.list(state="all", limit=None))
+    first, second = concurrent_apply(queue, rehearsed.inventory, rehearsed.run_id)
+    assert first.created + second.created == 30 and first.observations + second.observations == 300
+    assert first.duplicates + second.duplicates == 300
+    assert len(queue.list(state="all", limit=None)) == before + 30
+    assert sorted(d["occurrences"] for d in queue.list(category="cat3", limit=None)) == [10, 10, 10]

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from tests.conftest import ROOT
-from tests.defects_helpers import demo_inventory, rehearse
+from tests.test_defects_helpers import demo_inventory, rehearse
 
 SCRIPT = textwrap.dedent("""
     import json, sys

@@ -10,7 +10,7 @@ from bigbang.defects.tickets import RequestTracker, TicketSystem, sync_tickets
 from bigbang.defects.triage import Observation
 from bigbang.inventory.model import TicketSystemSettings
 from bigbang.session import RunSession
-from tests.defects_helpers import demo_inventory, rehearse
+from tests.test_defects_helpers import demo_inventory, rehearse
 from tests.peers.postgres import free_port
 from tests.peers.rt import KEY_FIELD, QUEUE, ROOT_PASSWORD, request_tracker  # noqa: F401
 

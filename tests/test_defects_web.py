@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from bigbang.defects.collect import collect
 from bigbang.defects.store import DefectQueue
 from bigbang.web.app import create_app
-from tests.defects_helpers import PXE, demo_inventory, rehearse
+from tests.test_defects_helpers import PXE, demo_inventory, rehearse
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 

@@ -59,6 +59,7 @@ def test_live_run_of_a_location(thin_client_lab, wsman_lab, tmp_path, monkeypatc
         session.ledger.sign_off(session.run_id, "LAB-001", "Test Technician", "all desks checked")
         result = Runner(session).run_location("LAB-001")
         steps = session.ledger.step_results(session.run_id, scope="LAB-001")
+        substeps = {(e["subject"], e["message"]) for e in session.ledger.events(session.run_id) if e["kind"] == "substep"}
     finally:
         session.close()
 
@@ -80,3 +81,6 @@ def test_live_run_of_a_location(thin_client_lab, wsman_lab, tmp_path, monkeypatc
         assert (ws.read("hostname"), ws.read("domain")) == (f"lab-ws-{i:02d}", "ad.lab.dk")
         assert steps[f"lab-ws-old{i}:ws.verify"].facts["found"]["image_version"] == "10.0.26100.2314"
     assert steps["LAB-001:loc.signoff"].status == "succeeded"
+    # sub-steps are journalled as they finish (the device checks make a resume skip them)
+    assert {("lab-tc-old1:tc.reassign", m) for m in ("profile written", "profile applied", "rebooted")} <= substeps
+    assert ("lab-ws-old1:ws.image", "up with the target image") in substeps

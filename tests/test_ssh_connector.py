@@ -212,6 +212,9 @@ def test_failing_command_reports_exit_code_and_stderr_tail(thin_client_lab, tmp_
         assert not outcome.ok and not outcome.transient
         assert outcome.message.startswith(f"tc_apply exited 7 on {host.address}")
         assert "flash: not enough space for 12.6.1" in outcome.message
+        assert outcome.facts["command"]["exit_code"] == 7
+        assert outcome.facts["command"]["stderr_tail"] == "flash: not enough space for 12.6.1"
+        assert outcome.facts["substeps"] == ["profile written"]
         result = conn.execute(host.address, "echo out; echo err >&2; exit 3")
         assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
         assert result.summary()["stderr_tail"] == "err"
@@ -242,3 +245,55 @@ def test_missing_key_file_and_known_hosts_are_clear_configuration_errors(thin_cl
         connector(thin_client_lab, key_file=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="known_hosts file .* does not exist"):
         connector(thin_client_lab, known_hosts=str(tmp_path / "none"))
+
+
+def test_key_from_a_real_ssh_agent(thin_client_lab, tmp_path, monkeypatch):
+    import subprocess
+
+    host = thin_client_lab.add_hosts(1, prefix="ag")[0]
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(ConfigError, match="SSH agent offers no keys"):
+        connector(thin_client_lab, key_file=None)
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = {"SSH_AUTH_SOCK": str(socket_path), "PATH": "/usr/bin:/bin"}
+        subprocess.run(["ssh-add", str(thin_client_lab.client_key)], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        conn = connector(thin_client_lab, key_file=None)
+        try:
+            outcome = act(conn, host, "tc.verify")
+            assert outcome.facts["found"]["hostname"] == host.name  # logged in with the agent's key
+        finally:
+            conn.close()
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_passphrase_protected_key_by_reference(thin_client_lab, tmp_path, monkeypatch):
+    from cryptography.hazmat.primitives import serialization
+
+    from bigbang.secrets import resolve
+
+    host = thin_client_lab.add_hosts(1, prefix="pp")[0]
+    key = serialization.load_ssh_private_key(thin_client_lab.client_key.read_bytes(), password=None)
+    protected = tmp_path / "protected_key"
+    protected.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                            serialization.BestAvailableEncryption(b"correct horse")))
+    settings = SshSettings(**thin_client_lab.ssh_settings(key_file=str(protected),
+                                                          key_passphrase={"env": "BB_TEST_KEY_PASSPHRASE"}))
+    context = ConnectorContext(run_id="test", inventory=None, resolve_secret=resolve)
+    monkeypatch.setenv("BB_TEST_KEY_PASSPHRASE", "wrong")
+    with pytest.raises(ConfigError, match="cannot load SSH key_file"):
+        create(settings, context)
+    monkeypatch.setenv("BB_TEST_KEY_PASSPHRASE", "correct horse")
+    conn = create(settings, context)
+    try:
+        assert act(conn, host, "tc.verify").facts["found"]["hostname"] == host.name
+    finally:
+        conn.close()

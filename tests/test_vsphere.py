@@ -11,6 +11,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,7 +42,8 @@ def server(name: str, **over: Any) -> dict[str, Any]:
 
 def connector(sim, **settings: Any):
     conf = VsphereSettings.model_validate(sim.settings(**settings))
-    return create(conf, ConnectorContext(run_id="test", inventory=None, resolve_secret=resolve))
+    inventory = SimpleNamespace(rollout=SimpleNamespace(name=ROLLOUT))  # all the connector reads of it
+    return create(conf, ConnectorContext(run_id="test", inventory=inventory, resolve_secret=resolve))
 
 
 def step(conn, kind: str, spec: dict[str, Any], attempt: int = 1):
@@ -104,6 +106,7 @@ def run_live(path: Path, tmp_path: Path, run_id: str) -> RunSession:
     for wave in range(len(session.plan.waves)):
         runner.run_wave(wave)
     for loc in session.plan.locations:
+        session.ledger.sign_off(run_id, loc.id, "test technician", "no devices here")  # the live gate waits for it
         runner.run_location(loc.id)
     session.ledger.flush()
     return session
@@ -245,7 +248,9 @@ def test_drift_is_reported_by_default_and_left_alone(sim):
     out = step(conn, "srv.provision", spec)
     assert not out.ok and "left unchanged" in out.message
     vm = find_vm(si, "drift-report")
-    assert vm.config.hardware.numCPU == 2 and not vm.snapshot
+    assert vm.config.hardware.numCPU == 2
+    changing = {c["method"] for c in sim.calls() if c["name"] == "drift-report"} - {"RetrievePropertiesEx"}
+    assert "ReconfigVM_Task" not in changing and "CreateSnapshot_Task" not in changing
     conn.close()
 
 
@@ -355,6 +360,35 @@ def test_unreachable_vcenter_and_missing_secret_fail_fast_with_a_reason(sim, mon
     assert not out.ok and "environment variable NO_SUCH_VCENTER_PASSWORD is not set" in out.message
 
 
+def test_vcenter_that_never_answers_times_out(sim):
+    with socket.socket() as silent:  # accepts connections (backlog) but never speaks TLS
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        conn = connector(sim, port=silent.getsockname()[1], connect_timeout=1)
+        started = time.monotonic()
+        out = step(conn, "srv.precheck", server("silent-a"))
+        assert time.monotonic() - started < 4
+    assert not out.ok and out.transient and "did not answer within 1 s" in out.message
+
+
+def test_a_provisioned_vm_powered_off_later_is_powered_on_but_never_customised_again(sim):
+    conn = connector(sim)
+    spec = server("once-01", customization={"os": "linux", "ip": "10.20.0.90"})
+    assert step(conn, "srv.provision", spec).changed
+    si = sim.connect()
+    vm = find_vm(si, "once-01")
+    assert vm.config.annotation == f"bigbang: provisioned for {ROLLOUT}"
+    vm.PowerOffVM_Task()
+    sim.reset()
+    again = connector(sim)  # a later run
+    out = step(again, "srv.provision", spec)
+    assert out.ok and out.changed and out.message == "powered on"
+    assert [c["method"] for c in sim.calls() if c["name"] == "once-01" and c["method"].endswith("_Task")] == \
+        ["PowerOnVM_Task"]
+    conn.close()
+    again.close()
+
+
 def test_guest_without_ip_fails_within_the_timeout_without_polling_and_is_rolled_back(sim):
     conn = connector(sim, ip_timeout=2)
     spec = server("noip-01", network="vlan999-isolated")  # no DHCP on that port group
@@ -418,8 +452,9 @@ def test_clone_concurrency_is_limited_per_datastore_and_unlimited_clones_overlap
     conn, calls = _provision_many(sim, names, {"max_parallel_clones": 8, "max_parallel_per_datastore": 1},
                                   lambda i: {"cluster": clusters[i], "datastore": "ds-ssd-02"})
     assert peak_overlap(calls, "CloneVM_Task") == 1
+    assert conn.stats()["datastore_peaks"]["ds-ssd-02"] == 1
     # The same three clones without a binding limit do overlap: the measurement can see concurrency.
     names = [f"lim-free-{i}" for i in range(3)]
-    conn, calls = _provision_many(sim, names, {"max_parallel_clones": 8, "max_parallel_per_datastore": 8},
+    _conn, calls = _provision_many(sim, names, {"max_parallel_clones": 8, "max_parallel_per_datastore": 8},
                                   lambda i: {"cluster": clusters[i], "datastore": "ds-ssd-02"})
     assert peak_overlap(calls, "CloneVM_Task") >= 2

@@ -81,8 +81,8 @@ def test_sign_in_is_required_and_a_wrong_password_is_refused(field):
         client.post("/login", data={"username": "sni", "password": "guess", "csrf_token": token})
     r = client.post("/login", data={"username": "sni", "password": "demo-sni", "csrf_token": token})
     assert r.status_code == 429 and "Too many failed attempts" in r.text  # guessing is slowed down
-    # an open redirect after sign-in is refused: only paths on this site
-    r = client.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": token,
+    # an open redirect after sign-in is refused: only paths on this site (and "Aha" is aha: phones capitalise)
+    r = client.post("/login", data={"username": "Aha", "password": "demo-aha", "csrf_token": token,
                                     "next": "//evil.example/x"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/"
 
@@ -360,3 +360,20 @@ def test_field_store_on_postgresql_is_idempotent_under_concurrent_retries(postgr
     assert len(ledger.problems("run-pg")) == 1
     assert store.checks("run-pg")[(LOCATION, "location.arrive")].checked
     ledger.close()
+
+
+def test_an_unexpected_error_is_a_plain_500_page_with_a_reference(field, caplog):
+    inventory, ledger_url, session = field
+    app = create_app(inventory, ledger_url, session.run_id)
+    client, _ = signed_in(app, "aha")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database password=hunter2 leaked in a message")
+
+    app.state.field.checklist = broken
+    r = client.get(f"/l/{LOCATION}")
+    assert r.status_code == 500 and "Something went wrong on our side" in r.text
+    ref = re.search(r"ref ([0-9a-f]{8})", r.text).group(1)
+    assert "hunter2" not in r.text and "RuntimeError" not in r.text
+    _no_leak(r.text)
+    assert any(ref in rec.getMessage() for rec in caplog.records)  # the log has it, for the operator

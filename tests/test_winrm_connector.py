@@ -13,7 +13,7 @@ from bigbang.connectors.winrm import WinrmSettings, create
 from bigbang.errors import ConfigError
 from bigbang.secrets import resolve
 from bigbang.wol import magic_packet, send_magic_packet
-from tests.peers.wsman_server import COMMANDS_DIR, workstation_params, wsman_lab  # noqa: F401
+from tests.peers.wsman_server import COMMANDS_DIR, workstation_params, wsman_http_lab, wsman_lab  # noqa: F401
 
 CONTEXT = ConnectorContext(run_id="test", inventory=None, resolve_secret=resolve)
 
@@ -99,7 +99,7 @@ def test_device_that_never_wakes_times_out(wsman_lab, settings):
     try:
         outcome = act(conn, host, "ws.image")
         assert not outcome.ok and not outcome.transient
-        assert "not re-imaged within 1 s after Wake-on-LAN (no answer over WinRM)" in outcome.message
+        assert "not re-imaged within 1 s after Wake-on-LAN (no answer over WinRM; last: cannot reach" in outcome.message
         assert packets_for(wsman_lab, host.mac)
     finally:
         conn.close()
@@ -153,3 +153,34 @@ def test_magic_packet_arrives_at_a_udp_listener():
     thread.join()
     listener.close()
     assert received[0] == b"\xff" * 6 + bytes.fromhex("001a2b3c4d5e") * 16
+
+
+def test_ntlm_over_http_without_message_encryption(wsman_http_lab, monkeypatch):
+    """The http lab has no Wake-on-LAN listener, so this checks ws.verify only."""
+    monkeypatch.setenv("BB_TEST_NTLM_PASSWORD", wsman_http_lab.password)
+    host = wsman_http_lab.add_host("ws-ntlm", mac="00:1a:2b:31:07:01", image_version="10.0.26100.2314",
+                                   hostname="hst-ws-ntlm", domain="ad.example.dk",
+                                   packages="Microsoft 365 Apps 2411|Citrix Workspace 2409")
+    settings = WinrmSettings(username=wsman_http_lab.username, password={"env": "BB_TEST_NTLM_PASSWORD"},
+                             transport="ntlm", scheme="http", message_encryption="never", port=wsman_http_lab.port,
+                             operation_timeout=5, read_timeout=10, commands_dir=str(COMMANDS_DIR))
+    conn = create(settings, CONTEXT)
+    try:
+        outcome = act(conn, host, "ws.verify")
+        assert outcome.ok, outcome.message
+        assert outcome.facts["found"]["hostname"] == "hst-ws-ntlm"
+    finally:
+        conn.close()
+
+
+def test_failing_powershell_template_reports_exit_code_and_plain_error_text(wsman_lab, settings, tmp_path):
+    host = wsman_lab.add_host("ws-701", mac="00:1a:2b:31:07:02", image_version="1", hostname="x", domain="")
+    (tmp_path / "ws_state.ps1.j2").write_text("echo 'Get-CimInstance : Access denied' >&2\nexit 1\n")
+    conn = create(settings(commands_dir=str(tmp_path)), CONTEXT)
+    try:
+        outcome = act(conn, host, "ws.verify")
+        assert not outcome.ok and not outcome.transient
+        assert outcome.message == f"ws_state exited 1 on {host.address}: Get-CimInstance : Access denied"
+        assert outcome.facts["command"]["exit_code"] == 1
+    finally:
+        conn.close()

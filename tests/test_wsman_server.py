@@ -138,3 +138,20 @@ def test_powered_off_host_refuses_connections(wsman_lab):
     wsman_lab.power_off(host)
     with pytest.raises(requests.exceptions.ConnectionError):
         pywinrm_session(wsman_lab, host).run_cmd("true")
+
+
+def test_ntlm_without_message_encryption_with_both_clients(wsman_http_lab):
+    host = wsman_http_lab.hosts.get("srv-ntlm") or wsman_http_lab.add_host("srv-ntlm")
+    session = winrm.Session(wsman_http_lab.endpoint(host), auth=(wsman_http_lab.username, wsman_http_lab.password),
+                            transport="ntlm", message_encryption="never")
+    assert session.run_cmd("echo ntlm").std_out == b"ntlm\n"
+    with pytest.raises(InvalidCredentialsError):
+        winrm.Session(wsman_http_lab.endpoint(host), auth=(wsman_http_lab.username, "wrong"), transport="ntlm",
+                      message_encryption="never").run_cmd("echo")
+    for auth in ("ntlm", "negotiate"):
+        wsman = WSMan(host.address, port=wsman_http_lab.port, username=wsman_http_lab.username,
+                      password=wsman_http_lab.password, ssl=False, auth=auth, encryption="never")
+        with WinRS(wsman) as shell:
+            process = Process(shell, f"echo {auth}")
+            process.invoke()
+            assert process.stdout == f"{auth}\n".encode()

@@ -93,7 +93,8 @@ def deploy(args) -> int:
     env = worker_env()
     done = layer.deploy_all(PROJECT_DIR, env, prefect)
     if done.returncode != 0:
-        raise ConfigError(f"`prefect deploy --all` failed against {api}:\n{(done.stdout + done.stderr).strip()[-2000:]}")
+        output = (done.stdout + done.stderr).strip()[-2000:]
+        raise ConfigError(f"`prefect deploy --all` failed against {api}:\n{output}")
     name = layer.ensure_crash_automation(args.crash_after)
     console.print(f"deployments from {PROJECT_DIR / 'prefect.yaml'} registered on {api}")
     console.print(f"automation '{name}': crash after {args.crash_after:g} s without a heartbeat")

@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--location", action="append", metavar="ID", help="show the device steps of this location")
     p.add_argument("--all", action="store_true", help="show every device's steps, however many")
+    p.add_argument("--vcenter", action="store_true",
+                   help="also compare the servers with vCenter (connectors.vsphere): create / reconfigure / fine")
     p.set_defaults(func=run)
 
 
@@ -31,6 +33,10 @@ def run(args) -> int:
         return 0
     console = Console()
     show(console, plan, inventory, args.location, args.all)
+    if args.vcenter:
+        from bigbang.commands.vcenter import assess_inventory, show_diff
+
+        show_diff(console, assess_inventory(inventory))
     return 0
 
 

@@ -3,6 +3,7 @@
     bigbang schedule PATH [--json] [--out DIR] [--from-run RUN_ID] [--seed N] [--time-limit S]
     bigbang schedule compare RUN_ID [--json]
     bigbang schedule deployment PATH [--run-id RUN_ID]
+    bigbang schedule checkin RUN_ID LOCATION --by NAME
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.table import Table
 from bigbang.errors import UserError
 
 EXIT_DOES_NOT_FIT = 2
-SUBCOMMANDS = ("compare", "deployment")
+SUBCOMMANDS = ("compare", "deployment", "checkin")
 
 
 def register(sub) -> None:
@@ -29,9 +30,12 @@ def register(sub) -> None:
                     "beside a proven lower bound, and writes Gantt charts (SVG, PNG, HTML). The schedule is "
                     "stored next to the inventory; runs of that inventory then follow it. "
                     "`bigbang schedule compare RUN_ID` shows planned vs actual per location; "
-                    "`bigbang schedule deployment PATH` prints the Prefect schedule that starts the weekend.")
+                    "`bigbang schedule deployment PATH` prints the Prefect schedule that starts the weekend; "
+                    "`bigbang schedule checkin RUN_ID LOCATION --by NAME` records a technician's arrival.")
     p.add_argument("path", metavar="PATH", help="inventory file or directory (or: compare RUN_ID, deployment PATH)")
     p.add_argument("target", nargs="?", help=__import__("argparse").SUPPRESS)
+    p.add_argument("location", nargs="?", help=__import__("argparse").SUPPRESS)
+    p.add_argument("--by", metavar="NAME", help="checkin: who arrived")
     p.add_argument("--json", action="store_true", help="print the schedule (or comparison) as JSON")
     p.add_argument("--out", metavar="DIR", help="where to write the charts (default: reports/schedule-<rollout>)")
     p.add_argument("--from-run", metavar="RUN_ID", help="use step durations measured in this run")
@@ -52,8 +56,8 @@ def run(args) -> int:
     if args.path in SUBCOMMANDS:
         if not args.target:
             raise UserError(f"`bigbang schedule {args.path}` needs "
-                            + ("a run id" if args.path == "compare" else "an inventory path"))
-        return compare(args) if args.path == "compare" else deployment(args)
+                            + ("an inventory path" if args.path == "deployment" else "a run id"))
+        return {"compare": compare, "deployment": deployment, "checkin": checkin}[args.path](args)
     if args.target:
         raise UserError(f"unexpected argument '{args.target}'",
                         hint="bigbang schedule PATH, or bigbang schedule compare RUN_ID")
@@ -178,6 +182,28 @@ def compare(args) -> int:
     console.print(table)
     console.print(f"{result['slipped']} of {len(result['locations'])} locations slipped; planned end "
                   f"+{_hm(result['planned_makespan_min'])}, actual +{_hm(result['actual_makespan_min'])}")
+    return 0
+
+
+def checkin(args) -> int:
+    from bigbang.errors import RunError
+    from bigbang.inventory import load_inventory
+    from bigbang.ledger import Ledger
+    from bigbang.schedule.start import check_in
+
+    if not args.location or not args.by:
+        raise UserError("usage: bigbang schedule checkin RUN_ID LOCATION --by NAME")
+    ledger = Ledger(args.ledger)
+    run = ledger.get_run(args.target)
+    if run is None:
+        raise RunError(f"no run {args.target} in the ledger {ledger.safe_url}")
+    known = load_inventory(run["inventory"]).location_by_id
+    if args.location not in known:
+        raise UserError(f"run {args.target} has no location {args.location}",
+                        hint="known: " + ", ".join(sorted(known)[:10]) + (" ..." if len(known) > 10 else ""))
+    done = check_in(ledger, args.target, args.location, args.by)
+    Console(highlight=False).print(f"{args.location} checked in by {args.by}" if done
+                                   else f"{args.location} was checked in already")
     return 0
 
 

@@ -32,6 +32,8 @@ from bigbang.errors import ConfigError, ConnectorError
 from bigbang.inventory.model import SecretRef
 
 log = logging.getLogger("bigbang.ssh")
+# paramiko reports every reset connection (expected while a device reboots) through the last-resort handler.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 _KNOWN_HOSTS_LOCK = threading.Lock()
 
 
@@ -110,13 +112,21 @@ class SshConnector:
                 return self._verify(action, address)
             return Outcome.failed(f"the ssh connector cannot run {action.kind}", transient=False)
         except ConnectorError as exc:
-            return Outcome.failed(str(exc), transient=exc.transient, address=address)
+            facts = {"address": address, **({"command": exc.command} if getattr(exc, "command", None) else {})}
+            return Outcome.failed(str(exc), transient=exc.transient, **facts)
+        except (paramiko.SSHException, OSError, EOFError) as exc:  # a network error from an unexpected place
+            self._drop(address)
+            return Outcome.failed(f"connection to {address} failed: {exc.__class__.__name__}: {exc}",
+                                  transient=True, address=address)
 
     def close(self) -> None:
         with self._lock:
             transports, self._transports = list(self._transports.values()), {}
-        for t in transports:
-            t.close()
+        for transport in transports:
+            try:
+                transport.close()
+            except (paramiko.SSHException, OSError, EOFError):  # closing a dead connection
+                pass
 
     # ------------------------------------------------------------ steps
     def expected(self, params: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -146,6 +156,17 @@ class SshConnector:
                            facts={"substeps": done, "expected": expected, "found": state, "address": address})
         variables = self._variables(action.params, profile=profile, profile_sha256=sha,
                                     profile_b64=base64.b64encode(profile.encode()).decode())
+        try:
+            return self._change(action, address, expected, state, variables, done)
+        except ConnectorError as exc:  # keep what was done: a resume and the defect report both need it
+            facts = {"substeps": done, "expected": expected, "address": address}
+            if getattr(exc, "command", None):
+                facts["command"] = exc.command
+            return Outcome(ok=False, changed=bool(done), transient=exc.transient, message=str(exc), facts=facts)
+
+    def _change(self, action: Action, address: str, expected: dict[str, Any], state: dict[str, str],
+                variables: dict[str, Any], done: list[str]) -> Outcome:
+        sha = expected["profile_sha256"]
         if state.get("profile_sha256") != sha:
             self._step(address, "tc_write_profile.sh.j2", variables)
             done.append("profile written")
@@ -156,8 +177,8 @@ class SshConnector:
             record_substep(self.context, action.step_id, "profile applied")
         firmware = expected["firmware"]
         if state.get("hostname") != expected["hostname"] or (firmware and state.get("firmware") != firmware):
-            self._step(address, "tc_reboot.sh.j2", variables)
-            state = self._wait_for_reboot(address, state.get("boot_id"))
+            reboot = self._step(address, "tc_reboot.sh.j2", variables)
+            state = self._wait_for_reboot(address, state.get("boot_id"), _seconds(reboot.facts.get("reboot_in")))
             done.append("rebooted")
             record_substep(self.context, action.step_id, "rebooted")
         else:
@@ -190,12 +211,12 @@ class SshConnector:
             raise result.failure(address)
         return result
 
-    def _wait_for_reboot(self, address: str, old_boot_id: str | None) -> dict[str, str]:
+    def _wait_for_reboot(self, address: str, old_boot_id: str | None, reboot_in: float) -> dict[str, str]:
         """Reconnect until the device reports a new boot id, or fail after reboot_timeout."""
         self._drop(address)
         deadline = time.monotonic() + self.settings.reboot_timeout
         last_error = "no answer"
-        time.sleep(min(self.settings.reboot_poll * 2, self.settings.reboot_timeout))
+        time.sleep(min(reboot_in + self.settings.reboot_poll, self.settings.reboot_timeout))
         while time.monotonic() < deadline:
             try:
                 state = self.state(address)
@@ -228,7 +249,10 @@ class SshConnector:
             try:
                 return self._collect(channel, address, command, name, started, timeout)
             finally:
-                channel.close()
+                try:
+                    channel.close()
+                except (paramiko.SSHException, OSError, EOFError):  # the connection is gone already
+                    self._drop(address)
 
     def _collect(self, channel: paramiko.Channel, address: str, command: str, name: str, started: float,
                  timeout: float) -> CommandResult:
@@ -281,7 +305,10 @@ class SshConnector:
         with self._lock:
             transport = self._transports.pop(address, None)
         if transport is not None:
-            transport.close()
+            try:
+                transport.close()
+            except (paramiko.SSHException, OSError, EOFError):
+                pass
 
     def _connect(self, address: str) -> paramiko.Transport:
         s = self.settings
@@ -357,6 +384,14 @@ class SshConnector:
                 ledger.add_event(self.context.run_id, "host-key-trusted", name, f"{key.get_name()} {fingerprint(key)}")
             except Exception:  # noqa: BLE001 - the key is recorded in known_hosts already
                 pass
+
+
+def _seconds(value: str | None) -> float:
+    """The reboot template's `reboot_in` (seconds until the device goes down); 0 when absent or odd."""
+    try:
+        return max(0.0, min(float(value or 0), 300.0))
+    except ValueError:
+        return 0.0
 
 
 def create(settings: SshSettings, context: ConnectorContext) -> SshConnector:

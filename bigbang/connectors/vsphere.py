@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bigbang.connectors.base import Action, ConnectorContext, Outcome
 from bigbang.errors import BigBangError
@@ -47,6 +48,17 @@ class VsphereSettings(BaseModel):
     domain_join_user: SecretRef | str | None = Field(None, description="account that joins Windows servers to the domain")
     domain_join_password: SecretRef | None = Field(None, description="reference to that account's password")
     windows_timezone: int = Field(105, ge=0, description="Windows time zone index for sysprep (105: Romance Standard Time)")
+
+    @field_validator("thumbprint")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digits = value.replace(":", "").replace(" ", "").lower()
+        if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+            raise ValueError("not a SHA-256 thumbprint: give 64 hex digits (colons allowed), e.g. from "
+                             "`openssl x509 -noout -fingerprint -sha256`")
+        return value
 
 
 class _Limit:
@@ -174,7 +186,7 @@ class VsphereConnector:
             return Outcome.failed(f"servers[{name}] is marked existing: true, but vCenter has no VM named {name}",
                                   transient=False)
         state = read_vm(self.client, ref)
-        snap, made = self._ensure_snapshot(name, state, label)
+        _snap, made = self._ensure_snapshot(name, state, label)
         return Outcome(ok=True, changed=made, facts={"snapshot": label, "vm": ref._moId},
                        message=f"snapshot '{label}' taken" if made else f"snapshot '{label}' exists already")
 
@@ -193,12 +205,14 @@ class VsphereConnector:
 
     # ------------------------------------------------------------ srv.provision
     def _provision(self, action: Action) -> Outcome:
-        from bigbang.vsphere.client import VcenterError
+        from pyVmomi import vmodl
+
+        from bigbang.vsphere.client import VcenterError, fault_text
 
         name = action.target
         spec = dict(action.params)
-        placement = self.catalog.place(spec, self.settings.datacenter)
         ref = self.catalog.find_vm(name)
+        placement = self.catalog.place(spec, self.settings.datacenter, need_template=ref is None)
         created = False
         if ref is None:
             if spec.get("existing"):
@@ -208,9 +222,13 @@ class VsphereConnector:
             created = True
         try:
             return self._converge(name, ref, spec, placement, created)
-        except VcenterError as exc:
+        except (VcenterError, vmodl.MethodFault, ValueError) as exc:
+            if isinstance(exc, VcenterError):
+                message, transient = exc.message, exc.transient
+            else:
+                message, transient = f"{name}: {fault_text(exc) if isinstance(exc, vmodl.MethodFault) else exc}", False
             note = self._rollback(name)
-            raise VcenterError(f"{exc.message}{'; ' + note if note else ''}", transient=exc.transient) from None
+            raise VcenterError(f"{message}{'; ' + note if note else ''}", transient=transient) from None
 
     def _clone(self, name: str, spec: dict[str, Any], placement: Any) -> Any:
         from pyVmomi import vim
@@ -237,9 +255,17 @@ class VsphereConnector:
         return ref
 
     def _converge(self, name: str, ref: Any, spec: dict[str, Any], placement: Any, created: bool) -> Outcome:
+        from pyVmomi import vim
+
         from bigbang.vsphere.assess import read_vm
-        from bigbang.vsphere.machine import FIRST_BOOT, MARK, GuestSecrets, config_spec, customization_spec, \
-            differences
+        from bigbang.vsphere.machine import (
+            FIRST_BOOT,
+            MARK,
+            GuestSecrets,
+            config_spec,
+            customization_spec,
+            differences,
+        )
 
         s = self.settings
         state = read_vm(self.client, ref)
@@ -280,6 +306,11 @@ class VsphereConnector:
         if state.power != "poweredOn":
             self.client.run_task(lambda _c: ref.PowerOnVM_Task(), s.task_timeout, f"power on {name}")
             done.append("powered on")
+        if created or (state.made_by_bigbang and FIRST_BOOT in state.annotation):
+            # First boot has started: never customise this VM again, even if it is powered off later.
+            provisioned = vim.vm.ConfigSpec(annotation=f"{MARK} provisioned for {self.rollout}")
+            self.client.run_task(lambda _c: ref.ReconfigVM_Task(spec=provisioned), s.task_timeout,
+                                 f"mark {name} as provisioned")
         facts["changes"] = done
         if created:
             facts["action"] = "created"

@@ -16,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 from xml.etree import ElementTree as ET
 
@@ -72,13 +73,12 @@ class WinrmConnector:
             raise ConfigError("connectors.winrm.read_timeout must be longer than operation_timeout",
                               hint=f"e.g. read_timeout: {settings.operation_timeout + 30:g}")
         if settings.ca_bundle and not settings.insecure:
-            from pathlib import Path
-
             if not Path(settings.ca_bundle).expanduser().is_file():
                 raise ConfigError(f"connectors.winrm.ca_bundle {settings.ca_bundle} does not exist")
         self._protocol("settings-check.invalid")  # transport problems (e.g. kerberos missing) show up now
         self._slots = threading.BoundedSemaphore(settings.max_parallel)
         self._idle: dict[str, list[Any]] = {}
+        self._last_probe_error: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ protocol
@@ -92,7 +92,8 @@ class WinrmConnector:
                 return self._verify(action)
             return Outcome.failed(f"the winrm connector cannot run {action.kind}", transient=False)
         except ConnectorError as exc:
-            return Outcome.failed(str(exc), transient=exc.transient)
+            facts = {"command": exc.command} if getattr(exc, "command", None) else {}
+            return Outcome.failed(str(exc), transient=exc.transient, **facts)
 
     def close(self) -> None:
         with self._lock:
@@ -157,19 +158,23 @@ class WinrmConnector:
                                                              "substeps": substeps},
                                message=f"re-imaged to {expected['image_version']} as {found['hostname']}")
             if time.monotonic() >= deadline:
-                seen = "no answer over WinRM" if found is None else "; ".join(compare(expected, found))
+                seen = (f"no answer over WinRM; last: {self._last_probe_error.get(address, 'none')}"
+                        if found is None else "; ".join(compare(expected, found)))
                 return Outcome(ok=False, transient=False,
                                facts={"expected": expected, "found": found, "substeps": substeps},
                                message=f"not re-imaged within {self.settings.image_timeout:g} s after "
                                        f"Wake-on-LAN ({seen})")
 
     def _probe(self, address: str) -> dict[str, str] | None:
-        """The device's state, or None while it does not answer (off, or booting into the installer)."""
+        """The device's state, or None while it does not answer as itself yet.
+
+        Any error counts as "not yet": while imaging, a device is off, in the installer, or up
+        without its domain account or certificate. The last error is kept for the timeout message.
+        """
         try:
             return self._state(address)
         except ConnectorError as exc:
-            if not exc.transient:
-                raise
+            self._last_probe_error[address] = exc.message
             log.debug("%s not answering yet: %s", address, exc)
             return None
 

@@ -233,21 +233,22 @@ def parse_reports_csv(content: str, inventory: Inventory, *, max_rows: int = 200
         result.errors.append(f"line 1: {what} (columns: {', '.join(REPORT_COLUMNS)})")
         return result
     while True:
+        line = reader.line_num + 1  # where this row starts (a quoted field may span lines)
         try:
             values = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            result.errors.append(f"line {reader.line_num}: malformed CSV: {exc}")
+            result.errors.append(f"line {line}: malformed CSV: {exc}")
             continue
-        line = reader.line_num
         if not values or all(not v.strip() for v in values):
             continue
         if len(result.rows) + len(result.errors) >= max_rows:
             result.errors.append(f"line {line}: more than {max_rows} rows; the rest was not read")
             break
         if len(values) != len(names):
-            result.errors.append(f"line {line}: {len(values)} fields, the header has {len(names)}")
+            spans = f" (the row runs to line {reader.line_num}: a quote left open?)" if reader.line_num > line else ""
+            result.errors.append(f"line {line}: {len(values)} fields, the header has {len(names)}{spans}")
             continue
         row, problems = validate_report(dict(zip(names, values)), inventory, channel="csv")
         if problems:

@@ -362,9 +362,12 @@ class DefectQueue:
                     changed[key] = row
             for pkey, members in groups.items():
                 lead = min(members, key=lambda m: m["first_seen"])
+                what = lead["title"].split(": ", 1)[-1]
+                if lead["source"] in ("user", "field"):  # people's words differ: name the category only
+                    what = f"{'user reports' if lead['source'] == 'user' else 'technician notes'} ({lead['category']})"
                 problem_rows.append(dict(
                     key=pkey, signature=lead["signature"], model=lead["model"], category=lead["category"],
-                    title=f"{len({m['target'] for m in members})} × {lead['model']}: {lead['title'].split(': ', 1)[-1]}"[:MAX_FIELD],
+                    title=f"{len({m['target'] for m in members})} × {lead['model']}: {what}"[:MAX_FIELD],
                     defects=len(members), locations=len({m["location_id"] for m in members}),
                     priority=min(m["priority"] for m in members), first_seen=lead["first_seen"],
                     last_seen=max(m["last_seen"] for m in members)))

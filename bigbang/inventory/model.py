@@ -426,6 +426,9 @@ class ScheduleSettings(_Model):
     step_durations: dict[str, Duration] = Field(
         default_factory=dict, description="estimate per step kind; else rehearsal.steps, else defaults")
     keep_teams: bool = Field(False, description="keep each location with its inventory team")
+    start: Literal["slot", "checkin", "slot_or_checkin"] = Field(
+        "slot", description="a scheduled location starts at its slot, when its technician checks in, or "
+                            "whichever comes first (rehearsals: a simulated technician checks in at the slot)")
 
 
 # ---------------------------------------------------------------- rehearsal (the simulated connector)

@@ -96,9 +96,10 @@ def capacity(problem: Problem) -> Bound:
 
 
 def energy(problem: Problem, at_least: int = 0) -> Bound:
-    """The preemptive relaxation, solved exactly: the smallest T such that every location's work fits
-    into its own workable time (access hours x shifts x release, openings long enough) before T,
-    with at most one crew per location and at most all crews at any moment (a max-flow check)."""
+    """A relaxation solved exactly: the smallest T such that the work fits before T when every location
+    may only be worked inside the openings (access hours x shifts, after its servers) where the whole of
+    it could be done and finished by T, with at most one crew per location and all crews at once (a
+    max-flow check). Only the splitting of work inside those spans and the travel are relaxed."""
     from ortools.graph.python import max_flow
 
     jobs, crews = problem.jobs, problem.crews
@@ -106,40 +107,48 @@ def energy(problem: Problem, at_least: int = 0) -> Bound:
     if not n or not m:
         return Bound("energy", 0, "nothing to do")
     work = [min(job.duration.values()) for job in jobs]
-    usable = [merge((lo, hi + jobs[j].duration[crews[c].team]) for c in range(m)
-                    for lo, hi in problem.start_windows(j, c)) for j in range(n)]
-    skipped = [j for j in range(n) if not usable[j]]  # cannot be done at all: the verdict says so
-    work = [0 if j in skipped else w for j, w in enumerate(work)]
-    points = sorted({t for u in usable for iv in u for t in iv})
+    ranges = [sorted({(lo, hi, job.duration[crews[c].team]) for c in range(m)
+                      for lo, hi in problem.start_windows(j, c)}) for j, job in enumerate(jobs)]
+    skipped = {j for j in range(n) if not ranges[j]}  # cannot be done at all: the verdict says so
+
+    def usable(j: int, limit: int) -> list[tuple[int, int]]:
+        return merge((lo, min(hi, limit - p) + p) for lo, hi, p in ranges[j] if lo + p <= limit)
 
     def feasible(limit: int) -> bool:
-        cuts = [t for t in points if t < limit] + [limit]
+        spans = {j: usable(j, limit) for j in range(n) if j not in skipped}
+        if any(not sp for sp in spans.values()):
+            return False
+        cuts = sorted({t for sp in spans.values() for iv in sp for t in iv})
         segments = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
         flow = max_flow.SimpleMaxFlow()
         source, sink = 0, 1
-        for j in range(n):
+        for j in spans:
             flow.add_arc_with_capacity(source, 2 + j, work[j])
         for k, (a, b) in enumerate(segments):
             node = 2 + n + k
             flow.add_arc_with_capacity(node, sink, m * (b - a))
-            for j in range(n):
-                overlap = sum(max(0, min(b, hi) - max(a, lo)) for lo, hi in usable[j])
+            for j, sp in spans.items():
+                overlap = sum(max(0, min(b, hi) - max(a, lo)) for lo, hi in sp)
                 if overlap:
                     flow.add_arc_with_capacity(2 + j, node, overlap)
         flow.solve(source, sink)
-        return flow.optimal_flow() >= sum(work)
+        return flow.optimal_flow() >= sum(work[j] for j in spans)
 
-    lo, hi = max(at_least, max(jobs[j].release + work[j] for j in range(n) if j not in skipped)), problem.horizon
+    if len(skipped) == n:
+        return Bound("energy", 0, "no location can be done at all (see the verdict)")
+    lo = max(at_least, max(jobs[j].release + work[j] for j in range(n) if j not in skipped))
+    hi = problem.horizon
     if not feasible(hi):
-        return Bound("energy", problem.horizon, "the work does not fit even past the window")
+        return Bound("energy", problem.horizon, "the work does not fit even a week past the window")
     while lo < hi:
         mid = (lo + hi) // 2
         if feasible(mid):
             hi = mid
         else:
             lo = mid + 1
-    return Bound("energy", lo, f"{_hm(sum(work))} of work by {m} crews, each location only inside its own "
-                               "access hours, shifts and after its servers (even if work could pause and move)"
+    total = sum(work[j] for j in range(n) if j not in skipped)
+    return Bound("energy", lo, f"{_hm(total)} of work by {m} crews, each location only where all of it can "
+                               "be done inside its access hours and shifts after its servers"
                                + (f"; {len(skipped)} locations that cannot be done at all left out" if skipped else ""))
 
 

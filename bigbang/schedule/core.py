@@ -129,7 +129,9 @@ def make_schedule(inventory: Inventory, *, seed: int = 0, time_limit: float = 10
     solve: dict[str, Any] = {"heuristic_s": round(t_heuristic, 3), "heuristic_makespan_min": first.makespan,
                              "method": first.method}
     lb = max(b.minutes for b in bounds)
-    if use_solver and time_limit > 0 and not first.unscheduled and first.makespan > lb:
+    # locations that cannot be done at all (the verdict names them) do not stop improving the others
+    placeable = all(own[problem.jobs[j].id] is None for j in first.unscheduled)
+    if use_solver and time_limit > 0 and placeable and first.makespan > lb:
         from bigbang.schedule.cpsat import improve_with_cpsat
 
         result = improve_with_cpsat(problem, first, time_limit=time_limit, seed=seed)
@@ -138,11 +140,16 @@ def make_schedule(inventory: Inventory, *, seed: int = 0, time_limit: float = 10
                      deterministic=not result.stopped_by_wall_clock)
         if result.solution is not None and result.solution.key() < best.key():
             best = result.solution
-        if result.bound is not None:
+        if result.bound is not None and not first.unscheduled:  # a bound for all locations, not a subset
             bounds.append(Bound("solver", result.bound, "CP-SAT proved no schedule ends earlier"))
-    elif use_solver and not first.unscheduled:
+    elif use_solver and time_limit > 0 and placeable:
         solve["solver_status"] = "not needed: the first answer meets the lower bound"
+    elif use_solver and time_limit > 0:
+        solve["solver_status"] = "not run: the first answer left out locations some crew could do"
+    else:
+        solve["solver_status"] = "not run (time limit 0)"
     solve["method"] = best.method
+
     def rebuild(**kw: Any) -> Problem:
         return build_problem(inventory, measured=measured, measured_from=measured_from, **kw)
 
@@ -184,6 +191,12 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
             else:
                 remedies.append(f"{job.id}: give it access hours inside the window")
             remedies.append(f"move {job.id} to a second weekend")
+        others = len(jobs) - len(impossible) - len(late_alone)
+        if others and not late_alone:
+            end = problem.local(sol.makespan)
+            details.append(f"the other {others} locations fit: the last ends {end:%a %H:%M}"
+                           + (f", {_hm(W - sol.makespan)} before the window closes" if sol.makespan <= W
+                              else f", {_hm(sol.makespan - W)} after the window closes"))
         worst = max([sol.makespan] + [own[jobs[j].id] or 0 for j in late_alone])
         return Verdict(False, W - worst, binding, "does not fit: " + details[0]
                        + (f" (and {len(details) - 1} more like it)" if len(details) > 1 else ""), details, remedies)
@@ -204,18 +217,19 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
     remedies.append("move " + ", ".join(jobs[v.job].id for v in late) + " to a second weekend "
                     f"({len(late)} location{'s' if len(late) != 1 else ''} ending after the window)")
     if seed is not None:
-        remedies.extend(_more_crews(problem, sol, inventory, seed, rebuild or (lambda **kw: build_problem(inventory, **kw))))
+        rebuild = rebuild or (lambda **kw: build_problem(inventory, **kw))
+        remedies.extend(_more_crews(problem, sol, inventory, seed, rebuild))
     return Verdict(False, slack, binding,
                    f"does not fit: the last location ends {_hm(-slack)} after the window closes; "
                    f"the end is set by {binding_text}", details, remedies)
 
 
 def _more_devices(inventory: Inventory, problem: Problem, j: int, longest: int) -> str:
-    """The smallest parallel_devices of the job's fastest team that makes it fit its longest opening."""
+    """The smallest parallel_devices of the location's own team that makes it fit its longest opening."""
     from bigbang.schedule.problem import location_minutes
 
     loc = inventory.location_by_id[problem.jobs[j].id]
-    for team in sorted(inventory.teams, key=lambda t: (-t.capacity.parallel_devices, t.id))[:1]:
+    for team in [inventory.team_by_id[loc.team]]:
         for k in range(team.capacity.parallel_devices + 1, 501):
             bigger = team.model_copy(update={"capacity": team.capacity.model_copy(update={"parallel_devices": k})})
             if location_minutes(loc, bigger, problem.estimates, inventory.schedule.setup) <= longest:
@@ -224,13 +238,10 @@ def _more_devices(inventory: Inventory, problem: Problem, j: int, longest: int) 
 
 
 def _alone_binding(problem: Problem, j: int) -> str:
+    """Why a location cannot end inside the window even alone: its servers come too late, or its
+    access hours open too late (or too briefly) after they are ready."""
     job = problem.jobs[j]
-    p = min(job.duration.values())
-    if job.release + p > problem.window and not any(a > job.release for a, _ in job.access if a < problem.window):
-        return "dependency"
-    if job.release + p > problem.window:
-        return "dependency"
-    return "access_hours"
+    return "dependency" if job.release + min(job.duration.values()) > problem.window else "access_hours"
 
 
 def _explain_alone(problem: Problem, j: int) -> str:
@@ -264,8 +275,20 @@ def critical_chain(problem: Problem, sol: Solution) -> tuple[list[str], str, str
                     f"(ready at +{_hm(job.release)})") if job.release_servers else \
                 f"dependency: {job.id} waits for the server prechecks (+{_hm(job.release)})"
         elif any(a == v.start for a, _ in job.access) and job.access_text != "24/7":
-            reason = "access_hours"
-            what = f"access hours of {job.id} ({job.access_text}): work can start only at {problem.local(v.start):%a %H:%M}"
+            earlier = [(lo, hi) for c in range(len(problem.crews)) for lo, hi in problem.start_windows(v.job, c)
+                       if lo < v.start]
+            if earlier:  # it could have been done in an earlier opening: no crew had the time there
+                reason = "team"
+                lo = min(a for a, _ in earlier)
+                able = sum(1 for c in range(len(problem.crews)) if problem.start_windows(v.job, c))
+                what = (f"no crew free long enough for {job.id} in its earlier opening (from "
+                        f"{problem.local(lo):%a %H:%M}): the time of all {able} crews that may take it is used, "
+                        f"so it waits for its next opening, {problem.local(v.start):%a %H:%M} "
+                        f"(access hours {job.access_text})")
+            else:
+                reason = "access_hours"
+                what = (f"access hours of {job.id} ({job.access_text}): work can start only at "
+                        f"{problem.local(v.start):%a %H:%M}")
         elif any(a == v.start for a, _ in crew.availability):
             reason = "team"
             what = f"shift hours of team {crew.team}"

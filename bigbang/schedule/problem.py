@@ -19,7 +19,7 @@ from typing import Iterable
 
 from bigbang.connectors.simulated import DEFAULT_DURATIONS
 from bigbang.errors import ConfigError
-from bigbang.inventory.model import AccessWindow, DAYS, Inventory, Location, Team
+from bigbang.inventory.model import DAYS, AccessWindow, Inventory, Location, Team
 from bigbang.plan import STEP_KINDS, _waves
 
 EXTRA_DAYS = 7  # schedule past the window's end, to say by how much it does not fit
@@ -86,7 +86,7 @@ class Problem:
     servers: ServerPhase
     estimates: Estimates
     keep_teams: bool = False
-    notes: list[str] = field(default_factory=list)
+    technicians: dict[str, tuple[str, ...]] = field(default_factory=dict)  # team id -> names, for itineraries
 
     @cached_property
     def job_index(self) -> dict[str, int]:
@@ -319,7 +319,9 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
     _check_settings(inventory)
     est = estimate_steps(inventory, measured, measured_from)
     w = inventory.rollout.window
-    window = math.floor((w.end_utc - w.start_utc).total_seconds() / 60)
+    # in UTC: subtracting two datetimes of the same zone ignores a daylight-saving change between them
+    window = math.floor((w.end_utc.astimezone(timezone.utc) - w.start_utc.astimezone(timezone.utc))
+                        .total_seconds() / 60)
     horizon = window + EXTRA_DAYS * 1440
     phase = server_phase(inventory, est)
     wave_of = {name: i for i, (names, _) in enumerate(phase.waves) for name in names}
@@ -349,8 +351,8 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
         else:
             release, release_servers = phase.prechecks_done, ()
         jobs.append(Job(
-            id=loc.id, name=loc.name, address=loc.address, criticality=loc.criticality, workstations=len(loc.workstations),
-            thin_clients=len(loc.thin_clients), home_team=loc.team, release=release,
+            id=loc.id, name=loc.name, address=loc.address, criticality=loc.criticality,
+            workstations=len(loc.workstations), thin_clients=len(loc.thin_clients), home_team=loc.team, release=release,
             release_servers=release_servers,
             access=tuple(openings(loc.access_hours, w.start, w.timezone, horizon)),
             access_text=describe_hours(loc.access_hours),
@@ -371,6 +373,7 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
         start_utc=w.start_utc.astimezone(timezone.utc), window=window, horizon=horizon, jobs=jobs, crews=crews,
         travel=travel, base_travel=base_travel, servers=phase, estimates=est,
         keep_teams=inventory.schedule.keep_teams,
+        technicians={t.id: tuple(tech.name for tech in t.technicians) for t in teams},
     )
 
 

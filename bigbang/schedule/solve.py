@@ -9,7 +9,6 @@ by construction.
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 
 from bigbang.schedule.problem import Problem
@@ -71,8 +70,9 @@ def timed(problem: Problem, sequences: list[list[int]], method: str) -> Solution
 
 # ---------------------------------------------------------------- greedy
 
-def greedy(problem: Problem, order: list[int], method: str = "greedy") -> Solution:
-    """Each job in `order` to the crew where it finishes first (appended to that crew's day)."""
+def greedy(problem: Problem, order: list[int], method: str = "greedy", best_fit: bool = False) -> Solution:
+    """Each job in `order` to the crew where it finishes first (appended to that crew's day); with
+    `best_fit`, to the crew whose current opening it fills most tightly (packs days like bins)."""
     crews = len(problem.crews)
     free = [0] * crews
     last: list[int | None] = [None] * crews
@@ -85,7 +85,11 @@ def greedy(problem: Problem, order: list[int], method: str = "greedy") -> Soluti
             if start is None:
                 continue
             end = start + problem.jobs[j].duration[problem.crews[c].team]
-            key = (end, start - free[c], travel, c)
+            if best_fit:
+                close = next(hi for lo, hi in problem.start_windows(j, c) if lo <= start <= hi) + (end - start)
+                key = (close, close - end, end, c)
+            else:
+                key = (end, start - free[c], travel, c)
             if best is None or key < best[0]:
                 best = (key, c, end)
         if best is None:
@@ -108,6 +112,9 @@ def priority_orders(problem: Problem, rng: random.Random, restarts: int) -> list
         closing = [b for a, b in jobs[j].access if b > jobs[j].release]
         return (closing[-1] if closing else problem.horizon) - longest(j)
 
+    def open_minutes(j: int) -> int:
+        return sum(b - max(a, jobs[j].release) for a, b in jobs[j].access if b > jobs[j].release)
+
     def first_opening(j: int) -> int:
         return next((max(a, jobs[j].release) for a, b in jobs[j].access if b > jobs[j].release), problem.horizon)
 
@@ -116,6 +123,8 @@ def priority_orders(problem: Problem, rng: random.Random, restarts: int) -> list
         ("release, longest first", sorted(idx, key=lambda j: (jobs[j].release, -longest(j), jobs[j].id))),
         ("opening, longest first", sorted(idx, key=lambda j: (first_opening(j), -longest(j), jobs[j].id))),
         ("least slack first", sorted(idx, key=lambda j: (latest_start(j), -longest(j), jobs[j].id))),
+        # locations open the fewest hours first: the ones open around the clock then fill the nights
+        ("fewest open hours first", sorted(idx, key=lambda j: (open_minutes(j), -longest(j), jobs[j].id))),
     ]
     base = rules[2][1]
     for r in range(restarts):
@@ -127,20 +136,17 @@ def priority_orders(problem: Problem, rng: random.Random, restarts: int) -> list
     return rules
 
 
-def heuristic(problem: Problem, seed: int = 0, budget_s: float = 1.0, restarts: int = 40) -> Solution:
-    """The best of several priority rules and seeded random restarts (deterministic for a seed:
-    the budget only stops restarts early on a very slow machine, checked after each full rule)."""
+def heuristic(problem: Problem, seed: int = 0, restarts: int = 16) -> Solution:
+    """The best of several priority rules and seeded random restarts, then local search
+    (deterministic for a seed: no step depends on the clock)."""
     rng = random.Random(seed)
     best = None
-    t0 = time.perf_counter()
-    for i, (name, order) in enumerate(priority_orders(problem, rng, restarts)):
-        sol = greedy(problem, order, f"greedy ({name})")
-        if best is None or sol.key() < best.key():
-            best = sol
-        if i >= 4 and time.perf_counter() - t0 > budget_s * 10:
-            break
-    best = improve(problem, best, budget_s=budget_s * 2)
-    return best
+    for name, order in priority_orders(problem, rng, restarts):
+        for best_fit in (False, True):
+            sol = greedy(problem, order, f"greedy ({name}{', best fit' if best_fit else ''})", best_fit)
+            if best is None or sol.key() < best.key():
+                best = sol
+    return improve(problem, best)
 
 
 def _crew_stats(problem: Problem, c: int, seq: list[int]) -> tuple[bool, int, int, int]:
@@ -158,65 +164,71 @@ def _crew_stats(problem: Problem, c: int, seq: list[int]) -> tuple[bool, int, in
     return True, free, total, travel_sum
 
 
-def improve(problem: Problem, sol: Solution, budget_s: float = 2.0, max_rounds: int = 400) -> Solution:
-    """Local search: move a job of the crew that ends last to another crew, or swap it with one there.
-
-    Accepts a change when (makespan, summed ends, travel) gets smaller; stops when nothing helps,
-    after `max_rounds` accepted changes, or at the time budget (checked between rounds)."""
-    if sol.unscheduled:
-        return sol
+def _best_move(problem: Problem, seqs: list[list[int]], stats: list, late: int, current, key):
+    """The first move or swap of one of `late`'s jobs that makes `key` smaller, or None."""
     m = len(problem.crews)
+    found = None
+    for j in reversed(seqs[late]):
+        base_late = [x for x in seqs[late] if x != j]
+        st_late = _crew_stats(problem, late, base_late)
+        for c in sorted(range(m), key=lambda c: (stats[c][1], c)):
+            if c == late or not problem.start_windows(j, c):
+                continue
+            for pos in range(len(seqs[c]) + 1):  # move j into c
+                cand = seqs[c][:pos] + [j] + seqs[c][pos:]
+                st_c = _crew_stats(problem, c, cand)
+                if not (st_c[0] and st_late[0]):
+                    continue
+                trial = list(stats)
+                trial[late], trial[c] = st_late, st_c
+                if key(trial) < current:
+                    found = (late, c, base_late, cand, trial)
+                    break
+            if found:
+                break
+            for k_pos, k in enumerate(seqs[c]):  # swap j and k
+                if not problem.start_windows(k, late):
+                    continue
+                cand_c = seqs[c][:k_pos] + [j] + seqs[c][k_pos + 1:]
+                cand_l = [k if x == j else x for x in seqs[late]]
+                st_c, st_l = _crew_stats(problem, c, cand_c), _crew_stats(problem, late, cand_l)
+                if not (st_c[0] and st_l[0]):
+                    continue
+                trial = list(stats)
+                trial[late], trial[c] = st_l, st_c
+                if key(trial) < current:
+                    found = (late, c, cand_l, cand_c, trial)
+                    break
+            if found:
+                break
+        if found:
+            break
+    return found
+
+
+def improve(problem: Problem, sol: Solution, max_rounds: int = 400) -> Solution:
+    """Local search: move a job of a crew that ends at the makespan to another crew, or swap it with one
+    there. Accepts a change when (makespan, crews ending at it, summed ends, travel) gets smaller; stops
+    when nothing helps or after `max_rounds` accepted changes."""
+    m = len(problem.crews)  # locations no crew can take stay unscheduled; the rest improve
     seqs = [list(s) for s in sol.sequences]
     stats = [_crew_stats(problem, c, seqs[c]) for c in range(m)]
 
-    def key(st) -> tuple[int, int, int]:
-        return (max(s[1] for s in st), sum(s[2] for s in st), sum(s[3] for s in st))
+    def key(st) -> tuple[int, int, int, int]:  # fewer crews at the makespan is progress towards a lower one
+        top = max(s[1] for s in st)
+        return (top, sum(1 for s in st if s[1] == top), sum(s[2] for s in st), sum(s[3] for s in st))
 
     current = key(stats)
-    t0 = time.perf_counter()
     for _ in range(max_rounds):
-        if time.perf_counter() - t0 > budget_s:
-            break
-        late = max(range(m), key=lambda c: (stats[c][1], -c))
+        top = max(st[1] for st in stats)
         found = None
-        for j in reversed(seqs[late]):
-            base_late = [x for x in seqs[late] if x != j]
-            st_late = _crew_stats(problem, late, base_late)
-            for c in sorted(range(m), key=lambda c: (stats[c][1], c)):
-                if c == late or not problem.start_windows(j, c):
-                    continue
-                for pos in range(len(seqs[c]) + 1):  # move j into c
-                    cand = seqs[c][:pos] + [j] + seqs[c][pos:]
-                    st_c = _crew_stats(problem, c, cand)
-                    if not (st_c[0] and st_late[0]):
-                        continue
-                    trial = list(stats)
-                    trial[late], trial[c] = st_late, st_c
-                    if key(trial) < current:
-                        found = (c, base_late, cand, trial)
-                        break
-                if found:
-                    break
-                for k_pos, k in enumerate(seqs[c]):  # swap j and k
-                    if not problem.start_windows(k, late):
-                        continue
-                    cand_c = seqs[c][:k_pos] + [j] + seqs[c][k_pos + 1:]
-                    cand_l = [k if x == j else x for x in seqs[late]]
-                    st_c, st_l = _crew_stats(problem, c, cand_c), _crew_stats(problem, late, cand_l)
-                    if not (st_c[0] and st_l[0]):
-                        continue
-                    trial = list(stats)
-                    trial[late], trial[c] = st_l, st_c
-                    if key(trial) < current:
-                        found = (c, cand_l, cand_c, trial)
-                        break
-                if found:
-                    break
+        for late in [c for c in range(m) if stats[c][1] == top]:
+            found = _best_move(problem, seqs, stats, late, current, key)
             if found:
                 break
         if not found:
             break
-        c, new_late, new_c, trial = found
+        late, c, new_late, new_c, trial = found
         seqs[late], seqs[c], stats = new_late, new_c, trial
         current = key(stats)
     method = sol.method if sol.method.endswith("+ local search") else sol.method + " + local search"

@@ -114,6 +114,19 @@ def run_slots(ledger, run_id: str) -> Slots | None:
 _READY: set[str] = set()
 
 
+def run_origin(ledger, run_id: str, created_at: float) -> float:
+    """When the run's work began (its first step), the moment a schedule's offsets count from; the run's
+    creation time until then. Not the creation time itself: starting the flow (Prefect's start-up) can
+    take many seconds, which a compressed rehearsal would turn into hours of slip."""
+    from sqlalchemy import func
+
+    from bigbang.ledger import steps
+
+    with ledger.engine.connect() as conn:
+        first = conn.execute(select(func.min(steps.c.started_at)).where(steps.c.run_id == run_id)).scalar()
+    return float(first) if first is not None else created_at
+
+
 def _ensure(ledger) -> None:
     if ledger.url in _READY:
         return

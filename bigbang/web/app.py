@@ -33,7 +33,14 @@ from bigbang.checklists import (
     template_env,
 )
 from bigbang.errors import UserError
-from bigbang.field import MAX_TEXT, MAX_VALUE, PROBLEM_CATEGORIES, Actor, FieldInputError, FieldStore
+from bigbang.field import (
+    MAX_TEXT,
+    MAX_VALUE,
+    PROBLEM_CATEGORIES,
+    Actor,
+    FieldInputError,
+    FieldStore,
+)
 from bigbang.inventory import load_inventory
 from bigbang.ledger import Ledger
 from bigbang.plan import build_plan
@@ -43,7 +50,6 @@ from bigbang.web.auth import (
     User,
     accounts_from_inventory,
     authenticate,
-    csrf_token,
     current_user,
     require_role,
     session_middleware,
@@ -105,9 +111,9 @@ class FieldApp:
             raise HTTPException(status_code=404, detail="not_found")
         return entry[1].team
 
-    def checklist(self, location_id: str, run_id: str | None) -> Checklist:
-        return build_checklist(self.inventory, self.plan, location_id,
-                               ledger=self.ledger if run_id else None, run_id=run_id, base_url=self.base_url)
+    def checklist(self, location_id: str, run_id: str | None, base_url: str | None = None) -> Checklist:
+        return build_checklist(self.inventory, self.plan, location_id, ledger=self.ledger if run_id else None,
+                               run_id=run_id, base_url=self.base_url or base_url)
 
 
 def create_app(inventory_path: str | Path, ledger_url: str | None = None, run_id: str | None = None, *,
@@ -175,7 +181,8 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     lang = request_lang(request)
     session = getattr(request.state, "session", None) or {}
     user = request.app.state.field.users_by_id.get(session.get("uid")) if session.get("uid") else None
-    values: dict[str, Any] = {"refresh": None, "detail": None, "error": None, "msg": None}
+    values: dict[str, Any] = {"refresh": None, "detail": None, "error": None, "msg": None,
+                              "has_defects": getattr(request.app.state, "has_defects", False)}
     values.update(context)
     try:
         html = _env(lang).get_template(template).render(
@@ -314,7 +321,7 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
     @app.get("/l/{location_id}/checklist.pdf")
     def location_pdf(request: Request, location_id: str, user: User = Depends(technician_or_lead)):
         field.visible_location(user, location_id)
-        checklist = field.checklist(location_id, field.run_id())
+        checklist = field.checklist(location_id, field.run_id(), base_url=str(request.base_url))
         html = render_checklist_html(checklist, field.inventory, request_lang(request))
         import tempfile
 
@@ -403,7 +410,7 @@ def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str])
             "devices_done": sum(1 for r in device_steps if r is not None and r.status == "succeeded"),
             "devices_failed": sum(1 for r in device_steps if r is not None and r.status == "failed"),
             "checked": sum(1 for (lid, _), c in checks.items() if lid == location_id and c.checked),
-            "items": len(item_ids(loc)),
+            "item_total": len(item_ids(loc)),
             "problems": sum(1 for p in problems if p["location_id"] == location_id),
             "signoff": signoff,
         })
@@ -432,4 +439,5 @@ def _include_defects(app: FastAPI) -> None:
         log.warning("defect pages unavailable: %s", exc)
         return
     app.include_router(router, dependencies=[Depends(current_user)])
+    app.state.has_defects = True
 

@@ -54,15 +54,16 @@ class Account:
 
 
 def accounts_from_inventory(inventory: Inventory) -> dict[str, Account]:
-    """username -> account; a username used twice is refused (it would make sign-in ambiguous)."""
+    """lower-cased username -> account; a name used twice is refused (it would make sign-in ambiguous)."""
     accounts: dict[str, Account] = {}
     ids: set[str] = set()
 
     def add(account: Account) -> None:
-        if account.username in accounts or account.user.id in ids:
+        key = account.username.lower()  # phones capitalise the first letter: names match case-insensitively
+        if key in accounts or account.user.id in ids:
             raise ConfigError(f"the sign-in name '{account.username}' is used twice in the inventory",
                               hint="give one of them another `username` or id")
-        accounts[account.username] = account
+        accounts[key] = account
         ids.add(account.user.id)
 
     for team in inventory.teams:
@@ -149,7 +150,7 @@ async def verify_csrf(request: Request) -> None:
 
 
 def authenticate(accounts: dict[str, Account], username: str, password: str) -> User | None:
-    account = accounts.get(username.strip())
+    account = accounts.get(username.strip().lower())
     if account is None or not account.password_hash:
         verify_password(password, _DUMMY_HASH)  # same cost whether or not the name exists
         return None

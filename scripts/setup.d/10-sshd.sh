@@ -8,3 +8,5 @@ if ! id "$user" >/dev/null 2>&1; then
 fi
 # useradd leaves the account locked; with UsePAM no a locked account cannot log in with a key.
 usermod -p '*' "$user"
+# A non-root sshd chowns each pty to the tty group (ssh -tt, which Ansible uses): the user must be in it.
+usermod -a -G tty "$user"

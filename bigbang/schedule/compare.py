@@ -1,0 +1,87 @@
+"""Planned vs actual: each location's scheduled slot beside what the run did, with slips flagged.
+
+Times are minutes after the run's first step, in the run's own clock: simulated
+minutes in a rehearsal (real seconds x compression), real minutes live. The run's
+work starts at the window's opening, so they compare directly with the schedule's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bigbang.errors import RunError, UserError
+from bigbang.schedule.store import of_run, run_origin
+
+TOLERANCE_MIN = 15.0
+
+
+def compare_run(ledger, run_id: str, tolerance_min: float = TOLERANCE_MIN) -> dict[str, Any]:
+    run = ledger.get_run(run_id)
+    if run is None:
+        raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}")
+    schedule = of_run(ledger, run_id)
+    if schedule is None:
+        raise RunError(f"run {run_id} did not use a schedule",
+                       hint="run `bigbang schedule INVENTORY` before `bigbang run` to plan slots")
+    pace = _pace(run)
+    origin = run_origin(ledger, run_id, run["created_at"])
+    steps = ledger.step_results(run_id)
+    results = ledger.location_results(run_id)
+    window = schedule["window"]["minutes"]
+    rows, slipped = [], 0
+    for visit in sorted(schedule["visits"], key=lambda v: (v["start_min"], v["location"])):
+        lid = visit["location"]
+        pre = steps.get(f"{lid}:loc.precheck")
+        result = results.get(lid)
+        actual_start = actual_end = None
+        if pre is not None and pre.started_at is not None:
+            actual_start = (pre.started_at - origin) * pace / 60
+        if result is not None and result.get("finished_at"):
+            actual_end = (result["finished_at"] - origin) * pace / 60
+        flags = []
+        if actual_start is None:
+            flags.append("not started")
+        elif actual_start - visit["start_min"] > tolerance_min:
+            flags.append("started late")
+        if actual_end is not None and actual_end - visit["end_min"] > tolerance_min:
+            flags.append("ran over")
+        if actual_end is not None and actual_end > window:
+            flags.append("after the window")
+        if actual_end is None and actual_start is not None:
+            flags.append("not finished")
+        if flags:
+            slipped += 1
+        rows.append({
+            "location": lid, "team": visit["team"], "crew": visit["crew"],
+            "planned_start_min": visit["start_min"], "planned_end_min": visit["end_min"],
+            "actual_start_min": _round(actual_start), "actual_end_min": _round(actual_end),
+            "start_slip_min": _round(actual_start - visit["start_min"]) if actual_start is not None else None,
+            "end_slip_min": _round(actual_end - visit["end_min"]) if actual_end is not None else None,
+            "status": result["status"] if result else "pending", "flags": flags,
+        })
+    return {"run_id": run_id, "mode": run["mode"], "pace": pace, "tolerance_min": tolerance_min,
+            "window_min": window, "locations": rows, "slipped": slipped,
+            "planned_makespan_min": schedule["makespan_min"],
+            "actual_makespan_min": _round(max((r["actual_end_min"] for r in rows if r["actual_end_min"] is not None),
+                                              default=None) if rows else None)}
+
+
+def _pace(run: dict[str, Any]) -> float:
+    """Run-clock seconds per real second."""
+    if run["mode"] != "rehearsal":
+        return 1.0
+    options = run["options"]
+    if options.get("compression"):
+        return float(options["compression"])
+    from bigbang.inventory import load_inventory
+
+    try:
+        return float(load_inventory(run["inventory"]).rehearsal.compression)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the inventory moved: say what is missing
+        raise RunError(f"cannot read the run's inventory {run['inventory']} for its compression: {exc}") from None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

@@ -1,0 +1,151 @@
+"""Where a weekend's locations run: in this process, on Prefect workers, or on a Dask cluster.
+
+- `local`: one thread per team chain in the process that runs the weekend flow.
+- `deployments`: each location becomes a flow run of the `bigbang-location/location`
+  deployment, sent to the work queue of the location's region, so a worker that can
+  reach that network runs it. A flow run that crashes (its worker died: the server's
+  zombie automation marks it Crashed) is dispatched again and resumes from the ledger.
+- `dask`: the weekend flow's tasks run on a dask.distributed cluster (prefect-dask).
+
+Every mode but `local` needs a ledger all workers reach (PostgreSQL, or an
+absolute SQLite path when every worker is on this machine).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.states import Crashed
+from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy.engine import make_url
+
+from bigbang.errors import ConfigError
+from bigbang.session import RunSession
+from tasks import rollout
+
+DISPATCH_MODES = ("local", "deployments", "dask")
+LOCATION_DEPLOYMENT = "bigbang-location/location"
+MAX_ATTEMPTS = 3  # flow runs per location and resume generation: the first and two after crashes
+
+
+def dispatch_mode(requested: str | None) -> str:
+    mode = requested or os.environ.get("BIGBANG_DISPATCH") or "local"
+    if mode not in DISPATCH_MODES:
+        raise ConfigError(f"unknown dispatch mode '{mode}' (from --dispatch or BIGBANG_DISPATCH)",
+                          hint="use one of: " + ", ".join(DISPATCH_MODES))
+    return mode
+
+
+def check_setup(url: str, mode: str) -> None:
+    """Before anything runs: workers need a server to take work from and a ledger they all reach."""
+    if mode == "local":
+        return
+    if mode == "deployments" and not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("--dispatch deployments needs a Prefect server with the bigbang deployments",
+                          hint="start `bigbang server`, export PREFECT_API_URL=http://HOST:4200/api, "
+                               "run `bigbang deploy` and start workers with `bigbang worker`")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not os.path.isabs(parsed.database or ""):
+        raise ConfigError(
+            f"--dispatch {mode} needs a ledger every worker reaches, not {url}",
+            hint="use --ledger postgresql://USER@HOST/DB (or BIGBANG_LEDGER_URL); "
+                 "an absolute sqlite:////path works only when all workers are on this machine")
+
+
+def ledger_parameter(url: str) -> str | None:
+    """The ledger URL as a flow parameter; None when it holds a password (workers then use their
+    own BIGBANG_LEDGER_URL), since parameters are visible in the Prefect UI."""
+    return None if make_url(url).password else url
+
+
+def task_runner(mode: str, threads: int):
+    if mode == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        address = os.environ.get("BIGBANG_DASK_ADDRESS")
+        if not address:
+            raise ConfigError("--dispatch dask needs the scheduler's address in BIGBANG_DASK_ADDRESS",
+                              hint="e.g. export BIGBANG_DASK_ADDRESS=tcp://scheduler:8786")
+        return DaskTaskRunner(address=address)
+    return ThreadPoolTaskRunner(max_workers=threads)
+
+
+def location_task(mode: str):
+    """The task that runs one location in this mode; all take (run_id, ledger_url, location_id)."""
+    return dispatch_location if mode == "deployments" else rollout.location
+
+
+def poll_seconds() -> float:
+    return float(os.environ.get("BIGBANG_DISPATCH_POLL_SECONDS", "2"))
+
+
+@task(name="dispatch-location", cache_policy=NO_CACHE, persist_result=False)
+def dispatch_location(run_id: str, ledger_url: str | None, location_id: str) -> dict[str, Any]:
+    """Run one location as a flow run of the location deployment and wait for it."""
+    session = RunSession.attach(run_id, ledger_url)
+    ledger = session.ledger
+    region = session.inventory.location_by_id[location_id].region
+    # A resumed run dispatches afresh; within one generation a repeated call finds the same flow run.
+    generation = sum(1 for e in ledger.events(run_id) if e["kind"] == "run.resumed")
+    parameters = {"run_id": run_id, "location_id": location_id, "ledger_url": ledger_parameter(ledger.url)}
+    attempt = 1
+    while True:
+        flow_run = run_deployment(
+            LOCATION_DEPLOYMENT, parameters=parameters, work_queue_name=region,
+            idempotency_key=f"{run_id}:{location_id}:{generation}:{attempt}",
+            flow_run_name=f"{run_id}-{location_id}" + (f"-attempt{attempt}" if attempt > 1 else ""),
+            timeout=0)
+        state = wait_for_final_state(flow_run.id, lambda waited: ledger.add_event(
+            run_id, "location.waiting_for_worker", location_id,
+            f"no worker took it for {waited:.0f} s: start `bigbang worker --region {region or 'default'}`"))
+        if state.is_completed():
+            return _location_row(ledger, run_id, location_id, flow_run)
+        message = f"flow run {flow_run.name} ended {state.name}: {state.message or ''}"
+        if not state.is_crashed() or attempt == MAX_ATTEMPTS:
+            raise RuntimeError(message)
+        attempt += 1
+        ledger.add_event(run_id, "location.redispatched", location_id,
+                         f"{message}; dispatching again (attempt {attempt})")
+
+
+def wait_for_final_state(flow_run_id, on_no_worker):
+    """The flow run's final state.
+
+    A run a worker took (Pending) but never started — the worker died in between, so no
+    heartbeat will ever mark it — is marked Crashed after BIGBANG_PENDING_LIMIT_SECONDS.
+    A run no worker takes for a minute (none serves its queue) is reported once.
+    """
+    pending_limit = float(os.environ.get("BIGBANG_PENDING_LIMIT_SECONDS", "180"))
+    pending_since = None
+    created = time.monotonic()
+    reported = False
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.is_final():
+                return state
+            if state is not None and state.is_scheduled() and not reported and time.monotonic() - created > 60:
+                on_no_worker(time.monotonic() - created)
+                reported = True
+            if state is not None and state.is_pending():
+                pending_since = pending_since or time.monotonic()
+                if time.monotonic() - pending_since > pending_limit:
+                    client.set_flow_run_state(flow_run_id, Crashed(
+                        message=f"pending for {pending_limit:g} s: the worker that took it never started it"),
+                        force=True)
+                    continue
+            else:
+                pending_since = None
+            time.sleep(poll_seconds())
+
+
+def _location_row(ledger, run_id: str, location_id: str, flow_run) -> dict[str, Any]:
+    row = ledger.location_results(run_id).get(location_id, {})
+    return {"location_id": location_id, "status": row.get("status"), "reason": row.get("reason"),
+            "flow_run": str(flow_run.id), "worker": row.get("worker")}

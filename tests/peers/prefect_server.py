@@ -1,0 +1,112 @@
+"""A real `prefect server start` on PostgreSQL with the Redis event broker, for distributed tests.
+
+Started the way `bigbang server --database URL --redis HOST:PORT` starts it, in its
+own session so its children stop with it. Stopping: SIGINT, then SIGKILL to the group.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from bigbang.commands.server import server_env
+from tests.peers.postgres import free_port, postgres  # noqa: F401 - fixture used below
+from tests.peers.redis import redis  # noqa: F401 - fixture used below
+
+# Quiet, quick clients: no analytics, logs to the API off, workers poll every second.
+CLIENT_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_WORKER_QUERY_SECONDS": "1",
+    "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+}
+
+
+class PrefectServer:
+    def __init__(self, database_url: str, redis_address: str) -> None:
+        self.home = tempfile.mkdtemp(prefix="bigbang-prefect-server-")
+        self.port = free_port()
+        self.database_url = database_url
+        self.redis_address = redis_address
+        self.process: subprocess.Popen | None = None
+        self.log_path = os.path.join(self.home, "server.log")
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env.update(CLIENT_ENV, PREFECT_API_URL=self.api_url, PREFECT_HOME=os.path.join(self.home, "client"))
+        return env
+
+    def start(self, timeout: float = 120) -> "PrefectServer":
+        env = server_env(self.database_url, self.redis_address)
+        env.update(PREFECT_HOME=self.home, PREFECT_SERVER_LOGGING_LEVEL="WARNING", PREFECT_UI_ENABLED="false")
+        env.pop("PREFECT_API_URL", None)
+        log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [shutil.which("prefect") or "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.api_url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"prefect server not healthy within {timeout:.0f} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        stop_group(self.process)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def stop_group(process: subprocess.Popen | None, grace: float = 10) -> None:
+    """Stop a process started with start_new_session: SIGINT twice (what Prefect's CLIs obey), then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    for _ in range(2):
+        try:
+            os.killpg(process.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace / 2)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(postgres, redis):  # noqa: F811 - the imported fixtures
+    server = PrefectServer(postgres.url(postgres.create_database().rsplit("/", 1)[1], driver="asyncpg"),
+                           redis.address).start()
+    yield server
+    server.stop()
