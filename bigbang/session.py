@@ -47,6 +47,17 @@ class RunOptions:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def inventory_plan(inventory: Inventory, inventory_path: str | Path, mode: str = "rehearsal") -> Plan:
+    """The plan a new run of this inventory follows: with its stored schedule (`bigbang schedule`), if any."""
+    schedule = stored_schedule(inventory_path, inventory)
+    return build_plan(inventory, mode, slots=slots_of(schedule) if schedule else None)
+
+
+def run_plan(ledger: Ledger, run_id: str, inventory: Inventory, mode: str) -> Plan:
+    """The plan an existing run follows: with the schedule stored for that run, if any."""
+    return build_plan(inventory, mode, slots=run_slots(ledger, run_id))
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S-") + _random.token_hex(2)
 
@@ -100,7 +111,7 @@ class RunSession:
         options = replace(RunOptions.from_dict(row["options"]), retry_failed=retry_failed)
         if compression is not None:  # pace only: the plan stays the same
             options = replace(options, compression=compression)
-        plan = build_plan(inventory, options.mode, slots=run_slots(ledger, run_id))
+        plan = run_plan(ledger, run_id, inventory, options.mode)
         if plan.digest != row["plan_digest"]:
             raise RunError(
                 f"the plan of run {run_id} has changed since it started (the inventory at {path} was edited)",
@@ -126,7 +137,7 @@ class RunSession:
                 raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}")
             inventory = load_inventory(row["inventory"])
             options = RunOptions.from_dict(row["options"])
-            plan = build_plan(inventory, options.mode, slots=run_slots(ledger, run_id))
+            plan = run_plan(ledger, run_id, inventory, options.mode)
             session = cls(inventory, plan, ledger, run_id, options)
             _SESSIONS[(run_id, ledger.url)] = session
             return session

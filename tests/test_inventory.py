@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -22,6 +23,16 @@ teams:
 servers:
   - {name: srv-dc01, template: tpl, cluster: c1, datastore: d1, network: n1}
 """
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Run where the inventory is, as an ops lead would: problems then name files relative to here."""
+    monkeypatch.chdir(tmp_path)
+
+
+def shown(path: Path) -> str:
+    return os.path.relpath(path)
 
 
 def write(tmp_path: Path, text: str, name: str = "inv.yaml") -> Path:
@@ -104,7 +115,7 @@ locations:
     thin_clients:
       - {hostname: tc1, mac: "aa:bb:cc:dd:ee:ff", target_profile: p2}
 """)
-    f = str(path)
+    f = shown(path)
     found = problems(path)
     expected = [
         f"{f}:3: rollout.window.end: the window ends (2026-11-27 07:00) before it starts (2026-11-28 18:00)",
@@ -136,7 +147,7 @@ locations:
       - {hostname: ws1, serial: S1, mac: "00:11:22:33:44:01", target_image: win11, model: M, hostnme: x}
 """)
     assert problems(path) == [
-        f"{path}:16: locations[0].workstations[0].hostnme: unknown key 'hostnme'; did you mean 'hostname'?"]
+        f"{shown(path)}:16: locations[0].workstations[0].hostnme: unknown key 'hostnme'; did you mean 'hostname'?"]
 
 
 def test_missing_required_key_is_located_at_its_entry(tmp_path):
@@ -146,7 +157,7 @@ locations:
     name: One
     team: team-a
 """)
-    assert problems(path) == [f"{path}:11: locations[0].address: missing required key 'address'"]
+    assert problems(path) == [f"{shown(path)}:11: locations[0].address: missing required key 'address'"]
 
 
 def test_plaintext_secrets_anywhere_are_refused(tmp_path):
@@ -168,7 +179,7 @@ locations:
 """)
     found = problems(path)
     assert len(found) == 2
-    assert f"{path}:15: connectors.ssh.key_passphrase: plaintext secret" in found[0]
+    assert f"{shown(path)}:15: connectors.ssh.key_passphrase: plaintext secret" in found[0]
     assert "locations[0].workstations[0].vars.bios_password: plaintext secret" in found[1]
 
 
@@ -178,15 +189,15 @@ def test_yaml_syntax_and_duplicate_keys_are_located(tmp_path):
     write(inv, "locations:\n  - id: L1\n    name: One\n    name: Two\n", "b.yaml")
     write(inv, "teams: [\n", "c.yaml")
     found = problems(inv)
-    assert any(p.startswith(f"{inv / 'b.yaml'}:4: locations[0].name: duplicate key 'name'") for p in found), found
-    assert any(p.startswith(f"{inv / 'c.yaml'}:2: (root): YAML syntax error") for p in found), found
+    assert any(p.startswith(f"{shown(inv / 'b.yaml')}:4: locations[0].name: duplicate key 'name'") for p in found), found
+    assert any(p.startswith(f"{shown(inv / 'c.yaml')}:2: (root): YAML syntax error") for p in found), found
 
 
 def test_directory_merge_conflicts_name_both_places(tmp_path):
     inv = tmp_path / "inv"
     write(inv, BASE, "a.yaml")
     write(inv, "rollout:\n  name: Other\n", "b.yaml")
-    assert problems(inv) == [f"{inv / 'b.yaml'}:2: rollout.name: already set in {inv / 'a.yaml'}:2"]
+    assert problems(inv) == [f"{shown(inv / 'b.yaml')}:2: rollout.name: already set in {shown(inv / 'a.yaml')}:2"]
 
 
 def test_location_files_merge_and_keep_their_own_lines(tmp_path):
@@ -194,7 +205,7 @@ def test_location_files_merge_and_keep_their_own_lines(tmp_path):
     write(inv, BASE, "rollout.yaml")
     write(inv, "locations:\n  - {id: L1, name: One, address: A, team: team-a}\n", "locations/l1.yaml")
     write(inv, "locations:\n  - {id: L2, name: Two, address: B, team: team-x}\n", "locations/l2.yaml")
-    assert problems(inv) == [f"{inv / 'locations/l2.yaml'}:2: locations[0].team: unknown team 'team-x'; did you mean 'team-a'?"]
+    assert problems(inv) == [f"{shown(inv / 'locations/l2.yaml')}:2: locations[0].team: unknown team 'team-x'; did you mean 'team-a'?"]
 
 
 def test_access_hours_and_durations_parse(tmp_path):

@@ -78,12 +78,12 @@ def checklists(args) -> int:
     from bigbang.checklists import default_base_url, languages, write_checklists
     from bigbang.inventory import load_inventory
     from bigbang.ledger import Ledger
-    from bigbang.plan import build_plan
+    from bigbang.session import inventory_plan
 
     if args.lang not in languages():
         raise ConfigError(f"no translation '{args.lang}'", hint="available: " + ", ".join(languages()))
     inventory = load_inventory(args.path)
-    plan = build_plan(inventory)
+    plan = inventory_plan(inventory, args.path)
     unknown = [lid for lid in args.location or [] if lid not in inventory.location_by_id]
     if unknown:
         raise UserError(f"unknown location {unknown[0]}", hint="locations: " + ", ".join(inventory.location_by_id))
@@ -118,7 +118,7 @@ def _context(args):
     from bigbang.field import Actor, FieldStore
     from bigbang.inventory import load_inventory
     from bigbang.ledger import Ledger
-    from bigbang.plan import build_plan
+    from bigbang.session import run_plan
     from bigbang.web.auth import accounts_from_inventory
 
     ledger = Ledger(args.ledger)
@@ -139,7 +139,8 @@ def _context(args):
         raise UserError(f"{user.id} is not in {team}, the team of {args.location}",
                         hint="only that team's technicians or an ops lead may change it")
     source = f"cli {getpass.getuser()}@{socket.gethostname()}"
-    return inventory, build_plan(inventory), ledger, FieldStore(ledger), Actor(user.id, user.role, source)
+    plan = run_plan(ledger, args.run, inventory, row["mode"])
+    return inventory, plan, ledger, FieldStore(ledger), Actor(user.id, user.role, source)
 
 
 def _key(args) -> str:

@@ -7,7 +7,8 @@ from rich.table import Table
 
 from bigbang.errors import UserError
 from bigbang.inventory import load_inventory
-from bigbang.plan import PHASES, STEP_KINDS, Plan, build_plan
+from bigbang.plan import PHASES, STEP_KINDS, Plan
+from bigbang.session import inventory_plan
 
 DETAIL_LIMIT = 200  # devices; above this the device tables need --all or --location
 
@@ -27,7 +28,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     inventory = load_inventory(args.path)
-    plan = build_plan(inventory, args.mode)
+    plan = inventory_plan(inventory, args.path, args.mode)  # as `run` would: with a stored schedule
     if args.json:
         sys.stdout.write(plan.to_json() + "\n")
         return 0

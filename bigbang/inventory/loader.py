@@ -49,11 +49,12 @@ def inventory_files(path: Path) -> list[Path]:
 
 
 def _display(path: Path) -> str:
+    """Relative to the working directory when the file is below it, else absolute."""
+    absolute = path.resolve()
     try:
-        rel = os.path.relpath(path)
+        return absolute.relative_to(Path.cwd()).as_posix()
     except ValueError:
-        return str(path)
-    return rel if not rel.startswith("../..") else str(path)
+        return str(absolute)
 
 
 class _Loader:

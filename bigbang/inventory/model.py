@@ -8,7 +8,7 @@ validation (see loader.py), so every device here is complete.
 from __future__ import annotations
 
 import re
-from datetime import datetime, time
+from datetime import datetime, time, timezone
 from functools import cached_property
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -197,11 +197,12 @@ class Window(_Model):
 
     @property
     def start_utc(self) -> datetime:
-        return self.start.replace(tzinfo=self.zone)
+        # via UTC, so that end - start counts a daylight-saving change inside the window
+        return self.start.replace(tzinfo=self.zone).astimezone(timezone.utc)
 
     @property
     def end_utc(self) -> datetime:
-        return self.end.replace(tzinfo=self.zone)
+        return self.end.replace(tzinfo=self.zone).astimezone(timezone.utc)
 
 
 class Image(_Model):

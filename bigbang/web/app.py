@@ -43,7 +43,7 @@ from bigbang.field import (
 )
 from bigbang.inventory import load_inventory
 from bigbang.ledger import Ledger
-from bigbang.plan import build_plan
+from bigbang.session import inventory_plan, run_plan
 from bigbang.web.auth import (
     NotSignedIn,
     Sessions,
@@ -72,8 +72,10 @@ class FieldApp:
                  base_url: str | None):
         self.inventory_path = Path(inventory_path)
         self.inventory = load_inventory(self.inventory_path)
-        self.plan = build_plan(self.inventory)
         self.ledger = Ledger(ledger_url)
+        run = self.ledger.get_run(run_id) if run_id else None
+        self.plan = (run_plan(self.ledger, run_id, self.inventory, run["mode"]) if run
+                     else inventory_plan(self.inventory, self.inventory_path))
         self.store = FieldStore(self.ledger)
         self.fixed_run_id = run_id
         self.lang = lang
