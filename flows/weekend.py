@@ -91,6 +91,14 @@ def workers_for(plan) -> int:
     return max(2, len(chains) + 2)
 
 
+def preflight(ledger_url: str, dispatch: str | None) -> None:
+    """Refuse a dispatch set-up that cannot work before a run is created in the ledger."""
+    mode = dispatching.dispatch_mode(dispatch)
+    dispatching.check_setup(ledger_url, mode)
+    if mode == "dask":
+        dispatching.task_runner(mode, 1)  # checks the scheduler address
+
+
 def run_weekend(session: RunSession, dispatch: str | None = None) -> dict[str, Any]:
     """Run the flow in this process (Prefect's ephemeral mode, or PREFECT_API_URL's server).
 

@@ -25,8 +25,8 @@ from sqlalchemy import create_engine, text
 from bigbang.inventory import load_inventory
 from bigbang.ledger import FINAL
 from bigbang.plan import build_plan
-from tests.conftest import DEMO, ROOT
-from tests.peers.postgres import postgres  # noqa: F401 - fixture
+from tests.conftest import DEMO
+from tests.peers.postgres import free_port, postgres  # noqa: F401 - fixture
 from tests.peers.prefect_server import prefect_server, stop_group  # noqa: F401 - fixture
 from tests.peers.redis import redis  # noqa: F401 - fixture
 
@@ -217,3 +217,42 @@ def test_a_bad_region_is_named_with_its_file_and_line(bigbang, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     line = next(n for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if "region:" in text)
     assert f"hst-014-plejecenter.yaml:{line}" in proc.stderr and "region" in proc.stderr
+
+
+# ---------------------------------------------------------------- the other fan-out: a Dask cluster
+
+@pytest.mark.timeout(300)
+def test_dask_dispatch_runs_the_locations_on_the_dask_worker(tmp_path, bb_env, prefect_server, postgres):  # noqa: F811
+    ledger_url = postgres.create_database()
+    env = prefect_server.client_env(bb_env)
+    port = free_port()
+    cluster = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                 "--dashboard-address", ":0"], env=env, cwd=tmp_path, start_new_session=True,
+                                stdout=open(tmp_path / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+    try:
+        cluster.append(subprocess.Popen(
+            ["dask", "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "4", "--dashboard-address", ":0"],
+            env=env, cwd=tmp_path, start_new_session=True, stdout=open(tmp_path / "worker.log", "w"),
+            stderr=subprocess.STDOUT))
+        env["BIGBANG_DASK_ADDRESS"] = f"tcp://127.0.0.1:{port}"
+        run = subprocess.run([sys.executable, "-m", "bigbang", "run", DEMO, "--dispatch", "dask", "--ledger",
+                              ledger_url, "--quiet", "--run-id", "run-dask"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=240)
+        on_dask_worker = {str(pid) for pid in descendants(cluster[1].pid)}
+    finally:
+        for process in reversed(cluster):
+            stop_group(process)
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+
+    planned = {step.id: step for step in build_plan(load_inventory(DEMO), "rehearsal").steps()}
+    engine = create_engine(ledger_url)
+    with engine.connect() as conn:
+        steps = conn.execute(text("SELECT step_id, status, worker FROM steps WHERE run_id = 'run-dask'")).all()
+        effects = conn.execute(text("SELECT step_id FROM sim_effects WHERE run_id = 'run-dask'")).all()
+    engine.dispose()
+    assert sorted(s for s, _, _ in steps) == sorted(planned)
+    assert {st for _, st, _ in steps} <= set(FINAL)
+    assert sorted(s for (s,) in effects) == sorted(
+        s for s, st, _ in steps if st == "succeeded" and planned[s].kind in CHANGING)
+    # Every step was written by a process of the dask worker, none by `bigbang run` itself.
+    assert {w.rsplit(":", 1)[1] for _, _, w in steps} <= on_dask_worker

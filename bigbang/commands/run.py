@@ -9,7 +9,7 @@ import time
 from rich.console import Console
 
 from bigbang.errors import RunError
-from bigbang.ledger import Ledger
+from bigbang.ledger import Ledger, default_ledger_url
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
 from bigbang.report import report_data
@@ -46,6 +46,9 @@ def argparse_suppress():
 
 def run(args) -> int:
     console = Console(stderr=True, highlight=False)
+    apply_defaults()
+    weekend = importlib.import_module("flows.weekend")  # imports Prefect: before the live display starts
+    weekend.preflight(args.ledger or default_ledger_url(), args.dispatch)
     if args.resume:
         changed = [flag for flag, value in (("--seed", args.seed), ("--failure-rate", args.failure_rate),
                                             ("--zero-duration", args.zero_duration or None)) if value is not None]
@@ -68,11 +71,9 @@ def run(args) -> int:
                   f"{plan.step_count} steps in {len(plan.locations)} locations and {len(plan.servers)} servers")
     console.print(f"ledger {session.ledger.safe_url}", style="dim")
 
-    apply_defaults()
     started = time.monotonic()
     monitor = None if args.quiet else RunMonitor(session.ledger, session.run_id, plan, console).start()
     try:
-        weekend = importlib.import_module("flows.weekend")
         weekend.run_weekend(session, dispatch=args.dispatch)
     except KeyboardInterrupt:
         _interrupted(session, monitor, console)
