@@ -11,18 +11,31 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
 from bigbang.report import render_report
-from bigbang.session import RunSession
+from bigbang.errors import ConfigError
+from bigbang.session import RunOptions, RunSession
 from flows import dispatch as dispatching
 from flows.secrets import register_prefect_secrets
 from tasks import rollout
 
 
-@flow(name="bigbang-weekend", flow_run_name="{run_id}", persist_result=False, log_prints=False)
-def weekend(run_id: str, ledger_url: str | None = None, dispatch: str = "local") -> dict[str, Any]:
+def _flow_run_name() -> str:
+    params = flow_run.parameters
+    return params.get("run_id") or f"new run of {params.get('inventory')}"
+
+
+@flow(name="bigbang-weekend", flow_run_name=_flow_run_name, persist_result=False, log_prints=False)
+def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: str = "local",
+            inventory: str | None = None, mode: str = "rehearsal") -> dict[str, Any]:
+    """Run `run_id`; or, when a schedule starts the weekend, start a new run of `inventory` in `mode`."""
     register_prefect_secrets()
     location_task = dispatching.location_task(dispatching.dispatch_mode(dispatch))
+    if run_id is None:
+        if not inventory:
+            raise ConfigError("the weekend flow needs a run_id, or an inventory to start a new run of")
+        run_id = RunSession.start(inventory, RunOptions(mode=mode), ledger_url=ledger_url).run_id
     session = RunSession.attach(run_id, ledger_url)
     plan = session.plan
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from bigbang.runner import Runner
 from bigbang.session import RunOptions, RunSession
+from tests.helpers import finish
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "inventories" / "demo"
@@ -38,12 +38,6 @@ def demo_inventory(tmp: Path, *, support: dict[str, Any] | None = None) -> Path:
 def rehearse(inventory: Path, ledger_url: str, **options: Any) -> RunSession:
     """A finished rehearsal in this process, without Prefect."""
     session = RunSession.start(inventory, RunOptions(zero_duration=True, **options), ledger_url=ledger_url)
-    runner = Runner(session)
-    runner.run_prechecks()
-    for i in range(len(session.plan.waves)):
-        runner.run_wave(i)
-    for loc in session.plan.locations:
-        runner.run_location(loc.id)
-    session.ledger.flush()
+    finish(session)
     session.ledger.set_run_status(session.run_id, "completed")
     return session

@@ -113,3 +113,19 @@ def test_killed_run_resumes_without_redoing_or_losing_anything(bb_env, tmp_path)
     changing = [sid for sid in after if sid.split(":")[1] in CHANGING and sid != "hst-tc-203:tc.reassign"]
     assert ledger.sim_effect_counts(run_id) == len(changing)
     assert ledger.get_run(run_id)["status"] == "completed"
+
+
+def test_weekend_flow_started_by_a_schedule_creates_its_own_run(bb_env, tmp_path):
+    """What a scheduled deployment does: no run id, an inventory and a mode."""
+    url = f"sqlite:///{tmp_path / 'scheduled.db'}"
+    code = ("from bigbang.prefect_env import apply_defaults\napply_defaults()\n"
+            "from flows.weekend import weekend\n"
+            f"result = weekend(inventory={str(DEMO)!r}, ledger_url={url!r}, mode='rehearsal')\n"
+            "print(result['run_id'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=bb_env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.strip().splitlines()[-1]
+    ledger = Ledger(url)
+    assert ledger.get_run(run_id)["status"] == "completed"
+    assert len(ledger.step_results(run_id)) == 104

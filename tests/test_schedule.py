@@ -219,6 +219,9 @@ def test_deployment_schedule_starts_at_the_window_in_its_timezone(tmp_path):
     assert len(runs) == 1
     assert runs[0].astimezone(ZoneInfo("UTC")) == datetime(2026, 3, 27, 16, 0, tzinfo=ZoneInfo("UTC"))
     assert entry["parameters"] == {"run_id": "run-1"}
+    # without a run id, the scheduled flow run starts a new live run of the inventory
+    fresh = yaml.safe_load(deployment_yaml(inv))["schedules"][0]
+    assert fresh["parameters"] == {"inventory": inv.source, "mode": "live"}
 
 
 def test_prefect_yaml_starts_the_demo_weekend_at_its_window():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import signal
@@ -32,16 +33,10 @@ def register(sub) -> None:
     p.add_argument("--dispatch", choices=("local", "deployments", "dask"),
                    help="where locations run: this process (default), Prefect workers via the deployments, "
                         "or a Dask cluster (BIGBANG_DASK_ADDRESS); see docs/distributed.md")
-    p.add_argument("--run-id", help=argparse_suppress())
+    p.add_argument("--run-id", help=argparse.SUPPRESS)
     p.add_argument("--strict", action="store_true", help="exit 3 when any step failed, not only on a halt")
     p.add_argument("--quiet", action="store_true", help="no live display")
     p.set_defaults(func=run)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def run(args) -> int:

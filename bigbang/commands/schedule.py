@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -33,8 +34,8 @@ def register(sub) -> None:
                     "`bigbang schedule deployment PATH` prints the Prefect schedule that starts the weekend; "
                     "`bigbang schedule checkin RUN_ID LOCATION --by NAME` records a technician's arrival.")
     p.add_argument("path", metavar="PATH", help="inventory file or directory (or: compare RUN_ID, deployment PATH)")
-    p.add_argument("target", nargs="?", help=__import__("argparse").SUPPRESS)
-    p.add_argument("location", nargs="?", help=__import__("argparse").SUPPRESS)
+    p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("location", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--by", metavar="NAME", help="checkin: who arrived")
     p.add_argument("--json", action="store_true", help="print the schedule (or comparison) as JSON")
     p.add_argument("--out", metavar="DIR", help="where to write the charts (default: reports/schedule-<rollout>)")

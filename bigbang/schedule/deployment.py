@@ -13,15 +13,17 @@ from bigbang.inventory.model import Inventory
 
 
 def deployment_schedule(inventory: Inventory, run_id: str | None = None) -> dict[str, Any]:
-    """One entry of a deployment's `schedules:` list in prefect.yaml."""
+    """One entry of a deployment's `schedules:` list in prefect.yaml.
+
+    With a run id the scheduled flow run continues that run; without one it starts a new live run
+    of the inventory (the flow's `inventory` and `mode` parameters)."""
     w = inventory.rollout.window
     entry: dict[str, Any] = {
         "rrule": f"DTSTART:{w.start:%Y%m%dT%H%M%S}\nRRULE:FREQ=DAILY;COUNT=1",
         "timezone": w.timezone,
         "active": True,
     }
-    if run_id:
-        entry["parameters"] = {"run_id": run_id}
+    entry["parameters"] = {"run_id": run_id} if run_id else {"inventory": inventory.source, "mode": "live"}
     return entry
 
 
@@ -35,6 +37,5 @@ def deployment_yaml(inventory: Inventory, run_id: str | None = None) -> str:
              "  - rrule: |-"]
     lines += [f"      {line}" for line in entry["rrule"].splitlines()]
     lines += [f"    timezone: {entry['timezone']}", "    active: true"]
-    if run_id:
-        lines += ["    parameters:", f"      run_id: {run_id}"]
+    lines += ["    parameters:"] + [f"      {k}: {v}" for k, v in entry["parameters"].items()]
     return "\n".join(lines) + "\n"
