@@ -2,15 +2,9 @@
 # VMware's vCenter simulator (govmomi vcsim) for the vsphere tests, built from Debian's govmomi.
 # Rebuilt only when tests/peers/vcsim/main.go changes; the binary is cached outside the work tree.
 set -euo pipefail
+source "$(dirname "$0")/../lib/apt.sh"
 cd "$(dirname "$0")/../.."
-need=()
-for pkg in golang-go golang-github-vmware-govmomi-dev; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+apt_install_missing golang-go golang-github-vmware-govmomi-dev
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/bigbang/vcsim"
 mkdir -p "$cache"
 src=tests/peers/vcsim/main.go

@@ -2,11 +2,9 @@
 # Request Tracker 5 (Debian packages) for the defect flow's ticket-system tests (tests/peers/rt.py).
 # The tests run their own throwaway instance; the packaged configuration is not used. ~70 s when missing.
 set -euo pipefail
-need=()
-for pkg in request-tracker5 rt5-db-sqlite rt5-standalone; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
-[ ${#need[@]} -eq 0 ] && exit 0
+source "$(dirname "$0")/../lib/apt.sh"
+pkgs=(request-tracker5 rt5-db-sqlite rt5-standalone)
+dpkg-query -W -f='${Status}\n' "${pkgs[@]}" 2>/dev/null | grep -c "install ok installed" | grep -qx "${#pkgs[@]}" && exit 0
 debconf-set-selections <<'SEL'
 request-tracker5 request-tracker5/rtname string bigbang-test
 request-tracker5 request-tracker5/organization string bigbang.test
@@ -18,5 +16,4 @@ request-tracker5 request-tracker5/dbconfig-install boolean true
 request-tracker5 request-tracker5/database-type select sqlite3
 request-tracker5 request-tracker5/initial-root-password password bigbang-rt-setup
 SEL
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+apt_install_missing "${pkgs[@]}"
