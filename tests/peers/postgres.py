@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -45,7 +46,16 @@ class PostgresCluster:
         subprocess.run([*self.as_user, _bin("pg_ctl"), "-D", data, "-l", os.path.join(self.dir, "log"), "-w", "-o",
                         f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off "
                         f"-c max_connections=300", "start"], check=True, capture_output=True)
+        self._watch_parent(data)
         return self
+
+    def _watch_parent(self, data: str) -> None:
+        """Stop the cluster if the test process dies without running its finalizers (pytest killed)."""
+        stop = " ".join(shlex.quote(a) for a in [*self.as_user, _bin("pg_ctl"), "-D", data, "-m", "immediate", "stop"])
+        subprocess.Popen(["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 2; done; "
+                                      f"{stop} >/dev/null 2>&1; rm -rf {shlex.quote(self.dir)}"],
+                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
 
     def create_database(self, name: str | None = None) -> str:
         """A new empty database; returns its SQLAlchemy URL."""
