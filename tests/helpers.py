@@ -34,11 +34,17 @@ def rehearse(inventory: Path, ledger_url: str, **options) -> RunSession:
     return session
 
 
-def finish(session: RunSession) -> None:
+def servers_ready(session: RunSession) -> Runner:
+    """Run the prechecks and every server wave; the returned runner then takes locations."""
     runner = Runner(session)
     runner.run_prechecks()
     for index in range(len(session.plan.waves)):
         runner.run_wave(index)
+    return runner
+
+
+def finish(session: RunSession) -> None:
+    runner = servers_ready(session)
     for loc in session.plan.locations:
         runner.run_location(loc.id)
     session.ledger.flush()

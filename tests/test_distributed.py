@@ -26,7 +26,8 @@ from bigbang.inventory import load_inventory
 from bigbang.ledger import FINAL
 from bigbang.plan import build_plan
 from tests.conftest import DEMO
-from tests.peers.postgres import free_port, postgres  # noqa: F401 - fixture
+from tests.peers import free_port
+from tests.peers.postgres import postgres  # noqa: F401 - fixture
 from tests.peers.prefect_server import prefect_server, stop_group  # noqa: F401 - fixture
 from tests.peers.redis import redis  # noqa: F401 - fixture
 

@@ -7,9 +7,8 @@ import yaml
 
 from bigbang.errors import LiveModeUnavailable, RunError
 from bigbang.ledger import Ledger
-from bigbang.runner import Runner
 from bigbang.session import RunOptions, RunSession
-from tests.helpers import copy_demo, finish, rehearse
+from tests.helpers import copy_demo, finish, rehearse, servers_ready
 
 
 @pytest.fixture
@@ -105,10 +104,7 @@ def test_rollout_halts_on_a_server_failure_when_the_policy_says_so(tmp_path, led
 def test_resume_redoes_nothing_finished_and_retries_failed_only_when_asked(tmp_path, ledger_url):
     inv = copy_demo(tmp_path, inject({"target": "lys-tc-203", "step": "tc.reassign", "message": "flash full"}))
     session = RunSession.start(inv, RunOptions(zero_duration=True), ledger_url=ledger_url)
-    runner = Runner(session)
-    runner.run_prechecks()
-    for i in range(len(session.plan.waves)):
-        runner.run_wave(i)
+    runner = servers_ready(session)
     runner.run_location("HST-001")
     session.ledger.flush()
     before = session.ledger.step_results(session.run_id)

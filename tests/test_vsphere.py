@@ -20,10 +20,10 @@ from pyVmomi import vim
 
 from bigbang.connectors.base import Action, ConnectorContext
 from bigbang.connectors.vsphere import VsphereSettings, create
-from bigbang.runner import Runner
 from bigbang.secrets import resolve
 from bigbang.session import RunOptions, RunSession
 from tests.peers.vcsim import PASSWORD_ENV, vcsim  # noqa: F401
+from tests.helpers import servers_ready
 
 ROLLOUT = "Test Kommune Big Bang"
 SNAPSHOT = "bigbang-before-test-kommune-big-bang"
@@ -101,10 +101,7 @@ def inv_server(name: str, **over: Any) -> dict[str, Any]:
 def run_live(path: Path, tmp_path: Path, run_id: str) -> RunSession:
     session = RunSession.start(path, RunOptions(mode="live"), ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}",
                                run_id=run_id)
-    runner = Runner(session)
-    runner.run_prechecks()
-    for wave in range(len(session.plan.waves)):
-        runner.run_wave(wave)
+    runner = servers_ready(session)
     for loc in session.plan.locations:
         session.ledger.sign_off(run_id, loc.id, "test technician", "no devices here")  # the live gate waits for it
         runner.run_location(loc.id)

@@ -13,13 +13,13 @@ from fastapi.testclient import TestClient
 
 from bigbang.field import FieldStore
 from bigbang.ledger import Ledger
-from bigbang.runner import Runner
 from bigbang.session import RunOptions, RunSession
 from bigbang.web.app import create_app
 from bigbang.web.auth import User, csrf_token, current_user, require_role
 from bigbang.web.passwords import hash_password, verify_password
 from tests.peers.browser import gated_inventory
 from tests.peers.postgres import postgres  # noqa: F401
+from tests.helpers import servers_ready
 
 LOCATION = "HST-014"  # team-syd
 OTHER_TEAMS_LOCATION = "HST-001"  # team-nord
@@ -244,10 +244,7 @@ def test_pages_are_translated(field):
 
 def test_cli_check_problem_and_signoff_release_the_gate(field, bigbang, bb_env):
     inventory, ledger_url, session = field
-    runner = Runner(session)
-    runner.run_prechecks()
-    for wave in range(len(session.plan.waves)):
-        runner.run_wave(wave)
+    runner = servers_ready(session)
     results = []
     worker = threading.Thread(target=lambda: results.append(runner.run_location(LOCATION)), daemon=True)
     worker.start()

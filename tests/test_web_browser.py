@@ -12,10 +12,10 @@ import time
 
 from bigbang.checklists import item_ids
 from bigbang.field import FieldStore
-from bigbang.runner import Runner
 from bigbang.session import RunOptions, RunSession
 from bigbang.web.app import create_app
 from tests.peers.browser import OUTPUT, PHONE, AppServer, chromium, gated_inventory  # noqa: F401
+from tests.helpers import servers_ready
 
 LOCATION = "HST-014"  # team-syd: aha, sni; team-nord's mkr may not see it
 
@@ -47,10 +47,7 @@ def test_technician_signs_off_and_the_gated_location_resumes(tmp_path, chromium)
 
     session = RunSession.start(inventory, RunOptions(mode="rehearsal", zero_duration=True, failure_rate=0.0),
                                ledger_url=ledger_url)
-    runner = Runner(session)
-    runner.run_prechecks()
-    for wave in range(len(session.plan.waves)):
-        runner.run_wave(wave)
+    runner = servers_ready(session)
     results = []
     worker = threading.Thread(target=lambda: results.append(runner.run_location(LOCATION)), daemon=True)
     worker.start()

@@ -17,18 +17,14 @@ import uuid
 
 import pytest
 
+from tests.peers import free_port
+
 
 def _bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if not found:
         raise RuntimeError(f"PostgreSQL's {name} is not installed (scripts/setup.d/00-apt.sh installs postgresql-15)")
     return found[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresCluster:

@@ -17,7 +17,8 @@ import urllib.request
 import pytest
 
 from bigbang.commands.server import server_env
-from tests.peers.postgres import free_port, postgres  # noqa: F401 - fixture used below
+from tests.peers import free_port
+from tests.peers.postgres import postgres  # noqa: F401 - fixture used below
 from tests.peers.redis import redis  # noqa: F401 - fixture used below
 
 # Quiet, quick clients: no analytics, logs to the API off, workers poll every second.

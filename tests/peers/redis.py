@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.peers.postgres import free_port
+from tests.peers import free_port
 
 
 class RedisServer:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,17 +20,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.peers import free_port
+
 SETUP_DATABASE = "/usr/sbin/rt-setup-database-5"
 RT_SERVER = "/usr/share/request-tracker5/libexec/rt-server"
 ROOT_PASSWORD = "password"  # RT's initialdata default for root
 KEY_FIELD = "BigBang Defect"
 QUEUE = "Defects"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:

@@ -32,6 +32,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.peers import free_port
+
 PEER_USER = "bbpeer"
 SSHD = "/usr/sbin/sshd"
 
@@ -124,7 +126,7 @@ class ThinClientLab:
         self.authorized_keys.write_text(self.client_public + "\n")
         self.known_hosts = self.dir / "known_hosts"
         self.known_hosts.write_text("")
-        self.port = _free_port()
+        self.port = free_port()
         self.hosts: dict[str, LabHost] = {}
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -335,12 +337,6 @@ def _ensure_user() -> None:
         raise RuntimeError(f"user {PEER_USER} missing: run scripts/setup.d/10-sshd.sh") from None
     if not os.path.exists(SSHD):
         raise RuntimeError("OpenSSH sshd missing: run scripts/setup.d/00-apt.sh")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

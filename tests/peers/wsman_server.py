@@ -41,6 +41,8 @@ from xml.sax.saxutils import escape
 
 import pytest
 
+from tests.peers import free_port
+
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
     "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
@@ -134,7 +136,7 @@ class WsmanLab:
         self.username, self.password = username, password
         self.subnet = subnet
         self.image_delay = image_delay
-        self.port = _free_port()
+        self.port = free_port()
         self.hosts: dict[str, WsmanHost] = {}
         self.ssl_context: ssl.SSLContext | None = None
         if scheme == "https":
@@ -604,12 +606,6 @@ def _make_certificates(directory: Path, addresses: list[str]) -> tuple[str, str,
                                            serialization.NoEncryption()))
     os.chmod(paths[2], 0o600)
     return tuple(str(p) for p in paths)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
