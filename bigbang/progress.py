@@ -73,7 +73,7 @@ class RunMonitor:
     def snapshot(self) -> Snapshot:
         return Snapshot(self.plan, self.ledger.progress(self.run_id), self.ledger.location_results(self.run_id))
 
-    def start(self) -> "RunMonitor":
+    def start(self) -> RunMonitor:
         self._thread = threading.Thread(target=self._loop, name="bigbang-monitor", daemon=True)
         self._thread.start()
         return self

@@ -10,7 +10,7 @@ import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ def format_duration(seconds: float | None) -> str:
 def format_time(ts: float | None) -> str:
     if not ts:
         return "–"
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
         "retry_command": retry_command,
         "schedule": _planned_vs_actual(ledger, run_id),
         "events": [{"at": e["at"], "kind": e["kind"], "message": e["message"]} for e in ledger.events(run_id)],
-        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
 
 

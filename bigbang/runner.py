@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from bigbang.connectors.base import Action, Outcome
 from bigbang.errors import ConnectorError
@@ -264,7 +265,7 @@ class Runner:
         return None
 
     def _device(self, loc: LocationPlan, device: DevicePlan, known: dict[str, StepRecord],
-                state: "_LocationState") -> str:
+                state: _LocationState) -> str:
         blocker = None
         result = "succeeded"
         for step in device.steps:

@@ -7,7 +7,7 @@ never imports Prefect), so a Secret block works wherever flows run.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from bigbang.errors import ConfigError
 from bigbang.inventory.model import SecretRef

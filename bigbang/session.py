@@ -12,7 +12,7 @@ import secrets as _random
 import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from bigbang.inventory import Inventory, load_inventory
 from bigbang.ledger import Ledger, default_ledger_url
 from bigbang.plan import INTERNAL_CONNECTOR, Plan, build_plan
 from bigbang.schedule.start import wait_for_start
-from bigbang.schedule.store import remember as remember_schedule, run_slots, slots_of, stored_schedule
+from bigbang.schedule.store import remember as remember_schedule
+from bigbang.schedule.store import run_slots, slots_of, stored_schedule
 from bigbang.secrets import resolve
 
 MODES = ("rehearsal", "live")
@@ -42,7 +43,7 @@ class RunOptions:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunOptions":
+    def from_dict(cls, data: dict[str, Any]) -> RunOptions:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -59,7 +60,7 @@ def run_plan(ledger: Ledger, run_id: str, inventory: Inventory, mode: str) -> Pl
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S-") + _random.token_hex(2)
+    return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S-") + _random.token_hex(2)
 
 
 class RunSession:
@@ -79,7 +80,7 @@ class RunSession:
     # ------------------------------------------------------------ opening
     @classmethod
     def start(cls, inventory_path: str | Path, options: RunOptions, *, ledger_url: str | None = None,
-              run_id: str | None = None) -> "RunSession":
+              run_id: str | None = None) -> RunSession:
         if options.mode not in MODES:
             raise RunError(f"unknown mode '{options.mode}'", hint="use --mode rehearsal or --mode live")
         inventory = load_inventory(inventory_path)
@@ -100,7 +101,7 @@ class RunSession:
 
     @classmethod
     def resume(cls, run_id: str, *, inventory_path: str | Path | None = None, ledger_url: str | None = None,
-               retry_failed: bool = False, compression: float | None = None) -> "RunSession":
+               retry_failed: bool = False, compression: float | None = None) -> RunSession:
         ledger = Ledger(ledger_url)
         row = ledger.get_run(run_id)
         if row is None:
@@ -124,7 +125,7 @@ class RunSession:
         return session
 
     @classmethod
-    def attach(cls, run_id: str, ledger_url: str | None = None) -> "RunSession":
+    def attach(cls, run_id: str, ledger_url: str | None = None) -> RunSession:
         """The session of an existing run in this process (created once per process)."""
         with _SESSIONS_LOCK:
             key = (run_id, ledger_url or default_ledger_url())

@@ -13,8 +13,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from bigbang.report import render_report
 from bigbang.errors import ConfigError
+from bigbang.report import render_report
 from bigbang.session import RunOptions, RunSession
 from flows import dispatch as dispatching
 from flows.secrets import register_prefect_secrets

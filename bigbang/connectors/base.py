@@ -9,8 +9,9 @@ inventory validation and `bigbang connectors` docs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -38,7 +39,7 @@ class Outcome:
     simulated_duration: float | None = None
 
     @classmethod
-    def failed(cls, message: str, *, transient: bool = True, **facts: Any) -> "Outcome":
+    def failed(cls, message: str, *, transient: bool = True, **facts: Any) -> Outcome:
         return cls(ok=False, message=message, transient=transient, facts=facts)
 
 

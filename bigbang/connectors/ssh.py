@@ -271,7 +271,7 @@ class SshConnector:
             channel.status_event.wait(max(0.0, deadline - time.monotonic()))
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
-        except socket.timeout:
+        except TimeoutError:
             self._drop(address)
             raise ConnectorError(f"{name} on {address} did not finish within {timeout:g} s",
                                  transient=True) from None
@@ -315,7 +315,7 @@ class SshConnector:
         where = f"{address}:{s.port}"
         try:
             sock = socket.create_connection((address, s.port), timeout=s.connect_timeout)
-        except socket.timeout:
+        except TimeoutError:
             raise ConnectorError(f"connecting to {where} timed out after {s.connect_timeout:g} s",
                                  transient=True) from None
         except OSError as exc:

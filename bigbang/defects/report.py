@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def _columns(items: list[tuple[str, int]], *, height: int = 160, col: int = 34) 
 
 def report_data(queue: DefectQueue, inventory: Inventory | None = None, *, now: float | None = None,
                 days: int = 14) -> dict[str, Any]:
-    now_dt = datetime.fromtimestamp(now, tz=timezone.utc) if now else datetime.now(timezone.utc)
+    now_dt = datetime.fromtimestamp(now, tz=UTC) if now else datetime.now(UTC)
     every = queue.list(limit=None)
     open_ = [d for d in every if d["state"] in OPEN_STATES]
     names = {loc.id: loc.name for loc in inventory.locations} if inventory else {}
@@ -52,7 +52,7 @@ def report_data(queue: DefectQueue, inventory: Inventory | None = None, *, now: 
     per_day = []
     for back in range(days - 1, -1, -1):
         day = (now_dt - timedelta(days=back)).date()
-        end = datetime.combine(day, datetime.max.time(), tzinfo=timezone.utc).timestamp()
+        end = datetime.combine(day, datetime.max.time(), tzinfo=UTC).timestamp()
         end = min(end, now_dt.timestamp())
         count = sum(1 for d in every if d["first_seen"] <= end and (d["resolved_at"] is None or d["resolved_at"] > end)
                     and not (d["state"] in ("resolved", "closed") and d["resolved_at"] is None))

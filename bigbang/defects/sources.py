@@ -11,10 +11,11 @@ import csv
 import hashlib
 import io
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from bigbang.connectors.base import Action
 from bigbang.defects.store import MAX_FIELD, MAX_TEXT
@@ -135,7 +136,7 @@ def probe(connector_for: Callable[[str], Any], plan: Plan, targets: Sequence[str
         except Exception as exc:  # noqa: BLE001 - one broken probe never stops the others
             errors.append(f"probe of {target} crashed: {exc.__class__.__name__}: {exc}")
             return None
-        now = datetime.now(timezone.utc).timestamp()
+        now = datetime.now(UTC).timestamp()
         facts = dict(outcome.facts or {})
         message = outcome.message or ("checks passed" if outcome.ok else f"{step.kind} failed")
         if outcome.ok and facts:
@@ -164,10 +165,10 @@ class ImportResult:
 def _parse_when(value: str) -> float:
     value = value.strip()
     if not value:
-        return datetime.now(timezone.utc).timestamp()
+        return datetime.now(UTC).timestamp()
     when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 
@@ -250,7 +251,7 @@ def parse_reports_csv(content: str, inventory: Inventory, *, max_rows: int = 200
             spans = f" (the row runs to line {reader.line_num}: a quote left open?)" if reader.line_num > line else ""
             result.errors.append(f"line {line}: {len(values)} fields, the header has {len(names)}{spans}")
             continue
-        row, problems = validate_report(dict(zip(names, values)), inventory, channel="csv")
+        row, problems = validate_report(dict(zip(names, values, strict=False)), inventory, channel="csv")
         if problems:
             result.errors.append(f"line {line}: " + "; ".join(problems))
         else:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -235,7 +236,7 @@ class DefectQueue:
                     pass
 
     @classmethod
-    def open(cls, ledger_url: str | None = None) -> "DefectQueue":
+    def open(cls, ledger_url: str | None = None) -> DefectQueue:
         from bigbang.ledger import Ledger
 
         return cls(Ledger(ledger_url).engine)

@@ -9,8 +9,9 @@ small so TOPdesk, Zammad, Jira Service Management or ServiceNow adapters can fol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import requests
 

@@ -8,7 +8,7 @@ validation (see loader.py), so every device here is complete.
 from __future__ import annotations
 
 import re
-from datetime import datetime, time, timezone
+from datetime import UTC, datetime, time
 from functools import cached_property
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -92,7 +92,7 @@ class SecretRef(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "SecretRef":
+    def _exactly_one(self) -> SecretRef:
         if (self.env is None) == (self.prefect_secret is None):
             raise ValueError("give exactly one of 'env' or 'prefect_secret'")
         return self
@@ -138,7 +138,7 @@ class AccessWindow(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _order(self) -> "AccessWindow":
+    def _order(self) -> AccessWindow:
         if self.end <= self.start:
             raise ValueError(f"access window ends ({self.end:%H:%M}) before it starts ({self.start:%H:%M})")
         return self
@@ -198,11 +198,11 @@ class Window(_Model):
     @property
     def start_utc(self) -> datetime:
         # via UTC, so that end - start counts a daylight-saving change inside the window
-        return self.start.replace(tzinfo=self.zone).astimezone(timezone.utc)
+        return self.start.replace(tzinfo=self.zone).astimezone(UTC)
 
     @property
     def end_utc(self) -> datetime:
-        return self.end.replace(tzinfo=self.zone).astimezone(timezone.utc)
+        return self.end.replace(tzinfo=self.zone).astimezone(UTC)
 
 
 class Image(_Model):
@@ -499,7 +499,7 @@ class TicketSystemSettings(_Model):
                                        description="RT priority for each bigbang priority")
 
     @model_validator(mode="after")
-    def _complete(self) -> "TicketSystemSettings":
+    def _complete(self) -> TicketSystemSettings:
         if self.kind == "rt":
             missing = [n for n in ("url", "user", "password") if getattr(self, n) is None]
             if missing:

@@ -77,7 +77,7 @@ class YamlFile:
         self.data: Any = None
         self.origins: dict[PathT, Origin] = {}
 
-    def load(self) -> "YamlFile":
+    def load(self) -> YamlFile:
         try:
             text = self.file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:

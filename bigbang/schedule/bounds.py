@@ -119,7 +119,7 @@ def energy(problem: Problem, at_least: int = 0) -> Bound:
         if any(not sp for sp in spans.values()):
             return False
         cuts = sorted({t for sp in spans.values() for iv in sp for t in iv})
-        segments = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        segments = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
         flow = max_flow.SimpleMaxFlow()
         source, sink = 0, 1
         for j in spans:

@@ -240,7 +240,7 @@ def _neighbourhood_search(problem: Problem, sol: Solution, time_limit: float, se
             continue
         trial = [_crew_stats(problem, c, sub.sequences[c]) for c in crews]
         if all(t[0] and t[1] < makespan for t in trial):
-            for c, t in zip(crews, trial):
+            for c, t in zip(crews, trial, strict=False):
                 seqs[c], stats[c] = sub.sequences[c], t
             improved += 1
             failed.clear()

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
-from typing import Iterable
 
 from bigbang.connectors.simulated import DEFAULT_DURATIONS
 from bigbang.errors import ConfigError
@@ -166,7 +166,7 @@ def openings(hours: list[AccessWindow], start_local: datetime, tz: str, horizon:
     if not hours:
         return [(0, horizon)]
     z = zone(tz)
-    start_utc = start_local.replace(tzinfo=z).astimezone(timezone.utc)
+    start_utc = start_local.replace(tzinfo=z).astimezone(UTC)
     out = []
     first = start_local.date() - timedelta(days=1)
     for d in range(horizon // 1440 + 3):
@@ -187,7 +187,7 @@ def openings(hours: list[AccessWindow], start_local: datetime, tz: str, horizon:
 
 
 def _minute(local: datetime, z, start_utc: datetime) -> int:
-    return math.floor((local.replace(tzinfo=z).astimezone(timezone.utc) - start_utc).total_seconds() / 60)
+    return math.floor((local.replace(tzinfo=z).astimezone(UTC) - start_utc).total_seconds() / 60)
 
 
 def describe_hours(hours: list[AccessWindow]) -> str:
@@ -320,7 +320,7 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
     est = estimate_steps(inventory, measured, measured_from)
     w = inventory.rollout.window
     # in UTC: subtracting two datetimes of the same zone ignores a daylight-saving change between them
-    window = math.floor((w.end_utc.astimezone(timezone.utc) - w.start_utc.astimezone(timezone.utc))
+    window = math.floor((w.end_utc.astimezone(UTC) - w.start_utc.astimezone(UTC))
                         .total_seconds() / 60)
     horizon = window + EXTRA_DAYS * 1440
     phase = server_phase(inventory, est)
@@ -370,7 +370,7 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
                             for loc in locations])
     return Problem(
         rollout=inventory.rollout.name, inventory_digest=inventory.digest, timezone=w.timezone,
-        start_utc=w.start_utc.astimezone(timezone.utc), window=window, horizon=horizon, jobs=jobs, crews=crews,
+        start_utc=w.start_utc.astimezone(UTC), window=window, horizon=horizon, jobs=jobs, crews=crews,
         travel=travel, base_travel=base_travel, servers=phase, estimates=est,
         keep_teams=inventory.schedule.keep_teams,
         technicians={t.id: tuple(tech.name for tech in t.technicians) for t in teams},

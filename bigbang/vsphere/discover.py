@@ -27,7 +27,7 @@ def discover(client: VcenterClient, catalog: Catalog, datacenter: str | None = N
     data = catalog.data(refresh=True)
     props = client.list_objects(vim.VirtualMachine, VM_PROPS + ["config.guestId"])
     templates_by_guest: dict[str, str] = {}
-    for ref, p in sorted(props.items(), key=lambda kv: kv[1].get("name", "")):
+    for _ref, p in sorted(props.items(), key=lambda kv: kv[1].get("name", "")):
         if p.get("config.template"):
             templates_by_guest.setdefault(p.get("config.guestId") or "", p["name"])
     dc_names = {dc: p["name"] for dc, p in data["dcs"].items()}
