@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bigbang.defects.sources import parse_reports_csv, report_observations  # noqa: E402
-from bigbang.defects.store import DefectQueue  # noqa: E402
+from bigbang.store.defects import DefectQueue  # noqa: E402
 from bigbang.inventory import load_inventory  # noqa: E402
-from bigbang.ledger import Ledger  # noqa: E402
+from bigbang.store.ledger import Ledger  # noqa: E402
 
 CATEGORIES = ["login", "printer", "network", "citrix", "audio", "display", "keyboard", "outlook", "slow", "other"]
 PHRASES = ["cannot sign in", "printer offline", "no network after restart", "Citrix session freezes",

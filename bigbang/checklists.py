@@ -24,9 +24,10 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from bigbang.errors import ConfigError
 from bigbang.inventory.model import Inventory, Location, Workstation
-from bigbang.ledger import Ledger, StepRecord
 from bigbang.plan import LocationPlan, Plan
 from bigbang.report import templates_dir
+from bigbang.status import DeviceStatus, device_status
+from bigbang.store.ledger import Ledger, StepRecord
 
 # What a technician does, per device kind, in order; the orchestration's own steps are shown beside them.
 # (task, needs a typed/scanned value)
@@ -130,16 +131,8 @@ class DeviceCard:
 
     @property
     def status(self) -> str:
-        states = [s.status for s in self.steps]
-        if "failed" in states:
-            return "failed"
-        if states and all(s == "succeeded" for s in states):
-            return "succeeded"
-        if "running" in states or "succeeded" in states:
-            return "running"
-        if "skipped" in states:
-            return "skipped"
-        return "planned"
+        status = device_status([None if s.status == "planned" else s.status for s in self.steps])
+        return "planned" if status == DeviceStatus.PENDING else str(status)
 
 
 @dataclass
@@ -210,7 +203,7 @@ def build_checklist(inventory: Inventory, plan: Plan, location_id: str, *, ledge
         if steps is None:
             steps = ledger.step_results(run_id, scope=location_id)
         if checks is None:
-            from bigbang.field import FieldStore
+            from bigbang.store.field import FieldStore
 
             checks = FieldStore(ledger).checks(run_id, location_id)
         if location_rows is None:

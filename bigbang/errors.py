@@ -8,6 +8,7 @@ that escapes is a bug and keeps its traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class BigBangError(Exception):
@@ -64,11 +65,14 @@ class LiveModeUnavailable(RunError):
 
 
 class ConnectorError(BigBangError):
-    """A connector could not do what a step asked. `transient` errors are retried."""
+    """A connector could not do what a step asked. `transient` errors are retried; `command` is what ran
+    (name, exit code, output tails) when a command failed. Connectors turn it into a failed `Outcome`."""
 
-    def __init__(self, message: str, *, transient: bool = False, hint: str | None = None):
+    def __init__(self, message: str, *, transient: bool = False, hint: str | None = None,
+                 command: dict[str, Any] | None = None):
         super().__init__(message, hint=hint)
         self.transient = transient
+        self.command = command
 
 
 class LedgerError(BigBangError):

@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bigbang.connectors.simulated import simulates, substitute
 from bigbang.inventory.model import Inventory, Location, Server, ThinClient, Workstation
 
 
@@ -67,12 +68,49 @@ class Step:
     def phase(self) -> str:
         return STEP_KINDS[self.kind].phase
 
+    @property
+    def internal(self) -> bool:
+        return self.connector == INTERNAL_CONNECTOR
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "target": self.target, "connector": self.connector,
+                "params": self.params, "after": list(self.after)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Step:
+        return cls(data["id"], data["kind"], data["target"], data["connector"], dict(data["params"]),
+                   tuple(data["after"]))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The rules the run follows, frozen with its plan."""
+
+    retries: int
+    retry_delay: float
+    max_fail_percent: float
+    halt_on_server_failure: bool
+    halt_failed_locations_percent: float | None
+    signoff_timeout: float
+    start_rule: str  # slot | checkin | slot_or_checkin (see bigbang.schedule.start)
+    window_end_utc: float  # a location waiting for a check-in starts anyway when the window closes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 @dataclass(frozen=True)
 class DevicePlan:
     hostname: str
     kind: str  # workstation | thin_client
     steps: tuple[Step, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hostname": self.hostname, "kind": self.kind, "steps": [s.to_dict() for s in self.steps]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DevicePlan:
+        return cls(data["hostname"], data["kind"], tuple(Step.from_dict(s) for s in data["steps"]))
 
 
 @dataclass(frozen=True)
@@ -82,6 +120,15 @@ class ServerPlan:
     depends_on: tuple[str, ...]
     prechecks: tuple[Step, ...]
     steps: tuple[Step, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "wave": self.wave, "depends_on": list(self.depends_on),
+                "prechecks": [s.to_dict() for s in self.prechecks], "steps": [s.to_dict() for s in self.steps]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServerPlan:
+        return cls(data["name"], data["wave"], tuple(data["depends_on"]),
+                   tuple(Step.from_dict(s) for s in data["prechecks"]), tuple(Step.from_dict(s) for s in data["steps"]))
 
 
 @dataclass(frozen=True)
@@ -109,6 +156,22 @@ class LocationPlan:
         yield self.signoff
         yield self.verify
 
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(requires=list(self.requires), waits_for_waves=list(self.waits_for_waves),
+                   precheck=self.precheck.to_dict(), signoff=self.signoff.to_dict(), verify=self.verify.to_dict(),
+                   devices=[d.to_dict() for d in self.devices])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LocationPlan:
+        values = dict(data)
+        values.update(requires=tuple(data["requires"]), waits_for_waves=tuple(data["waits_for_waves"]),
+                      precheck=Step.from_dict(data["precheck"]), signoff=Step.from_dict(data["signoff"]),
+                      verify=Step.from_dict(data["verify"]),
+                      devices=tuple(DevicePlan.from_dict(d) for d in data["devices"]))
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -118,8 +181,15 @@ class Plan:
     servers: tuple[ServerPlan, ...]
     waves: tuple[tuple[str, ...], ...]
     locations: tuple[LocationPlan, ...]
-    retries: int
-    retry_delay: float
+    policy: Policy
+
+    @property
+    def retries(self) -> int:
+        return self.policy.retries
+
+    @property
+    def retry_delay(self) -> float:
+        return self.policy.retry_delay
 
     def steps(self) -> Iterator[Step]:
         for server in self.servers:
@@ -150,14 +220,24 @@ class Plan:
             "rollout": self.rollout,
             "mode": self.mode,
             "inventory_digest": self.inventory_digest,
-            "policy": {"retries": self.retries, "retry_delay_s": self.retry_delay},
+            "policy": self.policy.to_dict(),
             "phases": [
                 {"name": phase, "steps": sum(1 for s in self.steps() if s.phase == phase)} for phase in PHASES
             ],
             "waves": [list(w) for w in self.waves],
-            "servers": [asdict(s) for s in self.servers],
-            "locations": [asdict(loc) for loc in self.locations],
+            "servers": [s.to_dict() for s in self.servers],
+            "locations": [loc.to_dict() for loc in self.locations],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(
+            rollout=data["rollout"], mode=data["mode"], inventory_digest=data["inventory_digest"],
+            servers=tuple(ServerPlan.from_dict(s) for s in data["servers"]),
+            waves=tuple(tuple(w) for w in data["waves"]),
+            locations=tuple(LocationPlan.from_dict(loc) for loc in data["locations"]),
+            policy=Policy(**data["policy"]),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
@@ -165,15 +245,18 @@ class Plan:
     @property
     def digest(self) -> str:
         """Identifies what the plan does; editing comments or formatting of the inventory keeps it."""
-        content = self.to_dict()
-        content.pop("inventory_digest")
-        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return digest_of(self.to_dict())
+
+
+def digest_of(plan_dict: dict[str, Any]) -> str:
+    content = {k: v for k, v in plan_dict.items() if k != "inventory_digest"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- building
 
 def build_plan(inventory: Inventory, mode: str = "rehearsal", *, order: list[str] | None = None,
-               slots: dict[str, tuple[str, float]] | None = None) -> Plan:
+               slots: dict[str, tuple[str, float, int]] | None = None) -> Plan:
     """The plan for `inventory`.
 
     `order` (location ids) overrides the inventory's order. `slots` (from a schedule) maps a
@@ -187,7 +270,7 @@ def build_plan(inventory: Inventory, mode: str = "rehearsal", *, order: list[str
     wave_of = {name: i for i, wave in enumerate(waves) for name in wave}
 
     def conn(name: str) -> str:
-        return "simulated" if mode == "rehearsal" else name
+        return substitute(mode, name)
 
     servers = []
     for srv in sorted(inventory.servers, key=lambda s: (wave_of[s.name], s.name)):
@@ -226,7 +309,8 @@ def build_plan(inventory: Inventory, mode: str = "rehearsal", *, order: list[str
         devices = [_workstation_plan(inventory, loc, ws, conn, precheck.id) for ws in loc.workstations]
         devices += [_thin_client_plan(inventory, loc, tc, i, conn, precheck.id)
                     for i, tc in enumerate(loc.thin_clients, start=1)]
-        signoff = Step(f"{loc.id}:loc.signoff", "loc.signoff", loc.id, INTERNAL_CONNECTOR,
+        signoff = Step(f"{loc.id}:loc.signoff", "loc.signoff", loc.id,
+                       conn(INTERNAL_CONNECTOR) if inventory.rehearsal.simulate_signoff else INTERNAL_CONNECTOR,
                        {"team": team_id}, tuple(d.steps[-1].id for d in devices))
         verify = Step(f"{loc.id}:loc.verify", "loc.verify", loc.id, INTERNAL_CONNECTOR,
                       {"max_fail_percent": policy.max_fail_percent, "devices": len(devices)}, (signoff.id,))
@@ -240,11 +324,19 @@ def build_plan(inventory: Inventory, mode: str = "rehearsal", *, order: list[str
     return Plan(
         rollout=inventory.rollout.name, mode=mode, inventory_digest=inventory.digest,
         servers=tuple(servers), waves=tuple(tuple(w) for w in waves), locations=tuple(locations),
-        retries=policy.retries, retry_delay=policy.retry_delay,
+        policy=Policy(
+            retries=policy.retries, retry_delay=policy.retry_delay, max_fail_percent=policy.max_fail_percent,
+            halt_on_server_failure=policy.halt_rollout.on_server_failure,
+            halt_failed_locations_percent=policy.halt_rollout.failed_locations_percent,
+            signoff_timeout=float(inventory.rollout.signoff_timeout),
+            start_rule="slot" if simulates(mode) else inventory.schedule.start,  # a simulated crew is on time
+            window_end_utc=inventory.rollout.window.end_utc.timestamp(),
+        ),
     )
 
 
-def _workstation_plan(inv: Inventory, loc: Location, ws: Workstation, conn, precheck_id: str) -> DevicePlan:
+def _workstation_plan(inv: Inventory, loc: Location, ws: Workstation, conn: Callable[[str], str],
+                      precheck_id: str) -> DevicePlan:
     image = inv.rollout.images[ws.target_image]
     baseline = inv.rollout.baselines.get(ws.baseline) if ws.baseline else None
     params = {
@@ -262,7 +354,8 @@ def _workstation_plan(inv: Inventory, loc: Location, ws: Workstation, conn, prec
     return DevicePlan(h, "workstation", (prestage, image_step, verify))
 
 
-def _thin_client_plan(inv: Inventory, loc: Location, tc: ThinClient, index: int, conn, precheck_id: str) -> DevicePlan:
+def _thin_client_plan(inv: Inventory, loc: Location, tc: ThinClient, index: int, conn: Callable[[str], str],
+                      precheck_id: str) -> DevicePlan:
     profile = inv.rollout.thin_client_profiles[tc.target_profile]
     slug = re.sub(r"[^a-z0-9-]+", "-", loc.id.lower()).strip("-")
     new_hostname = tc.new_hostname or profile.hostname_pattern.format(location=slug, index=index)

@@ -18,11 +18,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from bigbang.ledger import Ledger
-from bigbang.plan import Plan
+from bigbang.plan import STEP_KINDS, Plan
+from bigbang.store.ledger import Ledger
 
-PHASE_OF_KIND = {"srv.precheck": "prechecks", "srv.snapshot": "prechecks", "srv.provision": "servers",
-                 "srv.verify": "servers"}
+
+def display_phase(kind: str) -> str:
+    """The bar a step counts towards: its plan phase for server steps; every location step under "locations"."""
+    phase = STEP_KINDS[kind].phase
+    return phase if phase in ("prechecks", "servers") else "locations"
+
 SHOW_LOCATIONS = 8
 
 
@@ -30,14 +34,14 @@ class Snapshot:
     """Counts from the ledger at one moment, arranged for display."""
 
     def __init__(self, plan: Plan, progress: dict[tuple[str, str, str], int], locations: dict[str, dict[str, Any]]):
-        self.phase_total = Counter()
-        self.phase_done = Counter()
+        self.phase_total: Counter[str] = Counter()
+        self.phase_done: Counter[str] = Counter()
         self.loc_total: dict[str, int] = {}
-        self.loc_done = Counter()
-        self.status = Counter()
+        self.loc_done: Counter[str] = Counter()
+        self.status: Counter[str] = Counter()
         for srv in plan.servers:
             for step in (*srv.prechecks, *srv.steps):
-                self.phase_total[PHASE_OF_KIND[step.kind]] += 1
+                self.phase_total[display_phase(step.kind)] += 1
         for loc in plan.locations:
             n = sum(1 for _ in loc.steps())
             self.loc_total[loc.id] = n
@@ -46,7 +50,7 @@ class Snapshot:
             self.status[status] += n
             if status == "running":
                 continue
-            phase = PHASE_OF_KIND.get(kind, "locations")
+            phase = display_phase(kind)
             self.phase_done[phase] += n
             if scope != "servers":
                 self.loc_done[scope] += n

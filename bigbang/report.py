@@ -1,7 +1,8 @@
 """The run report: what happened, per location, and what to retry.
 
-Built only from the ledger (plus the inventory for names), so `bigbang report
-RUN_ID` gives the same report at any time after, or during, a run.
+Built only from the run's store (its frozen plan and inventory, and what happened), so
+`bigbang report RUN_ID` gives the same report at any time after, or during, a run, whatever
+happened to the inventory's YAML since. Times are on the run's clock: simulated in rehearsals.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from bigbang.errors import InventoryError, RunError, UserError
-from bigbang.inventory import load_inventory
-from bigbang.ledger import Ledger
-from bigbang.plan import build_plan
-from bigbang.schedule.store import run_slots
+from bigbang.errors import UserError
+from bigbang.session import frozen_run
+from bigbang.status import StepStatus, device_status
+from bigbang.store.ledger import Ledger
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -74,66 +74,54 @@ class ReportFiles:
 
 
 def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
-    run = ledger.get_run(run_id)
-    if run is None:
-        raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}")
-    try:
-        inventory = load_inventory(run["inventory"])
-        plan = build_plan(inventory, run["mode"], slots=run_slots(ledger, run_id))
-    except (InventoryError, OSError):
-        inventory = plan = None
+    frozen = frozen_run(ledger, run_id)
+    run, plan, inventory = frozen.row, frozen.plan, frozen.inventory
     results = ledger.step_results(run_id)
     loc_rows = ledger.location_results(run_id)
-    compression = (run["options"].get("compression") or (inventory.rehearsal.compression if inventory else 1.0)
-                   if run["mode"] == "rehearsal" else 1.0)
+    simulated = run["clock"] == "simulated"
 
     def status_of(step_ids: list[str]) -> str:
-        states = [results[s].status if s in results else "pending" for s in step_ids]
-        for state in ("failed", "running", "skipped", "pending"):
-            if state in states:
-                return state
-        return "succeeded"
+        return device_status([results[s].status if s in results else None for s in step_ids])
 
     servers: list[dict[str, Any]] = []
     locations: list[dict[str, Any]] = []
-    device_status: Counter[str] = Counter()
-    planned_steps = 0
-    if plan is not None:
-        for srv in plan.servers:
-            ids = [s.id for s in (*srv.prechecks, *srv.steps)]
-            planned_steps += len(ids)
-            failed = [results[i] for i in ids if i in results and results[i].status in ("failed", "skipped")]
-            servers.append({"name": srv.name, "wave": srv.wave + 1, "depends_on": list(srv.depends_on),
-                            "status": status_of(ids), "message": failed[0].message if failed else "",
-                            "attempts": sum(results[i].attempts for i in ids if i in results)})
-        for loc in plan.locations:
-            inv_loc = inventory.location_by_id[loc.id]
-            row = loc_rows.get(loc.id, {})
-            counts: Counter[str] = Counter()
-            for device in loc.devices:
-                state = status_of([s.id for s in device.steps])
-                counts[state] += 1
-                device_status[state] += 1
-            planned_steps += sum(1 for _ in loc.steps())
-            started, finished = row.get("started_at"), row.get("finished_at")
-            real = (finished - started) if started and finished else None
-            locations.append({
-                "id": loc.id, "name": inv_loc.name, "team": loc.team, "criticality": loc.criticality,
-                "status": row.get("status", "pending"), "reason": row.get("reason", ""),
-                "devices": len(loc.devices), "succeeded": counts["succeeded"], "failed": counts["failed"],
-                "skipped": counts["skipped"], "pending": counts["pending"] + counts["running"],
-                "started_at": started, "finished_at": finished, "real_seconds": real,
-                "simulated_seconds": real * compression if real is not None and run["mode"] == "rehearsal" else None,
-            })
-    else:
-        for lid, row in sorted(loc_rows.items()):
-            locations.append({"id": lid, "name": lid, "team": "", "criticality": "", "status": row["status"],
-                              "reason": row["reason"], "devices": row["devices"], "succeeded": 0,
-                              "failed": row["devices_failed"], "skipped": row["devices_skipped"], "pending": 0,
-                              "started_at": row["started_at"], "finished_at": row["finished_at"],
-                              "real_seconds": None, "simulated_seconds": None})
-
-    failures = sorted(
+    device_counts: Counter[str] = Counter()
+    for srv in plan.servers:
+        ids = [s.id for s in (*srv.prechecks, *srv.steps)]
+        failed = [results[i] for i in ids if i in results and results[i].status in (StepStatus.FAILED, StepStatus.SKIPPED)]
+        servers.append({"name": srv.name, "wave": srv.wave + 1, "depends_on": list(srv.depends_on),
+                        "status": status_of(ids), "message": failed[0].message if failed else "",
+                        "attempts": sum(results[i].attempts for i in ids if i in results)})
+    for loc in plan.locations:
+        inv_loc = inventory.location_by_id[loc.id]
+        row = loc_rows.get(loc.id, {})
+        counts: Counter[str] = Counter()
+        for device in loc.devices:
+            state = status_of([s.id for s in device.steps])
+            counts[state] += 1
+            device_counts[state] += 1
+        started, finished = row.get("started_at"), row.get("finished_at")
+        clock_start, clock_end = row.get("clock_start"), row.get("clock_end")
+        locations.append({
+            "id": loc.id, "name": inv_loc.name, "team": loc.team, "criticality": loc.criticality,
+            "status": row.get("status", "pending"), "reason": row.get("reason", ""),
+            "devices": len(loc.devices), "succeeded": counts["succeeded"], "failed": counts["failed"],
+            "skipped": counts["skipped"], "pending": counts["pending"] + counts["running"],
+            "started_at": started, "finished_at": finished, "clock_start": clock_start, "clock_end": clock_end,
+            "seconds": (clock_end - clock_start) if clock_start is not None and clock_end is not None else None,
+        })
+    step_rows = []
+    for step in plan.steps():
+        rec = results.get(step.id)
+        step_rows.append({
+            "id": step.id, "kind": step.kind, "target": step.target, "connector": step.connector,
+            "status": rec.status if rec else StepStatus.PENDING, "attempts": rec.attempts if rec else 0,
+            "start": rec.clock_start if rec else None, "end": rec.clock_end if rec else None,
+            "message": rec.message if rec else "",
+            "wall_started_at": rec.started_at if rec else None, "wall_finished_at": rec.finished_at if rec else None,
+        })
+    planned_steps = len(step_rows)
+    failures: list[dict[str, Any]] = sorted(
         ({"target": r.target, "kind": r.kind, "scope": r.scope, "attempts": r.attempts, "message": r.message}
          for r in results.values() if r.status == "failed"),
         key=lambda f: (f["scope"], f["target"], f["kind"]),
@@ -142,25 +130,27 @@ def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
     for r in results.values():
         if r.status == "skipped":
             skipped_reasons[r.message] += 1
-    step_counts = Counter(r.status for r in results.values())
-    step_counts["pending"] = max(0, planned_steps - len(results)) if plan is not None else 0
+    step_counts: Counter[str] = Counter(str(r.status) for r in results.values())
+    step_counts["pending"] = max(0, planned_steps - len(results))
     wall = ((run["finished_at"] or run["updated_at"]) - run["created_at"]) if run["created_at"] else None
+    timeline_end = max((r.clock_end for r in results.values() if r.clock_end is not None), default=None)
     failed_devices = sorted({f["target"] for f in failures if f["kind"].startswith(("ws.", "tc."))})
     retry_command = (f"bigbang run --resume {run_id} --retry-failed"
                      if failures or step_counts["pending"] or step_counts["running"] else None)
     return {
         "run": {**{k: run[k] for k in ("run_id", "rollout", "mode", "status", "halted_reason", "inventory",
-                                       "created_at", "finished_at")},
-                "wall_seconds": wall, "compression": compression,
-                "simulated_seconds": wall * compression if wall is not None and run["mode"] == "rehearsal" else None, "seed": run["options"].get("seed")},
+                                       "created_at", "finished_at", "plan_digest", "plan_version", "clock")},
+                "wall_seconds": wall, "simulated": simulated, "compression": run["options"].get("compression"),
+                "timeline_seconds": timeline_end, "seed": run["options"].get("seed")},
         "steps": dict(step_counts),
-        "devices": dict(device_status),
+        "devices": dict(device_counts),
         "locations_by_status": dict(Counter(loc["status"] for loc in locations)),
         "servers": servers,
         "locations": locations,
         "failures": failures,
         "skipped_reasons": dict(sorted(skipped_reasons.items(), key=lambda kv: -kv[1])),
         "failed_devices": failed_devices,
+        "timeline": step_rows,
         "retry_command": retry_command,
         "schedule": _planned_vs_actual(ledger, run_id),
         "events": [{"at": e["at"], "kind": e["kind"], "message": e["message"]} for e in ledger.events(run_id)],
@@ -172,7 +162,7 @@ def _planned_vs_actual(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
     """Each location's scheduled slot beside what happened, when the run followed a schedule."""
     from bigbang.schedule.compare import compare_run
 
-    if run_slots(ledger, run_id) is None:
+    if ledger.run_schedule(run_id) is None:
         return None
     try:
         return compare_run(ledger, run_id)

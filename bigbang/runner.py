@@ -5,7 +5,10 @@ calls. Device steps are plain calls, recorded in the ledger as they finish:
 a failed step is retried per policy and then recorded as failed; it never
 raises past its device, and a failed device never stops its neighbours. A
 location halts when more than its threshold of devices failed; the rollout
-halts when the inventory's halt rules say so.
+halts when the plan's halt rules say so.
+
+Every wait goes through the unit's clock (`bigbang.clock`) and every recorded
+time comes from it, so the runner does not know whether it plays a rehearsal.
 """
 
 from __future__ import annotations
@@ -13,24 +16,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from bigbang.connectors.base import Action, Outcome
-from bigbang.errors import ConnectorError
-from bigbang.ledger import StepRecord, now
+from bigbang.clock import Clock
+from bigbang.connectors.base import Action, Connector, Outcome
 from bigbang.plan import DevicePlan, LocationPlan, ServerPlan, Step
+from bigbang.session import RunSession, location_unit, wave_unit
+from bigbang.status import DeviceStatus, LocationStatus, StepStatus
+from bigbang.store import StepRecord, now
 
 log = logging.getLogger("bigbang.runner")
 
-DONE = ("succeeded", "failed")  # finished: a resume does not redo these (failed only with --retry-failed)
+Known = dict[str, StepRecord]
 
 
 @dataclass(frozen=True)
 class LocationResult:
     location_id: str
-    status: str  # succeeded | completed_with_failures | halted | blocked | skipped
+    status: LocationStatus
     reason: str
     devices: int
     devices_failed: int
@@ -38,7 +42,7 @@ class LocationResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == LocationStatus.SUCCEEDED
 
 
 @dataclass(frozen=True)
@@ -51,148 +55,185 @@ class PhaseResult:
 
 
 class Runner:
-    """Runs plan pieces for one run, given a session (see bigbang.session)."""
+    """Runs plan pieces for one run, given its session."""
 
-    def __init__(self, session: Any):
+    def __init__(self, session: RunSession):
         self.session = session
         self.plan = session.plan
+        self.policy = session.plan.policy
         self.ledger = session.ledger
         self.run_id = session.run_id
         self.options = session.options
 
     # ------------------------------------------------------------ one step
-    def execute(self, step: Step, scope: str, known: dict[str, StepRecord]) -> StepRecord:
+    def execute(self, step: Step, scope: str, known: Known, clock: Clock) -> StepRecord:
         prev = known.get(step.id)
-        if prev is not None and prev.status in DONE:
-            if prev.status == "succeeded" or not self.options.retry_failed:
+        if prev is not None and prev.finished:
+            if prev.status == StepStatus.SUCCEEDED or not self.options.retry_failed:
+                if prev.clock_end is not None:
+                    clock.sleep_until(prev.clock_end)  # keeps a resumed timeline where it was
                 return prev
         connector = self.session.connector(step.connector)
-        started = now()
-        self._record(step, scope, "running", started_at=started)
-        attempts = self.plan.retries + 1
-        sim_total = 0.0
+        started, clock_start = now(), clock.now()
+        self._record(step, scope, StepStatus.RUNNING, started_at=started, clock_start=clock_start)
+        attempts = self.policy.retries + 1
         outcome = Outcome(ok=False, message="not attempted")
         attempt = 0
         for attempt in range(1, attempts + 1):
             outcome = self._attempt(connector, step, attempt)
-            sim_total += outcome.simulated_duration or 0.0
             if outcome.ok or not outcome.transient or attempt == attempts:
                 break
-            self.session.wait_before_retry()
-            sim_total += self.plan.retry_delay if self.session.mode == "rehearsal" else 0.0
+            clock.sleep(self.policy.retry_delay)
         record = self._record(
-            step, scope, "succeeded" if outcome.ok else "failed", attempts=attempt, changed=outcome.changed,
-            message=outcome.message, facts=dict(outcome.facts), started_at=started, finished_at=now(),
-            sim_seconds=sim_total if self.session.mode == "rehearsal" else None,
+            step, scope, StepStatus.SUCCEEDED if outcome.ok else StepStatus.FAILED, attempts=attempt,
+            changed=outcome.changed, message=outcome.message, facts=dict(outcome.facts), started_at=started,
+            finished_at=now(), clock_start=clock_start, clock_end=clock.now(),
         )
         known[step.id] = record
         return record
 
-    def _attempt(self, connector: Any, step: Step, attempt: int) -> Outcome:
+    def _attempt(self, connector: Connector, step: Step, attempt: int) -> Outcome:
         try:
             return connector.run(Action(step.id, step.kind, step.target, attempt, step.params))
-        except ConnectorError as exc:
-            return Outcome(ok=False, message=str(exc), transient=exc.transient)
-        except Exception as exc:  # noqa: BLE001 - one device's bug must not stop the location
+        except Exception as exc:  # noqa: BLE001 - a connector bug must not stop the location
             log.exception("connector %s raised on %s", step.connector, step.id)
             return Outcome(ok=False, message=f"unexpected error: {exc.__class__.__name__}: {exc}", transient=False)
 
-    def skip(self, step: Step, scope: str, reason: str, known: dict[str, StepRecord]) -> StepRecord:
+    def skip(self, step: Step, scope: str, reason: str, known: Known, clock: Clock) -> StepRecord:
         prev = known.get(step.id)
-        if prev is not None and prev.status in DONE:
+        if prev is not None and prev.finished:
             return prev
-        record = self._record(step, scope, "skipped", message=reason, finished_at=now())
+        t = clock.now()
+        record = self._record(step, scope, StepStatus.SKIPPED, message=reason, finished_at=now(),
+                              clock_start=t, clock_end=t)
         known[step.id] = record
         return record
 
-    def _record(self, step: Step, scope: str, status: str, **values: Any) -> StepRecord:
+    def _record(self, step: Step, scope: str, status: StepStatus, **values: Any) -> StepRecord:
         record = StepRecord(step_id=step.id, scope=scope, target=step.target, kind=step.kind, status=status, **values)
         self.ledger.record_step(self.run_id, record)
         return record
 
-    def _internal(self, step: Step, scope: str, ok: bool, message: str, known: dict[str, StepRecord],
-                  facts: dict[str, Any] | None = None) -> StepRecord:
+    def _internal(self, step: Step, scope: str, ok: bool, message: str, known: Known, clock: Clock,
+                  facts: dict[str, Any] | None = None, since: float | None = None) -> StepRecord:
         prev = known.get(step.id)
-        if prev is not None and prev.status == "succeeded":
+        if prev is not None and prev.status == StepStatus.SUCCEEDED:
             return prev
-        t = now()
-        record = self._record(step, scope, "succeeded" if ok else "failed", attempts=1, message=message,
-                              facts=facts or {}, started_at=t, finished_at=t)
+        t, c = now(), clock.now()
+        record = self._record(step, scope, StepStatus.SUCCEEDED if ok else StepStatus.FAILED, attempts=1,
+                              message=message, facts=facts or {}, started_at=t, finished_at=t,
+                              clock_start=c if since is None else since, clock_end=c)
         known[step.id] = record
         return record
 
+    # ------------------------------------------------------------ when a unit may start
+    def _end_of(self, step_ids: Iterable[str], fallback: float) -> float:
+        end = self.ledger.clock_end(self.run_id, step_ids)
+        return max(end, fallback) if end is not None else fallback
+
+    def prechecks_end(self) -> float:
+        return self._end_of([s.id for srv in self.plan.servers for s in srv.prechecks], 0.0)
+
+    def wave_end(self, index: int) -> float:
+        start = self.prechecks_end() if index == 0 else self.wave_end(index - 1)
+        return self._end_of([s.id for srv in self.plan.servers if srv.wave == index for s in srv.steps], start)
+
+    def location_start(self, loc: LocationPlan) -> float:
+        """When its slot, the server waves it needs and its crew's previous location allow."""
+        ready = [self.wave_end(i) for i in loc.waits_for_waves] or [self.prechecks_end()]
+        if loc.after_location:
+            ready.append(self._end_of([self.plan.location(loc.after_location).verify.id], 0.0))
+        return max([loc.start_offset or 0.0, *ready])
+
+    def _open(self, unit: str, start: float) -> Clock:
+        clock = self.session.clock_for(unit, start)
+        clock.sleep_until(start)
+        if self.session.timeline is not None:  # others' halts before `start` are known once all got there
+            self.session.timeline.wait_for(unit, start)
+        return clock
+
     # ------------------------------------------------------------ servers
     def run_prechecks(self) -> PhaseResult:
-        known = self.ledger.step_results(self.run_id, scope="servers")
-        halted = self.ledger.halted_reason(self.run_id)
-        results = self._parallel(self.plan.servers, lambda srv: self._server_steps(srv, srv.prechecks, known, halted))
-        self.ledger.flush()
+        clock = self._open("prechecks", 0.0)
+        try:
+            known = self.ledger.step_results(self.run_id, scope="servers")
+            halted = self.ledger.halted_reason(self.run_id, by=clock.now())
+            results = clock.parallel(list(self.plan.servers),
+                                     lambda srv: self._server_steps(srv, srv.prechecks, known, halted, clock),
+                                     self.options.parallel_servers, "bigbang-server")
+            self.ledger.flush()
+        finally:
+            clock.close()
         return _phase("prechecks", results)
 
     def run_wave(self, index: int) -> PhaseResult:
-        known = self.ledger.step_results(self.run_id, scope="servers")
-        halted = self.ledger.halted_reason(self.run_id)
-        wave = [s for s in self.plan.servers if s.wave == index]
-        results = self._parallel(wave, lambda srv: self._server_steps(srv, srv.steps, known, halted))
-        self.ledger.flush()
-        phase = _phase(f"servers wave {index + 1}", results)
-        policy = self.session.inventory.rollout.failure_policy.halt_rollout
-        if phase.failed and policy.on_server_failure:
-            self.ledger.halt_run(self.run_id, f"server {phase.failed[0]} failed: {phase.reasons[phase.failed[0]]}")
+        clock = self._open(wave_unit(index), self.prechecks_end() if index == 0 else self.wave_end(index - 1))
+        try:
+            known = self.ledger.step_results(self.run_id, scope="servers")
+            halted = self.ledger.halted_reason(self.run_id, by=clock.now())
+            wave = [s for s in self.plan.servers if s.wave == index]
+            results = clock.parallel(wave, lambda srv: self._server_steps(srv, srv.steps, known, halted, clock),
+                                     self.options.parallel_servers, "bigbang-server")
+            self.ledger.flush()
+            phase = _phase(f"servers wave {index + 1}", results)
+            if phase.failed and self.policy.halt_on_server_failure:
+                self.ledger.halt_run(self.run_id, f"server {phase.failed[0]} failed: {phase.reasons[phase.failed[0]]}",
+                                     at=clock.now())
+        finally:
+            clock.close()
         return phase
 
-    def _server_steps(self, srv: ServerPlan, steps: Iterable[Step], known: dict[str, StepRecord],
-                      halted: str | None) -> tuple[str, str, str]:
-        blocker = None
-        if halted:
-            blocker = f"rollout halted: {halted}"
+    def _server_steps(self, srv: ServerPlan, steps: Iterable[Step], known: Known, halted: str | None,
+                      clock: Clock) -> tuple[str, StepStatus, str]:
+        blocker = f"rollout halted: {halted}" if halted else None
         for dep_step in (s for step in steps for s in step.after):
             rec = known.get(dep_step)
-            if rec is not None and rec.status != "succeeded" and blocker is None:
+            if rec is not None and rec.status != StepStatus.SUCCEEDED and blocker is None:
                 blocker = f"{dep_step.split(':')[0]} not ready ({rec.status}: {rec.message})"
-        status, message = "succeeded", ""
+        status, message = StepStatus.SUCCEEDED, ""
         for step in steps:
             if blocker:
-                self.skip(step, "servers", blocker, known)
-                if status == "succeeded":
-                    status, message = "skipped", blocker
+                self.skip(step, "servers", blocker, known, clock)
+                if status == StepStatus.SUCCEEDED:
+                    status, message = StepStatus.SKIPPED, blocker
                 continue
-            rec = self.execute(step, "servers", known)
-            if rec.status != "succeeded":
+            rec = self.execute(step, "servers", known, clock)
+            if rec.status != StepStatus.SUCCEEDED:
                 blocker = f"{step.kind} failed: {rec.message}"
-                status, message = "failed", rec.message
+                status, message = StepStatus.FAILED, rec.message
         return srv.name, status, message
-
-    def _parallel(self, items: list, fn) -> list:
-        if not items:
-            return []
-        workers = min(len(items), self.options.parallel_servers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bigbang-server") as pool:
-            return list(pool.map(fn, items))
 
     # ------------------------------------------------------------ locations
     def run_location(self, location_id: str) -> LocationResult:
         loc = self.plan.location(location_id)
-        started = now()
+        start = self.location_start(loc)
+        clock = self._open(location_unit(loc.id), start)
+        try:
+            return self._location(loc, clock)
+        finally:
+            clock.close()
+
+    def _location(self, loc: LocationPlan, clock: Clock) -> LocationResult:
+        started, clock_start = now(), clock.now()
         known = self.ledger.step_results(self.run_id, scope=loc.id)
         total = len(loc.devices)
-        self.ledger.record_location(self.run_id, loc.id, "running", devices=total, started_at=started)
-
-        self.wait_for_slot(loc)
-        halted = self.ledger.halted_reason(self.run_id)
-        blocker = f"rollout halted: {halted}" if halted else self._prerequisites(loc, known)
+        self.ledger.record_location(self.run_id, loc.id, LocationStatus.RUNNING, devices=total, started_at=started,
+                                    clock_start=clock_start)
+        self._wait_for_start(loc, clock)
+        halted = self.ledger.halted_reason(self.run_id, by=clock.now())
+        blocker = f"rollout halted: {halted}" if halted else self._prerequisites(loc, known, clock)
         if blocker:
-            status = "skipped" if halted else "blocked"
+            status = LocationStatus.SKIPPED if halted else LocationStatus.BLOCKED
             if not halted:
-                self._internal(loc.precheck, loc.id, False, blocker, known)
+                self._internal(loc.precheck, loc.id, False, blocker, known, clock)
             else:
-                self.skip(loc.precheck, loc.id, blocker, known)
+                self.skip(loc.precheck, loc.id, blocker, known, clock)
             for device in loc.devices:
                 for step in device.steps:
-                    self.skip(step, loc.id, blocker, known)
-            self.skip(loc.signoff, loc.id, blocker, known)
-            self.skip(loc.verify, loc.id, blocker, known)
-            return self._finish_location(loc, status, blocker, total, 0, total, started)
+                    self.skip(step, loc.id, blocker, known, clock)
+            self.skip(loc.signoff, loc.id, blocker, known, clock)
+            self.skip(loc.verify, loc.id, blocker, known, clock)
+            return self._finish_location(loc, status, blocker, total, 0, total, started, clock_start, clock)
 
         state = _LocationState(total=total, max_fail_percent=loc.max_fail_percent)
         if not self.options.retry_failed:  # failures recorded before a crash still count after resume
@@ -200,111 +241,124 @@ class Runner:
                 if any(_failed(known.get(s.id)) for s in device.steps):
                     state.add_failure(device.hostname)
 
-        def work(device: DevicePlan) -> str:
-            return self._device(loc, device, known, state)
-
-        with ThreadPoolExecutor(max_workers=max(1, min(loc.parallel_devices, total or 1)),
-                                thread_name_prefix=f"bigbang-{loc.id}") as pool:
-            outcomes = list(pool.map(work, loc.devices))
-        failed = outcomes.count("failed")
-        skipped = outcomes.count("skipped")
+        outcomes = clock.parallel(list(loc.devices), lambda device: self._device(loc, device, known, state, clock),
+                                  loc.parallel_devices, f"bigbang-{loc.id}")
+        failed = outcomes.count(DeviceStatus.FAILED)
+        skipped = outcomes.count(DeviceStatus.SKIPPED)
         if state.halted_reason:
-            self.skip(loc.signoff, loc.id, f"location halted: {state.halted_reason}", known)
+            self.skip(loc.signoff, loc.id, f"location halted: {state.halted_reason}", known, clock)
         else:
-            self._signoff(loc, known)
+            self._signoff(loc, known, clock)
+        counts = {"failed": failed, "skipped": skipped, "devices": total}
         if state.halted_reason:
-            status, reason = "halted", state.halted_reason
-            self._internal(loc.verify, loc.id, False, f"halted: {reason}", known,
-                           {"failed": failed, "skipped": skipped, "devices": total})
+            status, reason = LocationStatus.HALTED, state.halted_reason
+            self._internal(loc.verify, loc.id, False, f"halted: {reason}", known, clock, counts)
         else:
-            status = "succeeded" if failed == 0 else "completed_with_failures"
+            status = LocationStatus.SUCCEEDED if failed == 0 else LocationStatus.COMPLETED_WITH_FAILURES
             reason = (f"{total - failed} of {total} devices done" if failed == 0 else
                       f"{failed} of {total} devices failed ({_pct(failed, total):.0f}% <= {loc.max_fail_percent:g}%)")
-            self._internal(loc.verify, loc.id, True, reason, known,
-                           {"failed": failed, "skipped": skipped, "devices": total})
-        return self._finish_location(loc, status, reason, total, failed, skipped, started)
+            self._internal(loc.verify, loc.id, True, reason, known, clock, counts)
+        return self._finish_location(loc, status, reason, total, failed, skipped, started, clock_start, clock)
 
-    def _signoff(self, loc: LocationPlan, known: dict[str, StepRecord]) -> None:
+    def _signoff(self, loc: LocationPlan, known: Known, clock: Clock) -> None:
         """The gate: the location's work is done only when its technician signs it off.
 
-        In a rehearsal a simulated technician signs off once the simulated work is done.
-        Live, the gate waits for a sign-off in the ledger (field app or `bigbang signoff`),
-        so it survives a restart of the orchestrator: a resumed run finds it there.
+        The gate waits for a sign-off in the ledger (field app or `bigbang field signoff`), so it
+        survives a restart of the orchestrator: a resumed run finds it there. A plan may give the
+        step to a connector instead (a rehearsal's simulated technician).
         """
-        if _done(known.get(loc.signoff.id)):
+        prev = known.get(loc.signoff.id)
+        if prev is not None and prev.finished:
             return
-        if self.session.mode == "rehearsal" and self.session.inventory.rehearsal.simulate_signoff:
-            self.ledger.sign_off(self.run_id, loc.id, "simulated technician", "rehearsal")
-        signed = self.session.wait_for_signoff(loc.id)
+        if not loc.signoff.internal:
+            self.execute(loc.signoff, loc.id, known, clock)
+            return
+        since = clock.now()
+        signed = self._wait_for_signoff(loc.id, clock)
         if signed is None:
-            self._internal(loc.signoff, loc.id, False, "no sign-off before the gate's timeout", known)
+            self._internal(loc.signoff, loc.id, False, "no sign-off before the gate's timeout", known, clock,
+                           since=since)
         else:
-            self._internal(loc.signoff, loc.id, True, f"signed off by {signed['signed_by']}", known,
-                           {"signed_by": signed["signed_by"], "note": signed["note"]})
+            self._internal(loc.signoff, loc.id, True, f"signed off by {signed['signed_by']}", known, clock,
+                           {"signed_by": signed["signed_by"], "note": signed["note"]}, since=since)
 
-    def wait_for_slot(self, loc: LocationPlan) -> None:
-        """Hold a scheduled location until its slot (compressed in rehearsals) or its technician's check-in."""
+    def _wait_for_signoff(self, location_id: str, clock: Clock, poll: float = 2.0) -> dict[str, Any] | None:
+        deadline = clock.now() + self.policy.signoff_timeout
+        while True:
+            signed = self.ledger.signoff(self.run_id, location_id)
+            if signed is not None or clock.now() >= deadline:
+                return signed
+            clock.sleep(min(poll, max(0.05, deadline - clock.now())))
+
+    def _wait_for_start(self, loc: LocationPlan, clock: Clock, poll: float = 2.0) -> str:
+        """Hold a scheduled location until it may start, as the plan's start rule says; what released it."""
+        from bigbang.schedule.start import wait_for_start
+
         if loc.start_offset is None:
-            return
-        self.session.wait_until_offset(loc.start_offset, loc.id)
+            return "slot"
+        return wait_for_start(self.ledger, self.run_id, loc.id, loc.start_offset, self.policy, clock, poll)
 
-    def _prerequisites(self, loc: LocationPlan, known: dict[str, StepRecord]) -> str | None:
+    def _prerequisites(self, loc: LocationPlan, known: Known, clock: Clock) -> str | None:
         prev = known.get(loc.precheck.id)
-        if prev is not None and prev.status == "succeeded":
+        if prev is not None and prev.status == StepStatus.SUCCEEDED:
             return None
         needed = list(loc.precheck.after)
         results = self.ledger.step_results(self.run_id, step_ids=needed) if needed else {}
-        missing = [sid.split(":")[0] for sid in needed if results.get(sid) is None or results[sid].status != "succeeded"]
+        missing = [sid.split(":")[0] for sid in needed
+                   if results.get(sid) is None or results[sid].status != StepStatus.SUCCEEDED]
         if missing:
             details = []
             for name in missing[:5]:
                 rec = results.get(f"{name}:srv.verify")
                 details.append(f"{name} ({rec.status}: {rec.message})" if rec else f"{name} (not provisioned)")
             return "required servers not ready: " + ", ".join(details)
-        self._internal(loc.precheck, loc.id, True, f"{len(needed)} required servers ready", known)
+        self._internal(loc.precheck, loc.id, True, f"{len(needed)} required servers ready", known, clock)
         return None
 
-    def _device(self, loc: LocationPlan, device: DevicePlan, known: dict[str, StepRecord],
-                state: _LocationState) -> str:
+    def _device(self, loc: LocationPlan, device: DevicePlan, known: Known, state: _LocationState,
+                clock: Clock) -> DeviceStatus:
         blocker = None
-        result = "succeeded"
+        result = DeviceStatus.SUCCEEDED
         for step in device.steps:
-            if blocker is None and state.halted_reason and not _done(known.get(step.id)):
+            prev = known.get(step.id)
+            if blocker is None and state.halted_reason and not (prev is not None and prev.finished):
                 blocker = f"location halted: {state.halted_reason}"
-                result = "skipped"
+                result = DeviceStatus.SKIPPED
             if blocker:
-                self.skip(step, loc.id, blocker, known)
+                self.skip(step, loc.id, blocker, known, clock)
                 continue
-            rec = self.execute(step, loc.id, known)
-            if rec.status == "failed":
+            rec = self.execute(step, loc.id, known, clock)
+            if rec.status == StepStatus.FAILED:
                 blocker = f"{step.kind} failed"
-                result = "failed"
-            elif rec.status == "skipped":
-                blocker, result = rec.message, "skipped"
-        if result == "failed":
+                result = DeviceStatus.FAILED
+            elif rec.status == StepStatus.SKIPPED:
+                blocker, result = rec.message, DeviceStatus.SKIPPED
+        if result == DeviceStatus.FAILED:
             state.add_failure(device.hostname)
         return result
 
-    def _finish_location(self, loc: LocationPlan, status: str, reason: str, total: int, failed: int,
-                         skipped: int, started: float) -> LocationResult:
+    def _finish_location(self, loc: LocationPlan, status: LocationStatus, reason: str, total: int, failed: int,
+                         skipped: int, started: float, clock_start: float, clock: Clock) -> LocationResult:
         self.ledger.record_location(self.run_id, loc.id, status, reason=reason, devices=total,
-                                    devices_failed=failed, devices_skipped=skipped,
-                                    started_at=started, finished_at=now())
+                                    devices_failed=failed, devices_skipped=skipped, started_at=started,
+                                    finished_at=now(), clock_start=clock_start, clock_end=clock.now())
         self.ledger.flush()
-        if status in ("halted", "blocked"):
-            self._check_rollout_halt()
+        if status.stopped:
+            self._check_rollout_halt(clock)
         return LocationResult(loc.id, status, reason, total, failed, skipped)
 
-    def _check_rollout_halt(self) -> None:
-        limit = self.session.inventory.rollout.failure_policy.halt_rollout.failed_locations_percent
+    def _check_rollout_halt(self, clock: Clock) -> None:
+        limit = self.policy.halt_failed_locations_percent
         if limit is None:
             return
+        at = clock.now()
         results = self.ledger.location_results(self.run_id)
-        bad = [lid for lid, r in results.items() if r["status"] in ("halted", "blocked")]
+        bad = [lid for lid, r in results.items() if LocationStatus(r["status"]).stopped
+               and (r["clock_end"] is None or r["clock_end"] <= at)]
         total = len(self.plan.locations)
         if total and _pct(len(bad), total) > limit:
             self.ledger.halt_run(self.run_id, f"{len(bad)} of {total} locations halted or blocked "
-                                              f"({_pct(len(bad), total):.0f}% > {limit:g}%)")
+                                              f"({_pct(len(bad), total):.0f}% > {limit:g}%)", at=at)
 
 
 class _LocationState:
@@ -324,31 +378,24 @@ class _LocationState:
                 return
             self.counted.add(hostname)
             self.failed += 1
-            self._check()
-
-    def _check(self) -> None:
-        if self.halted_reason is None and self.total and _pct(self.failed, self.total) > self.max_fail_percent:
-            self.halted_reason = (f"{self.failed} of {self.total} devices failed "
-                                  f"({_pct(self.failed, self.total):.0f}% > {self.max_fail_percent:g}%)")
+            if self.halted_reason is None and self.total and _pct(self.failed, self.total) > self.max_fail_percent:
+                self.halted_reason = (f"{self.failed} of {self.total} devices failed "
+                                      f"({_pct(self.failed, self.total):.0f}% > {self.max_fail_percent:g}%)")
 
 
 def _failed(record: StepRecord | None) -> bool:
-    return record is not None and record.status == "failed"
-
-
-def _done(record: StepRecord | None) -> bool:
-    return record is not None and record.status in DONE
+    return record is not None and record.status == StepStatus.FAILED
 
 
 def _pct(part: int, whole: int) -> float:
     return 100.0 * part / whole if whole else 0.0
 
 
-def _phase(name: str, results: list[tuple[str, str, str]]) -> PhaseResult:
+def _phase(name: str, results: list[tuple[str, StepStatus, str]]) -> PhaseResult:
     return PhaseResult(
         name=name,
-        succeeded=tuple(n for n, s, _ in results if s == "succeeded"),
-        failed=tuple(n for n, s, _ in results if s == "failed"),
-        skipped=tuple(n for n, s, _ in results if s == "skipped"),
-        reasons={n: m for n, s, m in results if s != "succeeded"},
+        succeeded=tuple(n for n, s, _ in results if s == StepStatus.SUCCEEDED),
+        failed=tuple(n for n, s, _ in results if s == StepStatus.FAILED),
+        skipped=tuple(n for n, s, _ in results if s == StepStatus.SKIPPED),
+        reasons={n: m for n, s, m in results if s != StepStatus.SUCCEEDED},
     )

@@ -1,9 +1,17 @@
-"""A run session: the inventory, its plan, the ledger and the connectors of one run.
+"""A run's life: start (the plan frozen into the store), resume, attach, finish.
 
-`start` creates a run, `resume` reopens one after a crash or Ctrl-C, `attach`
-opens an existing run from another process (a Prefect worker) without changing
-it. Sessions are cached per process and run id, so the CLI and the flow it
-starts share one.
+    inventory YAML --start--> frozen plan + inventory (store, with a digest)
+                                 |  read by runner, workers, report, watch, field app, board, defects
+                                 v
+                   runner --steps--> store <--times-- clock (wall, or simulated in rehearsals)
+                                 |
+                              finish: status decision, crashed locations, report
+
+`start` builds the plan from the inventory once and freezes it, with the validated inventory, in the
+run's store. Everything after reads that frozen value, never the YAML: `resume` compares the YAML with
+it and refuses a changed plan unless told to accept it (which freezes a new plan version); `attach`
+opens a run from another process (a Prefect worker) from the store alone. Sessions are cached per
+process and run id, so the CLI and the flow it starts share one.
 """
 
 from __future__ import annotations
@@ -11,31 +19,32 @@ from __future__ import annotations
 import secrets as _random
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bigbang.clock import Clock, Pace, SimulatedClock, Timeline, WallClock
 from bigbang.connectors import CONNECTORS, Connector, ConnectorContext
+from bigbang.connectors.simulated import simulates
 from bigbang.errors import LiveModeUnavailable, RunError
 from bigbang.inventory import Inventory, load_inventory
-from bigbang.ledger import Ledger, default_ledger_url
 from bigbang.plan import INTERNAL_CONNECTOR, Plan, build_plan
-from bigbang.schedule.start import wait_for_start
-from bigbang.schedule.store import remember as remember_schedule
-from bigbang.schedule.store import run_slots, slots_of, stored_schedule
+from bigbang.schedule.store import slots_of, stored_schedule
 from bigbang.secrets import resolve
+from bigbang.status import LocationStatus, Mode, RunStatus
+from bigbang.store import Ledger, default_ledger_url
 
-MODES = ("rehearsal", "live")
+MODES = tuple(m.value for m in Mode)
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    mode: str = "rehearsal"
+    mode: str = Mode.REHEARSAL
     seed: int | None = None  # rehearsal: overrides rehearsal.seed
-    compression: float | None = None  # rehearsal: simulated seconds per real second
+    compression: float | None = None  # rehearsal: simulated seconds per real second; 0: as fast as possible
     failure_rate: float | None = None  # rehearsal: overrides rehearsal.failure_rate
-    zero_duration: bool = False  # rehearsal: no waiting at all (benchmarks)
+    zero_duration: bool = False  # rehearsal: steps take no time (benchmarks)
     retry_failed: bool = False  # resume: run failed steps again
     parallel_servers: int = 8
 
@@ -48,30 +57,103 @@ class RunOptions:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def inventory_plan(inventory: Inventory, inventory_path: str | Path, mode: str = "rehearsal") -> Plan:
+def inventory_plan(inventory: Inventory, inventory_path: str | Path, mode: str = Mode.REHEARSAL) -> Plan:
     """The plan a new run of this inventory follows: with its stored schedule (`bigbang schedule`), if any."""
     schedule = stored_schedule(inventory_path, inventory)
     return build_plan(inventory, mode, slots=slots_of(schedule) if schedule else None)
-
-
-def run_plan(ledger: Ledger, run_id: str, inventory: Inventory, mode: str) -> Plan:
-    """The plan an existing run follows: with the schedule stored for that run, if any."""
-    return build_plan(inventory, mode, slots=run_slots(ledger, run_id))
 
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S-") + _random.token_hex(2)
 
 
+@dataclass(frozen=True)
+class FrozenRun:
+    """A run as the store holds it: its row, its plan and the inventory the plan was made from."""
+
+    row: dict[str, Any]
+    plan: Plan
+    inventory: Inventory
+    plan_version: int
+
+
+def frozen_run(ledger: Ledger, run_id: str) -> FrozenRun:
+    """The run's frozen plan and inventory; what every reader of a run uses instead of the YAML."""
+    row = ledger.get_run(run_id)
+    if row is None:
+        known = ", ".join(r["run_id"] for r in ledger.list_runs(5)) or "none"
+        raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}", hint=f"recent runs: {known}")
+    key = (ledger.url, run_id, row["plan_version"])
+    with _SESSIONS_LOCK:
+        cached = _FROZEN.get(key)
+    if cached is not None:
+        return FrozenRun(row, cached[0], cached[1], row["plan_version"])
+    frozen = ledger.frozen_plan(run_id)
+    if frozen is None:
+        raise RunError(f"run {run_id} has no frozen plan in the ledger {ledger.safe_url}",
+                       hint="it was made by an older bigbang: start a new run")
+    plan = Plan.from_dict(frozen.plan)
+    inventory = Inventory.model_validate(frozen.inventory)
+    with _SESSIONS_LOCK:
+        _FROZEN[key] = (plan, inventory)
+    return FrozenRun(row, plan, inventory, frozen.version)
+
+
+def plan_changes(old: Plan, new: Plan, limit: int = 8) -> list[str]:
+    """What a new plan does differently, in words: steps added, removed or changed, and policy changes."""
+    before = {s.id: s for s in old.steps()}
+    after = {s.id: s for s in new.steps()}
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(i for i in set(before) & set(after) if before[i].to_dict() != after[i].to_dict())
+    lines = []
+    for label, ids in (("added", added), ("removed", removed), ("changed", changed)):
+        if ids:
+            shown = ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+            lines.append(f"{len(ids)} step{'s' if len(ids) != 1 else ''} {label}: {shown}")
+    old_policy, new_policy = old.policy.to_dict(), new.policy.to_dict()
+    for key in sorted(old_policy):
+        if old_policy[key] != new_policy.get(key):
+            lines.append(f"policy {key}: {old_policy[key]} -> {new_policy.get(key)}")
+    old_slots = {loc.id: (loc.team, loc.chain, loc.start_offset) for loc in old.locations}
+    new_slots = {loc.id: (loc.team, loc.chain, loc.start_offset) for loc in new.locations}
+    moved = sorted(lid for lid in set(old_slots) & set(new_slots) if old_slots[lid] != new_slots[lid])
+    if moved:
+        lines.append(f"{len(moved)} location{'s' if len(moved) != 1 else ''} moved to another team, crew or slot: "
+                     + ", ".join(moved[:limit]))
+    return lines or ["the plan's digest changed"]
+
+
+def settings_changes(old: Inventory, new: Inventory) -> list[str]:
+    """Sections of the inventory outside the plan that changed (connector settings, rehearsal, support...)."""
+    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+    skip = {"locations", "servers", "source", "digest"}
+    changed: list[str] = []
+    for key in sorted(set(before) | set(after)):
+        if key in skip or before.get(key) == after.get(key):
+            continue
+        if isinstance(before.get(key), dict) and isinstance(after.get(key), dict):
+            inner = sorted(k for k in set(before[key]) | set(after[key]) if before[key].get(k) != after[key].get(k))
+            changed.extend(f"{key}.{k}" for k in inner)
+        else:
+            changed.append(key)
+    return [f"settings changed: {', '.join(changed)}"] if changed else []
+
+
+@dataclass
 class RunSession:
-    def __init__(self, inventory: Inventory, plan: Plan, ledger: Ledger, run_id: str, options: RunOptions):
-        self.inventory = inventory
-        self.plan = plan
-        self.ledger = ledger
-        self.run_id = run_id
-        self.options = options
-        self._connectors: dict[str, Connector] = {}
-        self._lock = threading.Lock()
+    inventory: Inventory
+    plan: Plan
+    ledger: Ledger
+    run_id: str
+    options: RunOptions
+    plan_version: int = 1
+    clock_kind: str = "wall"
+    clock_origin: float = 0.0
+    timeline: Timeline | None = None  # set when every unit of the run plays in this process
+    _connectors: dict[str, Connector] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pace: Pace | None = None
 
     @property
     def mode(self) -> str:
@@ -87,38 +169,57 @@ class RunSession:
         schedule = stored_schedule(inventory_path, inventory)  # from `bigbang schedule`: teams and slots
         plan = build_plan(inventory, options.mode, slots=slots_of(schedule) if schedule else None)
         ledger = Ledger(ledger_url)
-        session = cls(inventory, plan, ledger, run_id or new_run_id(), options)
+        session = cls(inventory, plan, ledger, run_id or new_run_id(), options,
+                      clock_kind="simulated" if simulates(options.mode) else "wall", clock_origin=time.time())
         session.check_connectors()
         if ledger.get_run(session.run_id) is not None:
             raise RunError(f"run {session.run_id} exists already", hint=f"resume it with --resume {session.run_id}")
+        plan_dict = plan.to_dict()
         ledger.create_run(session.run_id, rollout=inventory.rollout.name,
-                          inventory=str(Path(inventory_path).resolve()), inventory_digest=inventory.digest,
-                          plan_digest=plan.digest, mode=options.mode, options=options.to_dict())
-        if schedule:
-            remember_schedule(ledger, session.run_id, schedule)
+                          inventory=str(Path(inventory_path).resolve()), mode=options.mode,
+                          options=options.to_dict(), clock=session.clock_kind, plan=plan_dict,
+                          inventory_data=inventory.model_dump(mode="json"), plan_digest=plan.digest,
+                          inventory_digest=inventory.digest, schedule=schedule)
+        session.clock_origin = ledger.get_run(session.run_id)["clock_origin"]  # type: ignore[index]
         _SESSIONS[(session.run_id, ledger.url)] = session
         return session
 
     @classmethod
     def resume(cls, run_id: str, *, inventory_path: str | Path | None = None, ledger_url: str | None = None,
-               retry_failed: bool = False, compression: float | None = None) -> RunSession:
+               retry_failed: bool = False, compression: float | None = None,
+               accept_inventory_changes: bool = False) -> RunSession:
         ledger = Ledger(ledger_url)
-        row = ledger.get_run(run_id)
-        if row is None:
-            known = ", ".join(r["run_id"] for r in ledger.list_runs(5)) or "none"
-            raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}", hint=f"recent runs: {known}")
-        path = Path(inventory_path) if inventory_path else Path(row["inventory"])
-        inventory = load_inventory(path)
-        options = replace(RunOptions.from_dict(row["options"]), retry_failed=retry_failed)
-        if compression is not None:  # pace only: the plan stays the same
+        run = frozen_run(ledger, run_id)
+        options = replace(RunOptions.from_dict(run.row["options"]), retry_failed=retry_failed)
+        if compression is not None:  # pace only: the plan and its timeline stay the same
             options = replace(options, compression=compression)
-        plan = run_plan(ledger, run_id, inventory, options.mode)
-        if plan.digest != row["plan_digest"]:
-            raise RunError(
-                f"the plan of run {run_id} has changed since it started (the inventory at {path} was edited)",
-                hint="restore the inventory, or start a new run",
-            )
-        session = cls(inventory, plan, ledger, run_id, options)
+        plan, inventory, version = run.plan, run.inventory, run.plan_version
+        path = Path(inventory_path) if inventory_path else Path(run.row["inventory"])
+        if path.exists():
+            current = load_inventory(path)
+            schedule = ledger.run_schedule(run_id)
+            if current.digest == run.inventory.digest:
+                current_plan = plan
+            elif schedule is not None and schedule.get("inventory_digest") == run.inventory.digest:
+                # the run's schedule was made for the frozen inventory: the edit decides the new plan alone
+                current_plan = build_plan(current, options.mode)
+            else:
+                current_plan = build_plan(current, options.mode, slots=slots_of(schedule) if schedule else None)
+            if current.digest != run.inventory.digest:
+                changes = (plan_changes(plan, current_plan) if current_plan.digest != plan.digest
+                           else ["the plan is the same"]) + settings_changes(run.inventory, current)
+                if not accept_inventory_changes:
+                    raise RunError(
+                        f"the inventory at {path} has changed since run {run_id} started:\n  "
+                        + "\n  ".join(changes),
+                        hint="resume with the frozen plan by restoring the inventory, or add "
+                             "--accept-inventory-changes to record the new plan as the run's next version",
+                    )
+                version = ledger.new_plan_version(run_id, current_plan.to_dict(), current.model_dump(mode="json"),
+                                                  current_plan.digest, current.digest, "; ".join(changes))
+                plan, inventory = current_plan, current
+        session = cls(inventory, plan, ledger, run_id, options, plan_version=version,
+                      clock_kind=run.row["clock"], clock_origin=run.row["clock_origin"])
         session.check_connectors()
         ledger.reopen_run(run_id, options.to_dict(), "retry failed steps" if retry_failed else "")
         _SESSIONS[(run_id, ledger.url)] = session
@@ -126,22 +227,62 @@ class RunSession:
 
     @classmethod
     def attach(cls, run_id: str, ledger_url: str | None = None) -> RunSession:
-        """The session of an existing run in this process (created once per process)."""
+        """The session of an existing run in this process (created once per process, from the store)."""
         with _SESSIONS_LOCK:
-            key = (run_id, ledger_url or default_ledger_url())
-            session = _SESSIONS.get(key)
-            if session is not None:
-                return session
-            ledger = Ledger(ledger_url)
-            row = ledger.get_run(run_id)
-            if row is None:
-                raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}")
-            inventory = load_inventory(row["inventory"])
-            options = RunOptions.from_dict(row["options"])
-            plan = run_plan(ledger, run_id, inventory, options.mode)
-            session = cls(inventory, plan, ledger, run_id, options)
-            _SESSIONS[(run_id, ledger.url)] = session
+            session = _SESSIONS.get((run_id, ledger_url or default_ledger_url()))
+        if session is not None:
             return session
+        ledger = Ledger(ledger_url)
+        run = frozen_run(ledger, run_id)
+        with _SESSIONS_LOCK:
+            session = _SESSIONS.get((run_id, ledger.url))
+            if session is None:
+                session = cls(run.inventory, run.plan, ledger, run_id, RunOptions.from_dict(run.row["options"]),
+                              plan_version=run.plan_version, clock_kind=run.row["clock"],
+                              clock_origin=run.row["clock_origin"])
+                _SESSIONS[(run_id, ledger.url)] = session
+        return session
+
+    # ------------------------------------------------------------ the clock
+    def play_here(self) -> None:
+        """Every unit of the run plays in this process: on a simulated clock, let them agree on the order of
+        events (on the wall clock, real time already orders them)."""
+        if self.clock_kind != "simulated":
+            return
+        timeline = Timeline()
+        for unit, offset, upstream in self.units():
+            timeline.declare(unit, offset, upstream)
+        self.timeline = timeline
+
+    def units(self) -> list[tuple[str, float, list[str]]]:
+        """(unit, earliest start, upstream units) for prechecks, each server wave and each location."""
+        out: list[tuple[str, float, list[str]]] = [("prechecks", 0.0, [])]
+        previous = "prechecks"
+        for index in range(len(self.plan.waves)):
+            out.append((wave_unit(index), 0.0, [previous]))
+            previous = wave_unit(index)
+        for loc in self.plan.locations:
+            upstream = [wave_unit(i) for i in loc.waits_for_waves] or ["prechecks"]
+            if loc.after_location:
+                upstream.append(location_unit(loc.after_location))
+            out.append((location_unit(loc.id), loc.start_offset or 0.0, upstream))
+        return out
+
+    def clock_for(self, unit: str, start: float) -> Clock:
+        """The clock a unit (prechecks, a server wave, a location) plays on, from `start` on the run's clock."""
+        if self.clock_kind != "simulated":
+            return WallClock(self.clock_origin)
+        if self._pace is None:
+            real, at = self.ledger.pace(self.run_id, time.time())
+            compression = self.compression()
+            self._pace = Pace(compression if compression > 0 else None, real, at)
+        return SimulatedClock(start, self._pace, self.timeline, unit)
+
+    def compression(self) -> float:
+        """Simulated seconds per real second for playback; 0 plays as fast as the machine allows."""
+        if self.options.compression is not None:
+            return float(self.options.compression)
+        return float(self.inventory.rehearsal.compression)
 
     # ------------------------------------------------------------ connectors
     def connector_names(self) -> set[str]:
@@ -153,7 +294,7 @@ class RunSession:
             ctype = CONNECTORS.get(name)
             if ctype is None:
                 raise LiveModeUnavailable(f"the plan needs connector '{name}', which bigbang does not have")
-            if name != "simulated" and name not in self.inventory.connectors:
+            if ctype.live and name not in self.inventory.connectors:
                 raise LiveModeUnavailable(
                     f"live mode needs settings for the '{name}' connector under connectors.{name} in the inventory",
                     hint="or rehearse with --mode rehearsal",
@@ -165,38 +306,30 @@ class RunSession:
             conn = self._connectors.get(name)
             if conn is None:
                 ctype = CONNECTORS[name]
-                settings = self.inventory.rehearsal if name == "simulated" else self.inventory.connectors[name]
+                settings = self.inventory.connectors[name] if ctype.live else self.inventory.rehearsal
                 context = ConnectorContext(run_id=self.run_id, inventory=self.inventory, resolve_secret=resolve,
                                            state=self.ledger, options=self.options.to_dict())
                 conn = ctype.create(settings, context)
                 self._connectors[name] = conn
             return conn
 
-    def wait_before_retry(self) -> None:
-        if self.mode == "rehearsal" and self.options.zero_duration:
-            return
-        time.sleep(self.plan.retry_delay / self.compression())
-
-    def compression(self) -> float:
-        """Simulated seconds per real second (1 when live)."""
-        if self.mode != "rehearsal":
-            return 1.0
-        return self.options.compression or self.inventory.rehearsal.compression
-
-    def wait_for_signoff(self, location_id: str, poll: float = 2.0) -> dict[str, Any] | None:
-        """The location's sign-off record, waiting for it up to the gate's timeout."""
-        timeout = self.inventory.rollout.signoff_timeout
-        deadline = time.monotonic() + timeout / self.compression()
-        while True:
-            signed = self.ledger.signoff(self.run_id, location_id)
-            if signed is not None or time.monotonic() >= deadline:
-                return signed
-            time.sleep(min(poll, max(0.05, deadline - time.monotonic())))
-
-    def wait_until_offset(self, offset: float, location_id: str | None = None) -> str:
-        """Hold a location until `offset` seconds after the run's first step (in the run's compressed
-        time), or until its technician checks in, as the inventory's `schedule.start` says."""
-        return wait_for_start(self, location_id, offset)
+    # ------------------------------------------------------------ the end
+    def finish(self, crashed: dict[str, str] | None = None) -> RunStatus:
+        """Decide and record how the run ended. `crashed` maps a location whose task or worker died to why."""
+        self.ledger.flush()
+        crashed = crashed or {}
+        for location_id, why in sorted(crashed.items()):
+            self.ledger.add_event(self.run_id, "location.crashed", location_id, f"{location_id}: {why}")
+            self.ledger.record_location(self.run_id, location_id, LocationStatus.CRASHED, reason=why)
+        self.ledger.flush()
+        if crashed:
+            status = RunStatus.FAILED
+        elif self.ledger.halted_reason(self.run_id):
+            status = RunStatus.HALTED
+        else:
+            status = RunStatus.COMPLETED
+        self.ledger.set_run_status(self.run_id, status)
+        return status
 
     def close(self) -> None:
         for conn in self._connectors.values():
@@ -209,5 +342,14 @@ class RunSession:
         _SESSIONS.pop((self.run_id, self.ledger.url), None)
 
 
+def wave_unit(index: int) -> str:
+    return f"wave-{index + 1}"
+
+
+def location_unit(location_id: str) -> str:
+    return f"location:{location_id}"
+
+
 _SESSIONS: dict[tuple[str, str], RunSession] = {}
+_FROZEN: dict[tuple[str, str, int], tuple[Plan, Inventory]] = {}
 _SESSIONS_LOCK = threading.Lock()

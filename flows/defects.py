@@ -16,9 +16,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from bigbang.defects.collect import collect, latest_run
 from bigbang.defects.report import render_daily_report
-from bigbang.defects.store import DefectQueue
-from bigbang.ledger import Ledger
 from bigbang.session import RunSession
+from bigbang.store.defects import DefectQueue
+from bigbang.store.ledger import Ledger
 from flows.secrets import register_prefect_secrets
 
 

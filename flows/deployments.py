@@ -58,7 +58,7 @@ def ensure_crash_automation(crash_after: float) -> str:
     (`bigbang worker` sets 30); `crash_after` must be longer than that.
     """
     try:
-        Automation.read(name=CRASH_AUTOMATION).delete()
+        Automation.read(name=CRASH_AUTOMATION).delete()  # type: ignore[attr-defined]  # sync in a sync context
     except ValueError:  # none yet (Automation.read raises ValueError when the name is unknown)
         pass
     automation = Automation(
@@ -77,7 +77,7 @@ def ensure_crash_automation(crash_after: float) -> str:
             threshold=1,
             within=timedelta(seconds=crash_after),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,  # type: ignore[call-arg]  # pydantic defaults
                                     message=f"no heartbeat for {crash_after:g} s: its worker is gone")],
     )
     automation.create()

@@ -101,12 +101,12 @@ def dispatch_location(run_id: str, ledger_url: str | None, location_id: str) -> 
             idempotency_key=f"{run_id}:{location_id}:{generation}:{attempt}",
             flow_run_name=f"{run_id}-{location_id}" + (f"-attempt{attempt}" if attempt > 1 else ""),
             timeout=0)
-        state = wait_for_final_state(flow_run.id, lambda waited: ledger.add_event(
+        state = wait_for_final_state(flow_run.id, lambda waited: ledger.add_event(  # type: ignore[union-attr]
             run_id, "location.waiting_for_worker", location_id,
             f"no worker took it for {waited:.0f} s: start `bigbang worker --region {region or 'default'}`"))
         if state.is_completed():
             return _location_row(ledger, run_id, location_id, flow_run)
-        message = f"flow run {flow_run.name} ended {state.name}: {state.message or ''}"
+        message = f"flow run {flow_run.name} ended {state.name}: {state.message or ''}"  # type: ignore[union-attr]
         if not state.is_crashed() or attempt == MAX_ATTEMPTS:
             raise RuntimeError(message)
         attempt += 1

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bigbang.secrets import register_resolver
 
 
 def _read_secret_block(name: str) -> str:
     from prefect.blocks.system import Secret
 
-    return str(Secret.load(name).get())
+    block: Any = Secret.load(name)  # sync in a sync context
+    return str(block.get())
 
 
 def register_prefect_secrets() -> None:

@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bigbang.errors import ConfigError
+from bigbang.plan import LocationPlan, Plan
 from bigbang.report import render_report
 from bigbang.session import RunOptions, RunSession
 from flows import dispatch as dispatching
@@ -44,10 +45,10 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
     previous = pre
     for index in range(len(plan.waves)):
         previous = rollout.server_wave.with_options(task_run_name=f"servers-wave-{index + 1}").submit(
-            run_id, ledger_url, index, wait_for=[previous])
+            run_id, ledger_url, index, wait_for=[previous])  # type: ignore[call-overload]
         waves.append(previous)
 
-    futures = {}
+    futures: dict[str, Any] = {}
     for loc in dispatch_order(plan):
         upstream = [waves[i] for i in loc.waits_for_waves] or [pre]
         if loc.after_location:
@@ -55,18 +56,19 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
         futures[loc.id] = location_task.with_options(task_run_name=f"location-{loc.id}").submit(
             run_id, ledger_url, loc.id, wait_for=upstream)
 
-    crashed = []
+    crashed: dict[str, str] = {}
     for loc_id, future in futures.items():
         future.wait()
         if not future.state.is_completed():
-            crashed.append(f"{loc_id}: {future.state.message}")
+            crashed[loc_id] = str(future.state.message)
     for future in [pre, *waves]:
         future.wait()
 
-    return finish(session, crashed)
+    session.finish(crashed)
+    return publish(session, crashed)
 
 
-def dispatch_order(plan):
+def dispatch_order(plan: Plan) -> list[LocationPlan]:
     """Locations by their position in their team chain: every chain's first location first.
 
     Prefect's thread pool starts task runs in submission order; this order keeps
@@ -78,13 +80,9 @@ def dispatch_order(plan):
     return sorted(plan.locations, key=lambda loc: position[loc.id])
 
 
-def finish(session: RunSession, crashed: list[str]) -> dict[str, Any]:
+def publish(session: RunSession, crashed: dict[str, str]) -> dict[str, Any]:
+    """The core has finished the run; attach its report to the flow run as artifacts."""
     ledger = session.ledger
-    ledger.flush()
-    for problem in crashed:
-        ledger.add_event(session.run_id, "location.crashed", problem.split(":")[0], problem)
-    halted = ledger.halted_reason(session.run_id)
-    ledger.set_run_status(session.run_id, "failed" if crashed else ("halted" if halted else "completed"))
     files = render_report(ledger, session.run_id)
     markdown = files.markdown.read_text(encoding="utf-8")
     key = "bigbang-" + "".join(c if c.isalnum() else "-" for c in session.run_id.lower())
@@ -98,10 +96,11 @@ def finish(session: RunSession, crashed: list[str]) -> dict[str, Any]:
     return {"run_id": session.run_id, "report": str(files.directory), "crashed": crashed}
 
 
-def workers_for(plan) -> int:
-    """Threads enough for every team chain to run at once, plus the server phase."""
-    chains = {(loc.team, loc.chain) for loc in plan.locations}
-    return max(2, len(chains) + 2)
+def workers_for(plan: Plan) -> int:
+    """A thread for every task run of the flow. A task run waiting for its upstream holds a thread, and on
+    a simulated clock a location may wait for one that has not started yet (see bigbang.clock.Timeline):
+    with fewer threads than task runs that one could be left without a thread."""
+    return 2 + len(plan.waves) + len(plan.locations)
 
 
 def preflight(ledger_url: str, dispatch: str | None) -> None:
@@ -121,4 +120,6 @@ def run_weekend(session: RunSession, dispatch: str | None = None) -> dict[str, A
     dispatching.check_setup(session.ledger.url, mode)
     runner = dispatching.task_runner(mode, workers_for(session.plan))
     flow_dispatch = "deployments" if mode == "deployments" else "local"  # dask: the task runner does it
+    if mode == "local":
+        session.play_here()  # every unit in this process: they agree on the order of events
     return weekend.with_options(task_runner=runner)(session.run_id, session.ledger.url, flow_dispatch)

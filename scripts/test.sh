@@ -11,5 +11,8 @@ done
 echo "== setup: python packages"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m pip check
+echo "== lint and types"
+python3 -m ruff check bigbang flows tasks
+python3 -m mypy
 echo "== tests"
 python3 -m pytest "$@"

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from bigbang.checklists import build_checklist, item_ids, languages, translator
-from bigbang.field import PROBLEM_CATEGORIES, Actor, FieldStore
+from bigbang.store.field import PROBLEM_CATEGORIES, Actor, FieldStore
 from bigbang.inventory import load_inventory
 from bigbang.plan import STEP_KINDS, build_plan
 from bigbang.report import templates_dir

@@ -16,7 +16,7 @@ import pytest
 from bigbang.connectors import CONNECTORS, Connector
 from bigbang.connectors.base import Action, ConnectorContext, Outcome
 from bigbang.inventory.model import Rehearsal
-from bigbang.ledger import Ledger
+from bigbang.store.ledger import Ledger
 from bigbang.secrets import resolve
 from tests.peers.sshd import thin_client_lab, thin_client_params  # noqa: F401
 from tests.peers.wsman_server import COMMANDS_DIR, workstation_params, wsman_lab  # noqa: F401

@@ -11,7 +11,7 @@ import pytest
 from bigbang.defects.collect import collect
 from bigbang.defects.report import render_daily_report
 from bigbang.defects.sources import parse_reports_csv
-from bigbang.defects.store import DefectError, DefectQueue
+from bigbang.store.defects import DefectError, DefectQueue
 from bigbang.defects.triage import Observation, defect_key, signature
 from bigbang.errors import LiveModeUnavailable
 from tests.test_defects_helpers import DOMAIN, PXE, demo_inventory, rehearse
@@ -291,7 +291,7 @@ def test_probe_samples_healthy_devices_and_reports_unusable_connectors(tmp_path)
 
 
 def test_steps_that_never_finished_and_devices_never_done(tmp_path):
-    from bigbang.ledger import StepRecord
+    from bigbang.store.ledger import StepRecord
     from bigbang.runner import Runner
     from bigbang.session import RunOptions, RunSession
 

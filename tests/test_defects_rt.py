@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bigbang.defects.collect import collect
-from bigbang.defects.store import DefectQueue
+from bigbang.store.defects import DefectQueue
 from bigbang.defects.tickets import RequestTracker, TicketSystem, sync_tickets
 from bigbang.defects.triage import Observation
 from bigbang.inventory.model import TicketSystemSettings
@@ -140,7 +140,7 @@ def test_adapter_satisfies_the_interface(request_tracker):  # noqa: F811
 
 
 def test_sync_of_an_empty_queue_does_nothing(tmp_path, request_tracker):  # noqa: F811
-    from bigbang.ledger import Ledger
+    from bigbang.store.ledger import Ledger
 
     queue = DefectQueue(Ledger(f"sqlite:///{tmp_path / 'l.db'}").engine)
     settings = TicketSystemSettings(kind="rt", url=request_tracker.url, queue=QUEUE, user="root",

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bigbang.defects.collect import collect
-from bigbang.defects.store import DefectQueue
+from bigbang.store.defects import DefectQueue
 from bigbang.web.app import create_app
 from tests.test_defects_helpers import PXE, demo_inventory, rehearse
 

@@ -23,7 +23,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from bigbang.inventory import load_inventory
-from bigbang.ledger import FINAL
+from bigbang.store.ledger import FINAL
 from bigbang.plan import build_plan
 from tests.conftest import DEMO
 from tests.peers import free_port

@@ -14,7 +14,7 @@ from multiprocessing import get_context
 
 from sqlalchemy import create_engine, text
 
-from bigbang.ledger import Ledger, StepRecord
+from bigbang.store.ledger import Ledger, StepRecord
 from tests.peers.postgres import postgres  # noqa: F401 - fixture
 
 RUN = "run-concurrent"
@@ -47,7 +47,7 @@ def write_as_worker(url: str, writer: int) -> list[str]:
 def test_concurrent_writers_never_lose_or_duplicate_a_step(postgres):  # noqa: F811
     url = postgres.create_database()
     Ledger(url).create_run(RUN, rollout="concurrency", inventory="-", inventory_digest="-", plan_digest="-",
-                           mode="rehearsal", options={})
+                           mode="rehearsal", options={}, clock="simulated", plan={}, inventory_data={})
     with ProcessPoolExecutor(WRITERS, mp_context=get_context("spawn")) as pool:
         applied = list(pool.map(write_as_worker, [url] * WRITERS, range(WRITERS)))
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bigbang.ledger import Ledger, StepRecord
+from bigbang.store.ledger import Ledger, StepRecord
 from tests.helpers import copy_demo, rehearse
 from tests.peers.postgres import postgres  # noqa: F401
 
@@ -20,7 +20,7 @@ def ledger_url(request, tmp_path):
 
 def new_run(ledger: Ledger, run_id: str = "r1") -> str:
     ledger.create_run(run_id, rollout="t", inventory="inv", inventory_digest="d", plan_digest="p",
-                      mode="rehearsal", options={})
+                      mode="rehearsal", options={}, clock="simulated", plan={}, inventory_data={})
     return run_id
 
 

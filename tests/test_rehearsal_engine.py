@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bigbang.ledger import Ledger
+from bigbang.store.ledger import Ledger
 from tests.helpers import DEMO, copy_demo
 
 pytestmark = pytest.mark.engine

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bigbang.errors import LiveModeUnavailable, RunError
-from bigbang.ledger import Ledger
+from bigbang.store.ledger import Ledger
 from bigbang.session import RunOptions, RunSession
 from tests.helpers import copy_demo, finish, rehearse, servers_ready
 
@@ -122,9 +122,12 @@ def test_resume_redoes_nothing_finished_and_retries_failed_only_when_asked(tmp_p
     def fixed(files):
         files["rollout.yaml"]["rehearsal"]["inject"] = []
     inv2 = copy_demo(tmp_path / "fixed", fixed)
-    with pytest.raises(RunError, match="plan of run .* has changed"):
+    with pytest.raises(RunError, match="has changed since run .* started"):
         RunSession.resume(session.run_id, inventory_path=_edited(inv2), ledger_url=ledger_url)
-    again = RunSession.resume(session.run_id, inventory_path=inv2, ledger_url=ledger_url, retry_failed=True)
+    with pytest.raises(RunError, match="settings changed: .*rehearsal.inject"):  # the world was fixed: say so
+        RunSession.resume(session.run_id, inventory_path=inv2, ledger_url=ledger_url, retry_failed=True)
+    again = RunSession.resume(session.run_id, inventory_path=inv2, ledger_url=ledger_url, retry_failed=True,
+                              accept_inventory_changes=True)
     finish(again)
     final = again.ledger.step_results(session.run_id)
     assert final["lys-tc-203:tc.reassign"].status == "succeeded"

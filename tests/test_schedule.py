@@ -375,7 +375,7 @@ def test_rehearsal_follows_the_schedule_and_compare_flags_slips(bigbang, tmp_pat
 # ---------------------------------------------------------------- slot or check-in
 
 def _session(tmp_path, rule: str, mode: str):
-    from bigbang.ledger import Ledger
+    from bigbang.store.ledger import Ledger
     from bigbang.plan import build_plan
     from bigbang.session import RunOptions, RunSession
 
@@ -384,11 +384,20 @@ def _session(tmp_path, rule: str, mode: str):
     inventory = load_inventory(path)
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     run_id = f"run-{rule}-{mode}"
+    plan = build_plan(inventory, mode)
     ledger.create_run(run_id, rollout="Test", inventory=str(path), inventory_digest=inventory.digest,
-                      plan_digest="x", mode=mode, options={})
+                      plan_digest=plan.digest, mode=mode, options={}, clock="wall", plan=plan.to_dict(),
+                      inventory_data=inventory.model_dump(mode="json"))
     # a session built directly: live mode without live connectors, which waiting does not need
-    return RunSession(inventory, build_plan(inventory, mode), ledger, run_id,
-                      RunOptions(mode=mode, compression=1.0))
+    return RunSession(inventory, plan, ledger, run_id, RunOptions(mode=mode, compression=1.0))
+
+
+def _wait(session, offset: float) -> str:
+    from bigbang.clock import WallClock
+    from bigbang.schedule.start import wait_for_start
+
+    clock = WallClock(__import__("time").time())
+    return wait_for_start(session.ledger, session.run_id, "A", offset, session.plan.policy, clock, poll=0.1)
 
 
 def test_live_location_waits_for_its_technicians_checkin(tmp_path, bigbang, bb_env):
@@ -399,7 +408,7 @@ def test_live_location_waits_for_its_technicians_checkin(tmp_path, bigbang, bb_e
 
     session = _session(tmp_path, "checkin", "live")
     released: list[str] = []
-    waiter = threading.Thread(target=lambda: released.append(session.wait_until_offset(0.0, "A")))
+    waiter = threading.Thread(target=lambda: released.append(_wait(session, 0.0)))
     waiter.start()
     time.sleep(0.5)
     assert waiter.is_alive() and not released  # the slot has passed, but nobody has checked in
@@ -412,14 +421,12 @@ def test_live_location_waits_for_its_technicians_checkin(tmp_path, bigbang, bb_e
     assert r.returncode == 1 and "no location NOPE" in r.stderr
 
 
-def test_slot_or_checkin_starts_at_the_slot_and_rehearsals_check_in_themselves(tmp_path):
+def test_slot_or_checkin_starts_at_the_slot_and_rehearsals_start_at_their_slot(tmp_path):
     import time
-
-    from bigbang.schedule.start import checked_in
 
     either = _session(tmp_path, "slot_or_checkin", "live")
     t0 = time.monotonic()
-    assert either.wait_until_offset(0.3, "A") == "slot" and time.monotonic() - t0 >= 0.25
+    assert _wait(either, 0.3) == "slot" and time.monotonic() - t0 >= 0.25
     rehearsal = _session(tmp_path, "checkin", "rehearsal")
-    assert rehearsal.wait_until_offset(0.0, "A") == "slot"
-    assert checked_in(rehearsal.ledger, rehearsal.run_id, "A")  # the simulated technician's check-in
+    assert rehearsal.plan.policy.start_rule == "slot"  # a rehearsal's simulated crew is on time
+    assert _wait(rehearsal, 0.0) == "slot"

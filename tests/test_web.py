@@ -11,8 +11,8 @@ import pytest
 from fastapi import APIRouter, Depends
 from fastapi.testclient import TestClient
 
-from bigbang.field import FieldStore
-from bigbang.ledger import Ledger
+from bigbang.store.field import FieldStore
+from bigbang.store.ledger import Ledger
 from bigbang.session import RunOptions, RunSession
 from bigbang.web.app import create_app
 from bigbang.web.auth import User, csrf_token, current_user, require_role
@@ -337,7 +337,7 @@ def test_serve_command_starts_the_app(bb_env, tmp_path):
 def test_field_store_on_postgresql_is_idempotent_under_concurrent_retries(postgres):  # noqa: F811
     from concurrent.futures import ThreadPoolExecutor
 
-    from bigbang.field import Actor
+    from bigbang.store.field import Actor
 
     ledger = Ledger(postgres.create_database())
     store = FieldStore(ledger)

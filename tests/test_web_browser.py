@@ -11,7 +11,7 @@ import threading
 import time
 
 from bigbang.checklists import item_ids
-from bigbang.field import FieldStore
+from bigbang.store.field import FieldStore
 from bigbang.session import RunOptions, RunSession
 from bigbang.web.app import create_app
 from tests.peers.browser import OUTPUT, PHONE, AppServer, chromium, gated_inventory  # noqa: F401

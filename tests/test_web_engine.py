@@ -12,7 +12,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from bigbang.ledger import Ledger
+from bigbang.store.ledger import Ledger
 from bigbang.web.app import create_app
 from tests.peers.browser import gated_inventory
 

@@ -96,7 +96,7 @@ def _actor(args) -> str:
 
 
 def _queue(args):
-    from bigbang.defects.store import DefectQueue
+    from bigbang.store.defects import DefectQueue
 
     return DefectQueue.open(args.ledger)
 
@@ -104,16 +104,17 @@ def _queue(args):
 def _inventory(args):
     from bigbang.defects.collect import latest_run
     from bigbang.inventory import load_inventory
-    from bigbang.ledger import Ledger
+    from bigbang.store.ledger import Ledger
 
     if getattr(args, "inventory", None):
         return load_inventory(args.inventory)
+    from bigbang.session import frozen_run
+
     ledger = Ledger(args.ledger)
     run_id = getattr(args, "run", None) or latest_run(ledger)
-    run = ledger.get_run(run_id)
-    if run is None:
-        raise UserError(f"no run {run_id} in the ledger {ledger.safe_url}")
-    return load_inventory(run["inventory"])
+    if run_id is None:
+        raise UserError(f"no run in the ledger {ledger.safe_url}")
+    return frozen_run(ledger, run_id).inventory  # scored with the run's frozen inventory
 
 
 def _import(args, path: str) -> int:
@@ -157,8 +158,8 @@ def collect(args) -> int:
         Console(stderr=True, highlight=False).print(f"warning: {e}", markup=False)
     if args.report:
         from bigbang.defects.report import render_daily_report
-        from bigbang.defects.store import DefectQueue
-        from bigbang.ledger import Ledger
+        from bigbang.store.defects import DefectQueue
+        from bigbang.store.ledger import Ledger
 
         files = render_daily_report(DefectQueue(Ledger(args.ledger).engine), _inventory(args),
                                     Path(args.out) if args.out else None)

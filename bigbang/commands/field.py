@@ -77,19 +77,21 @@ def _run_args(p) -> None:
 def checklists(args) -> int:
     from bigbang.checklists import default_base_url, languages, write_checklists
     from bigbang.inventory import load_inventory
-    from bigbang.ledger import Ledger
-    from bigbang.session import inventory_plan
+    from bigbang.session import frozen_run, inventory_plan
+    from bigbang.store.ledger import Ledger
 
     if args.lang not in languages():
         raise ConfigError(f"no translation '{args.lang}'", hint="available: " + ", ".join(languages()))
-    inventory = load_inventory(args.path)
-    plan = inventory_plan(inventory, args.path)
+    ledger = Ledger(args.ledger) if args.run else None
+    if ledger is not None:  # a run's checklists follow its frozen plan
+        run = frozen_run(ledger, args.run)
+        inventory, plan = run.inventory, run.plan
+    else:
+        inventory = load_inventory(args.path)
+        plan = inventory_plan(inventory, args.path)
     unknown = [lid for lid in args.location or [] if lid not in inventory.location_by_id]
     if unknown:
         raise UserError(f"unknown location {unknown[0]}", hint="locations: " + ", ".join(inventory.location_by_id))
-    ledger = Ledger(args.ledger) if args.run else None
-    if ledger is not None and ledger.get_run(args.run) is None:
-        raise RunError(f"no run {args.run} in the ledger {ledger.safe_url}")
     files = write_checklists(inventory, plan, Path(args.out), lang=args.lang,
                              base_url=args.url or default_base_url(), ledger=ledger, run_id=args.run,
                              pdf=not args.no_pdf, only=args.location)
@@ -115,18 +117,14 @@ def serve(args) -> int:
 
 def _context(args):
     """(inventory, plan, ledger, store, actor) for a run, checking the location and the person."""
-    from bigbang.field import Actor, FieldStore
-    from bigbang.inventory import load_inventory
-    from bigbang.ledger import Ledger
-    from bigbang.session import run_plan
+    from bigbang.session import frozen_run
+    from bigbang.store.field import Actor, FieldStore
+    from bigbang.store.ledger import Ledger
     from bigbang.web.auth import accounts_from_inventory
 
     ledger = Ledger(args.ledger)
-    row = ledger.get_run(args.run)
-    if row is None:
-        known = ", ".join(r["run_id"] for r in ledger.list_runs(5)) or "none"
-        raise RunError(f"no run {args.run} in the ledger {ledger.safe_url}", hint=f"recent runs: {known}")
-    inventory = load_inventory(row["inventory"])
+    run = frozen_run(ledger, args.run)  # the run's own plan and inventory, whatever the YAML says now
+    inventory = run.inventory
     if args.location not in inventory.location_by_id:
         raise UserError(f"unknown location {args.location}",
                         hint="locations: " + ", ".join(inventory.location_by_id))
@@ -139,8 +137,7 @@ def _context(args):
         raise UserError(f"{user.id} is not in {team}, the team of {args.location}",
                         hint="only that team's technicians or an ops lead may change it")
     source = f"cli {getpass.getuser()}@{socket.gethostname()}"
-    plan = run_plan(ledger, args.run, inventory, row["mode"])
-    return inventory, plan, ledger, FieldStore(ledger), Actor(user.id, user.role, source)
+    return inventory, run.plan, ledger, FieldStore(ledger), Actor(user.id, user.role, source)
 
 
 def _key(args) -> str:

@@ -10,11 +10,12 @@ import time
 from rich.console import Console
 
 from bigbang.errors import RunError
-from bigbang.ledger import Ledger, default_ledger_url
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
 from bigbang.report import report_data
-from bigbang.session import RunOptions, RunSession
+from bigbang.session import MODES, RunOptions, RunSession
+from bigbang.status import Mode, RunStatus
+from bigbang.store.ledger import Ledger, default_ledger_url
 
 EXIT_HALTED = 3
 
@@ -22,11 +23,15 @@ EXIT_HALTED = 3
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the weekend flow (a rehearsal unless --mode live)")
     p.add_argument("path", nargs="?", help="inventory file or directory (optional with --resume)")
-    p.add_argument("--mode", choices=("rehearsal", "live"), default="rehearsal")
+    p.add_argument("--mode", choices=MODES, default=Mode.REHEARSAL)
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run after a crash or Ctrl-C; finished steps are kept")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: run failed steps again")
+    p.add_argument("--accept-inventory-changes", action="store_true",
+                   help="with --resume: the inventory was edited on purpose; record its plan as the run's next version")
     p.add_argument("--seed", type=int, help="rehearsal: random seed (default: rehearsal.seed)")
-    p.add_argument("--compression", type=float, help="rehearsal: simulated seconds per real second")
+    p.add_argument("--compression", type=_compression, metavar="N|max",
+                   help="rehearsal: simulated seconds per real second, or max (as fast as the machine allows); "
+                        "the simulated timeline is the same at any compression")
     p.add_argument("--failure-rate", type=float, help="rehearsal: chance that one attempt fails")
     p.add_argument("--zero-duration", action="store_true", help="rehearsal: steps take no time (benchmarks)")
     p.add_argument("--ledger", metavar="URL", help="ledger database (default: sqlite:///.bigbang/ledger.db)")
@@ -39,7 +44,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def _compression(text: str) -> float:
+    """`max` (0: no pacing) or simulated seconds per real second."""
+    if text.strip().lower() == "max":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number or 'max'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("compression must be above 0 (or 'max')")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False)
     apply_defaults()
     weekend = importlib.import_module("flows.weekend")  # imports Prefect: before the live display starts
@@ -51,13 +69,14 @@ def run(args) -> int:
             raise RunError(f"{', '.join(changed)} cannot change on --resume: the run keeps its options",
                            hint="only --compression and --retry-failed apply to a resumed run")
         session = RunSession.resume(args.resume, inventory_path=args.path, ledger_url=args.ledger,
-                                    retry_failed=args.retry_failed, compression=args.compression)
+                                    retry_failed=args.retry_failed, compression=args.compression,
+                                    accept_inventory_changes=args.accept_inventory_changes)
         console.print(f"Resuming [bold]{session.run_id}[/]: finished steps are kept.")
     else:
         if not args.path:
             raise RunError("give an inventory path, or --resume RUN_ID")
-        if args.retry_failed:
-            raise RunError("--retry-failed goes with --resume RUN_ID")
+        if args.retry_failed or args.accept_inventory_changes:
+            raise RunError("--retry-failed and --accept-inventory-changes go with --resume RUN_ID")
         options = RunOptions(mode=args.mode, seed=args.seed, compression=args.compression,
                              failure_rate=args.failure_rate, zero_duration=args.zero_duration)
         session = RunSession.start(args.path, options, ledger_url=args.ledger, run_id=args.run_id)
@@ -76,7 +95,7 @@ def run(args) -> int:
         if monitor is not None:
             monitor.stop()
         session.ledger.flush(timeout=30)
-        session.ledger.set_run_status(session.run_id, "failed")
+        session.ledger.set_run_status(session.run_id, RunStatus.FAILED)
         console.print(f"The run stopped on an unexpected error (below). Every finished step is recorded; "
                       f"after fixing the cause continue with: bigbang run --resume {session.run_id}")
         raise
@@ -92,7 +111,7 @@ def _interrupted(session: RunSession, monitor, console: Console) -> None:
         monitor.stop()
     try:
         session.ledger.flush(timeout=30)
-        session.ledger.set_run_status(session.run_id, "interrupted")
+        session.ledger.set_run_status(session.run_id, RunStatus.INTERRUPTED)
     finally:
         console.print(f"\nInterrupted. Every finished step is recorded. Continue with:\n"
                       f"  bigbang run --resume {session.run_id}")

@@ -72,8 +72,8 @@ def run(args) -> int:
     inventory = load_inventory(args.path)
     measured, measured_from = None, ""
     if args.from_run:
-        from bigbang.ledger import Ledger
         from bigbang.schedule.problem import measured_durations
+        from bigbang.store.ledger import Ledger
 
         measured, measured_from = measured_durations(Ledger(args.ledger), args.from_run), f"run {args.from_run}"
     schedule = make_schedule(inventory, seed=args.seed, time_limit=args.time_limit, measured=measured,
@@ -162,15 +162,15 @@ def show(console: Console, schedule, data: dict, crews: list[dict], teams: list[
 
 
 def compare(args) -> int:
-    from bigbang.ledger import Ledger
     from bigbang.schedule.compare import compare_run
+    from bigbang.store.ledger import Ledger
 
     result = compare_run(Ledger(args.ledger), args.target, args.tolerance)
     if args.json:
         sys.stdout.write(json.dumps(result, indent=1, sort_keys=True) + "\n")
         return 0
     console = Console(highlight=False)
-    clock = "simulated" if result["mode"] == "rehearsal" else "real"
+    clock = "simulated" if result["clock"] == "simulated" else "real"
     table = Table(title=f"{result['run_id']}: planned vs actual ({clock} time after the start; "
                         f"slips over {result['tolerance_min']:g} min flagged)", title_justify="left")
     for col in ("location", "crew", "planned", "actual", "start slip", "end slip", "status", "flags"):
@@ -187,18 +187,14 @@ def compare(args) -> int:
 
 
 def checkin(args) -> int:
-    from bigbang.errors import RunError
-    from bigbang.inventory import load_inventory
-    from bigbang.ledger import Ledger
     from bigbang.schedule.start import check_in
+    from bigbang.session import frozen_run
+    from bigbang.store.ledger import Ledger
 
     if not args.location or not args.by:
         raise UserError("usage: bigbang schedule checkin RUN_ID LOCATION --by NAME")
     ledger = Ledger(args.ledger)
-    run = ledger.get_run(args.target)
-    if run is None:
-        raise RunError(f"no run {args.target} in the ledger {ledger.safe_url}")
-    known = load_inventory(run["inventory"]).location_by_id
+    known = frozen_run(ledger, args.target).inventory.location_by_id
     if args.location not in known:
         raise UserError(f"run {args.target} has no location {args.location}",
                         hint="known: " + ", ".join(sorted(known)[:10]) + (" ..." if len(known) > 10 else ""))

@@ -96,9 +96,9 @@ def run_discover(args) -> int:
     elif args.host:
         if not args.username or not args.password_env:
             raise UserError("--host needs --username and --password-env", hint="or use --inventory PATH")
-        settings = VsphereSettings(host=args.host, port=args.port, username=args.username,
-                                   password={"env": args.password_env}, ca_bundle=args.ca_bundle,
-                                   thumbprint=args.thumbprint, insecure=args.insecure)
+        settings = VsphereSettings.model_validate({
+            "host": args.host, "port": args.port, "username": args.username, "password": {"env": args.password_env},
+            "ca_bundle": args.ca_bundle, "thumbprint": args.thumbprint, "insecure": args.insecure})
     else:
         raise UserError("say which vCenter: --inventory PATH or --host HOST", hint="see `bigbang vcenter discover -h`")
     client, catalog = open_client(settings)

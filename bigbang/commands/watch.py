@@ -1,14 +1,14 @@
 from __future__ import annotations
 
+import argparse
 import time
 
 from rich.console import Console
 
-from bigbang.errors import RunError
-from bigbang.inventory import load_inventory
-from bigbang.ledger import Ledger
-from bigbang.plan import build_plan
 from bigbang.progress import RunMonitor
+from bigbang.session import frozen_run
+from bigbang.status import RunStatus
+from bigbang.store.ledger import Ledger
 
 
 def register(sub) -> None:
@@ -18,20 +18,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     ledger = Ledger(args.ledger)
-    row = ledger.get_run(args.run_id)
-    if row is None:
-        raise RunError(f"no run {args.run_id} in the ledger {ledger.safe_url}")
-    plan = build_plan(load_inventory(row["inventory"]), row["mode"])
+    plan = frozen_run(ledger, args.run_id).plan  # the run's own plan, whatever the YAML says now
     console = Console(stderr=True)
     monitor = RunMonitor(ledger, args.run_id, plan, console).start()
+
+    def status() -> str:
+        row = ledger.get_run(args.run_id)
+        return row["status"] if row else "gone"
+
     try:
-        while ledger.get_run(args.run_id)["status"] == "running":
+        while status() == RunStatus.RUNNING:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
         monitor.stop()
-    console.print(f"run {args.run_id}: {ledger.get_run(args.run_id)['status']}")
+    console.print(f"run {args.run_id}: {status()}")
     return 0

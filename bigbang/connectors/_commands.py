@@ -100,9 +100,8 @@ class CommandResult:
 
     def failure(self, where: str) -> ConnectorError:
         detail = tail(self.stderr) or tail(self.stdout) or "no output"
-        error = ConnectorError(f"{self.name} exited {self.exit_code} on {where}: {detail}", transient=False)
-        error.command = self.summary()  # exit code and output tails, for the step's facts
-        return error
+        return ConnectorError(f"{self.name} exited {self.exit_code} on {where}: {detail}", transient=False,
+                              command=self.summary())
 
 
 def record_substep(context: Any, step_id: str, message: str) -> None:

@@ -1,7 +1,10 @@
 """The connector protocol: the one seam between a plan and the world.
 
 A connector runs one `Action` (a step of the plan for one target) and returns an
-`Outcome` value; it never raises for a device's failure. Real connectors (vsphere,
+`Outcome` value: that is the one way a step fails. Inside, a connector may raise
+`ConnectorError` (which carries the command that failed) and turns it into an
+outcome at its `run` boundary with `Outcome.from_error`; anything else escaping
+`run` is a bug, recorded as a non-retryable failure with its traceback logged. Real connectors (vsphere,
 ssh, winrm) and the simulated one used by rehearsals satisfy the same protocol.
 Each connector type describes its settings with a pydantic model, which feeds
 inventory validation and `bigbang connectors` docs.
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
+
+from bigbang.errors import ConnectorError
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,17 @@ class Outcome:
     message: str = ""
     facts: Mapping[str, Any] = field(default_factory=dict)
     transient: bool = True  # worth retrying when not ok
-    simulated_duration: float | None = None
 
     @classmethod
     def failed(cls, message: str, *, transient: bool = True, **facts: Any) -> Outcome:
         return cls(ok=False, message=message, transient=transient, facts=facts)
+
+    @classmethod
+    def from_error(cls, error: ConnectorError, *, changed: bool = False, **facts: Any) -> Outcome:
+        """The failed outcome for a `ConnectorError` a connector raised inside itself."""
+        if error.command:
+            facts["command"] = error.command
+        return cls(ok=False, changed=changed, message=str(error), transient=error.transient, facts=facts)
 
 
 @runtime_checkable
@@ -60,8 +71,8 @@ class ConnectorContext:
 
     run_id: str
     inventory: Any  # bigbang.inventory.Inventory (Any avoids an import cycle)
-    resolve_secret: Callable[[Any], str]
-    state: Any = None  # the run's Ledger, for connectors that keep state in it
+    resolve_secret: Callable[..., str]  # (reference, where=...) -> the secret
+    state: Any = None  # the run's Ledger (bigbang.store), for connectors that keep state in it
     options: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -6,20 +6,41 @@ or injected for one target) and the devices' state. Every random choice is a
 hash of (seed, step, attempt), so a rehearsal with the same seed fails the same
 devices no matter how threads interleave.
 
+Time is the run's clock (`bigbang.clock`): a step "takes" its simulated duration
+by waiting on it, so a rehearsal's timeline is a function of the inventory, the
+seed and the options, never of how busy the machine is.
+
 Device state changes are recorded in the ledger's `sim_effects` table: a change
 applied before a crash is seen on resume and not applied again, which is how a
 real, idempotent step behaves (read the fact, then change only what differs).
+
+This module, the clock and the CLI's option parsing are the only places that
+know a rehearsal from a live run: `substitute` sends every step of a rehearsal's
+plan here, and the rest of bigbang cannot tell.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from typing import Any, ClassVar
 
+from bigbang.clock import current_clock
 from bigbang.connectors.base import Action, ConnectorContext, Outcome
 from bigbang.inventory.model import Rehearsal
+
+REHEARSAL = "rehearsal"
+SIMULATED_TECHNICIAN = "simulated technician"
+
+
+def simulates(mode: str) -> bool:
+    """True when a run in `mode` plays against simulated devices, people and time."""
+    return mode == REHEARSAL
+
+
+def substitute(mode: str, connector: str) -> str:
+    """The connector a step of a run in `mode` uses instead of `connector`."""
+    return SimulatedConnector.name if simulates(mode) else connector
 
 # Realistic reasons, so rehearsal reports read like the weekend's.
 FAILURES: dict[str, tuple[str, ...]] = {
@@ -58,7 +79,6 @@ class SimulatedConnector:
         self.ledger = context.state
         options = context.options
         self.seed = options.get("seed", settings.seed)
-        self.compression = float(options.get("compression") or settings.compression)
         self.zero_duration = bool(options.get("zero_duration"))
         self.default_failure_rate = options.get("failure_rate")
         if self.default_failure_rate is None:
@@ -91,15 +111,22 @@ class SimulatedConnector:
 
     # -- protocol
     def run(self, action: Action) -> Outcome:
-        seconds = self.duration(action)
-        if seconds and self.compression:
-            time.sleep(seconds / self.compression)
+        if action.kind == "loc.signoff":
+            return self._sign_off(action)
+        current_clock().sleep(self.duration(action))
         reason = self.failure(action)
         if reason is not None:
-            return Outcome(ok=False, message=reason, transient=True, simulated_duration=seconds)
+            return Outcome(ok=False, message=reason, transient=True)
         changed = self._apply(action)
         return Outcome(ok=True, changed=changed, facts=self._facts(action),
-                       message="changed" if changed else "already as planned", simulated_duration=seconds)
+                       message="changed" if changed else "already as planned")
+
+    def _sign_off(self, action: Action) -> Outcome:
+        """A simulated technician signs the location off as soon as its work is done."""
+        if self.ledger is not None:
+            self.ledger.sign_off(self.run_id, action.target, SIMULATED_TECHNICIAN, REHEARSAL)
+        return Outcome(ok=True, changed=True, message=f"signed off by {SIMULATED_TECHNICIAN}",
+                       facts={"signed_by": SIMULATED_TECHNICIAN, "note": REHEARSAL})
 
     def close(self) -> None:
         pass

@@ -90,13 +90,13 @@ class SshConnector:
             path = Path(s.key_file).expanduser()
             passphrase = self.context.resolve_secret(s.key_passphrase) if s.key_passphrase else None
             try:
-                return [paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)]
+                return [paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)]  # type: ignore[arg-type]  # paramiko takes bytes
             except FileNotFoundError:
                 raise ConfigError(f"SSH key_file {path} does not exist") from None
             except (paramiko.SSHException, ValueError, OSError) as exc:
                 raise ConfigError(f"cannot load SSH key_file {path}: {exc}",
                                   hint="check the file and key_passphrase") from None
-        keys = list(paramiko.Agent().get_keys())
+        keys: list[paramiko.PKey] = list(paramiko.Agent().get_keys())
         if not keys:
             raise ConfigError("no SSH key_file set and the SSH agent offers no keys",
                               hint="set connectors.ssh.key_file, or start an agent (SSH_AUTH_SOCK) with the key")
@@ -112,8 +112,7 @@ class SshConnector:
                 return self._verify(action, address)
             return Outcome.failed(f"the ssh connector cannot run {action.kind}", transient=False)
         except ConnectorError as exc:
-            facts = {"address": address, **({"command": exc.command} if getattr(exc, "command", None) else {})}
-            return Outcome.failed(str(exc), transient=exc.transient, **facts)
+            return Outcome.from_error(exc, address=address)
         except (paramiko.SSHException, OSError, EOFError) as exc:  # a network error from an unexpected place
             self._drop(address)
             return Outcome.failed(f"connection to {address} failed: {exc.__class__.__name__}: {exc}",
@@ -159,10 +158,7 @@ class SshConnector:
         try:
             return self._change(action, address, expected, state, variables, done)
         except ConnectorError as exc:  # keep what was done: a resume and the defect report both need it
-            facts = {"substeps": done, "expected": expected, "address": address}
-            if getattr(exc, "command", None):
-                facts["command"] = exc.command
-            return Outcome(ok=False, changed=bool(done), transient=exc.transient, message=str(exc), facts=facts)
+            return Outcome.from_error(exc, changed=bool(done), substeps=done, expected=expected, address=address)
 
     def _change(self, action: Action, address: str, expected: dict[str, Any], state: dict[str, str],
                 variables: dict[str, Any], done: list[str]) -> Outcome:

@@ -92,8 +92,7 @@ class WinrmConnector:
                 return self._verify(action)
             return Outcome.failed(f"the winrm connector cannot run {action.kind}", transient=False)
         except ConnectorError as exc:
-            facts = {"command": exc.command} if getattr(exc, "command", None) else {}
-            return Outcome.failed(str(exc), transient=exc.transient, **facts)
+            return Outcome.from_error(exc)
 
     def close(self) -> None:
         with self._lock:
@@ -282,11 +281,12 @@ class WinrmConnector:
         s = self.settings
         try:
             return Protocol(
-                self.endpoint(host), transport=s.transport, username=self.username, password=self.password,
+                self.endpoint(host), transport=s.transport,  # type: ignore[arg-type]  # the settings model checks it
+                username=self.username, password=self.password,
                 server_cert_validation="ignore" if s.insecure else "validate",
                 ca_trust_path=s.ca_bundle if s.ca_bundle else "legacy_requests",
-                read_timeout_sec=s.read_timeout, operation_timeout_sec=s.operation_timeout,
-                message_encryption=s.message_encryption,
+                read_timeout_sec=s.read_timeout, operation_timeout_sec=s.operation_timeout,  # type: ignore[arg-type]
+                message_encryption=s.message_encryption,  # type: ignore[arg-type]
             )
         except WinRMError as exc:
             raise ConfigError(f"connectors.winrm: {exc}", hint="check transport and message_encryption") from None

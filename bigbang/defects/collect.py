@@ -19,12 +19,12 @@ from bigbang.defects.sources import (
     report_observations,
     rollout_observations,
 )
-from bigbang.defects.store import OPEN_STATES, DefectError, DefectQueue
 from bigbang.defects.tickets import SyncResult, sync_tickets, ticket_system
 from bigbang.defects.triage import TECHNICAL_SOURCES
 from bigbang.errors import UserError
-from bigbang.ledger import Ledger
 from bigbang.secrets import resolve
+from bigbang.store.defects import OPEN_STATES, DefectError, DefectQueue
+from bigbang.store.ledger import Ledger
 
 
 @dataclass

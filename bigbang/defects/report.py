@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bigbang.defects.store import OPEN_STATES, DefectQueue
 from bigbang.defects.triage import PRIORITY_NAMES
 from bigbang.inventory.model import Inventory
 from bigbang.report import jinja_env, reports_dir
+from bigbang.store.defects import OPEN_STATES, DefectQueue
 
 
 @dataclass(frozen=True)

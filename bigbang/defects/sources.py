@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bigbang.connectors.base import Action
-from bigbang.defects.store import MAX_FIELD, MAX_TEXT
 from bigbang.defects.triage import Observation, unit_sample
 from bigbang.errors import BigBangError, ConnectorError
 from bigbang.inventory.model import Inventory
-from bigbang.ledger import Ledger
 from bigbang.plan import Plan, Step
+from bigbang.store.defects import MAX_FIELD, MAX_TEXT
+from bigbang.store.ledger import Ledger
 
 log = logging.getLogger("bigbang.defects")
 
@@ -252,7 +252,7 @@ def parse_reports_csv(content: str, inventory: Inventory, *, max_rows: int = 200
             result.errors.append(f"line {line}: {len(values)} fields, the header has {len(names)}{spans}")
             continue
         row, problems = validate_report(dict(zip(names, values, strict=False)), inventory, channel="csv")
-        if problems:
+        if problems or row is None:
             result.errors.append(f"line {line}: " + "; ".join(problems))
         else:
             result.rows.append(row)

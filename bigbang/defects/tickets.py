@@ -15,10 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import requests
 
-from bigbang.defects.store import DefectQueue
 from bigbang.defects.triage import PRIORITY_NAMES
 from bigbang.errors import BigBangError
 from bigbang.inventory.model import TicketSystemSettings
+from bigbang.store.defects import DefectQueue
 
 
 class TicketSystemUnavailable(BigBangError):
@@ -87,9 +87,9 @@ class RequestTracker:
 
     def __init__(self, settings: TicketSystemSettings, password: str, *, session: requests.Session | None = None):
         self.settings = settings
-        self.base = settings.url.rstrip("/") + "/REST/2.0"
+        self.base = (settings.url or "").rstrip("/") + "/REST/2.0"
         self.http = session or requests.Session()
-        self.http.auth = (settings.user, password)
+        self.http.auth = (settings.user or "", password)
         self.http.verify = settings.verify_tls
         self.http.headers["Accept"] = "application/json"
 

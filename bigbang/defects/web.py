@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from bigbang.defects.sources import validate_report
-from bigbang.defects.store import MAX_FIELD, MAX_TEXT, STATES, TRANSITIONS, DefectError, DefectQueue
 from bigbang.defects.triage import PRIORITY_NAMES
+from bigbang.store.defects import MAX_FIELD, MAX_TEXT, STATES, TRANSITIONS, DefectError, DefectQueue
 from bigbang.web.auth import User, require_role, verify_csrf
 
 router = APIRouter(prefix="/defects")
@@ -32,9 +32,8 @@ def _queue(request: Request) -> DefectQueue:
 
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    from bigbang.web.app import page  # the field app's renderer: its layout, user and CSRF token
-
-    return page(request, template, status=status, priority_names=PRIORITY_NAMES, **context)
+    render = request.app.state.render  # the field app's renderer: its layout, user and CSRF token
+    return render(request, template, status=status, priority_names=PRIORITY_NAMES, **context)
 
 
 def _back(key: str, msg: str) -> RedirectResponse:
@@ -69,7 +68,7 @@ def add_report(request: Request, device: str = Form("", max_length=MAX_FIELD),
     row, problems = validate_report({"device": device, "location": location, "category": category, "text": text,
                                      "reporter": reporter or user.name, "report_id": f"web-{request_key}"},
                                     inventory, channel="web")
-    if problems:
+    if problems or row is None:
         queue = _queue(request)
         return _page(request, "defects/list.html.j2", status=422, rows=queue.list(state="open", limit=500),
                      facets=queue.facets(), problems=queue.problems()[:10], counts=queue.counts(),

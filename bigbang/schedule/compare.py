@@ -1,30 +1,27 @@
 """Planned vs actual: each location's scheduled slot beside what the run did, with slips flagged.
 
-Times are minutes after the run's first step, in the run's own clock: simulated
-minutes in a rehearsal (real seconds x compression), real minutes live. The run's
-work starts at the window's opening, so they compare directly with the schedule's.
+Times are minutes on the run's clock (`bigbang.clock`): simulated minutes in a rehearsal, real
+minutes live, counted from when the run's work began — the window's opening, as the schedule's are.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bigbang.errors import RunError, UserError
-from bigbang.schedule.store import of_run, run_origin
+from bigbang.errors import RunError
+from bigbang.store import Ledger
 
 TOLERANCE_MIN = 15.0
 
 
-def compare_run(ledger, run_id: str, tolerance_min: float = TOLERANCE_MIN) -> dict[str, Any]:
+def compare_run(ledger: Ledger, run_id: str, tolerance_min: float = TOLERANCE_MIN) -> dict[str, Any]:
     run = ledger.get_run(run_id)
     if run is None:
         raise RunError(f"no run {run_id} in the ledger {ledger.safe_url}")
-    schedule = of_run(ledger, run_id)
+    schedule = ledger.run_schedule(run_id)
     if schedule is None:
         raise RunError(f"run {run_id} did not use a schedule",
                        hint="run `bigbang schedule INVENTORY` before `bigbang run` to plan slots")
-    pace = _pace(run)
-    origin = run_origin(ledger, run_id, run["created_at"])
     steps = ledger.step_results(run_id)
     results = ledger.location_results(run_id)
     window = schedule["window"]["minutes"]
@@ -34,10 +31,10 @@ def compare_run(ledger, run_id: str, tolerance_min: float = TOLERANCE_MIN) -> di
         pre = steps.get(f"{lid}:loc.precheck")
         result = results.get(lid)
         actual_start = actual_end = None
-        if pre is not None and pre.started_at is not None:
-            actual_start = (pre.started_at - origin) * pace / 60
-        if result is not None and result.get("finished_at"):
-            actual_end = (result["finished_at"] - origin) * pace / 60
+        if pre is not None and pre.clock_start is not None:
+            actual_start = pre.clock_start / 60
+        if result is not None and result.get("clock_end") is not None and result.get("finished_at"):
+            actual_end = result["clock_end"] / 60
         flags = []
         if actual_start is None:
             flags.append("not started")
@@ -59,28 +56,11 @@ def compare_run(ledger, run_id: str, tolerance_min: float = TOLERANCE_MIN) -> di
             "end_slip_min": _round(actual_end - visit["end_min"]) if actual_end is not None else None,
             "status": result["status"] if result else "pending", "flags": flags,
         })
-    return {"run_id": run_id, "mode": run["mode"], "pace": pace, "tolerance_min": tolerance_min,
+    return {"run_id": run_id, "mode": run["mode"], "clock": run["clock"], "tolerance_min": tolerance_min,
             "window_min": window, "locations": rows, "slipped": slipped,
             "planned_makespan_min": schedule["makespan_min"],
             "actual_makespan_min": _round(max((r["actual_end_min"] for r in rows if r["actual_end_min"] is not None),
                                               default=None) if rows else None)}
-
-
-def _pace(run: dict[str, Any]) -> float:
-    """Run-clock seconds per real second."""
-    if run["mode"] != "rehearsal":
-        return 1.0
-    options = run["options"]
-    if options.get("compression"):
-        return float(options["compression"])
-    from bigbang.inventory import load_inventory
-
-    try:
-        return float(load_inventory(run["inventory"]).rehearsal.compression)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the inventory moved: say what is missing
-        raise RunError(f"cannot read the run's inventory {run['inventory']} for its compression: {exc}") from None
 
 
 def _round(value: float | None) -> float | None:

@@ -231,8 +231,8 @@ def measured_durations(ledger, run_id: str) -> dict[str, float]:
     for rec in ledger.step_results(run_id).values():
         if rec.status not in ("succeeded", "failed"):
             continue
-        if rec.sim_seconds is not None:
-            value = rec.sim_seconds
+        if rec.clock_start is not None and rec.clock_end is not None:
+            value = rec.clock_end - rec.clock_start  # on the run's clock: simulated seconds in rehearsals
         elif rec.started_at is not None and rec.finished_at is not None:
             value = rec.finished_at - rec.started_at
         else:

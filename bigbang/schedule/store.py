@@ -11,25 +11,14 @@ happens to the file afterwards.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Float, MetaData, String, Table, Text, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
-
 from bigbang.errors import RunError
+from bigbang.store import Ledger
 
 Slots = dict[str, tuple[str, float, int]]  # location id -> (team id, start offset s, crew number)
 
-_metadata = MetaData()
-run_schedules = Table(
-    "run_schedules", _metadata,
-    Column("run_id", String(80), primary_key=True),
-    Column("schedule", Text, nullable=False),  # the stored schedule.json, as the run used it
-    Column("saved_at", Float, nullable=False),
-)
 
 
 def schedule_path(inventory_path: str | Path) -> Path:
@@ -90,48 +79,7 @@ def stored_schedule(inventory_path: str | Path, inventory) -> dict[str, Any] | N
 
 # ---------------------------------------------------------------- the run's copy
 
-def remember(ledger, run_id: str, data: dict[str, Any]) -> None:
-    _ensure(ledger)
-    insert = postgresql.insert if ledger.dialect == "postgresql" else sqlite.insert
-    stmt = insert(run_schedules).values(run_id=run_id, schedule=json.dumps(data, sort_keys=True), saved_at=time.time())
-    stmt = stmt.on_conflict_do_nothing(index_elements=["run_id"])
-    with ledger.engine.begin() as conn:
-        conn.execute(stmt)
-
-
-def of_run(ledger, run_id: str) -> dict[str, Any] | None:
-    _ensure(ledger)
-    with ledger.engine.connect() as conn:
-        text = conn.execute(select(run_schedules.c.schedule).where(run_schedules.c.run_id == run_id)).scalar()
-    return json.loads(text) if text else None
-
-
-def run_slots(ledger, run_id: str) -> Slots | None:
-    data = of_run(ledger, run_id)
+def run_slots(ledger: Ledger, run_id: str) -> Slots | None:
+    """The slots of the schedule a run started with (kept in the run's store), if it followed one."""
+    data = ledger.run_schedule(run_id)
     return slots_of(data) if data else None
-
-
-_READY: set[str] = set()
-
-
-def run_origin(ledger, run_id: str, created_at: float) -> float:
-    """When the run's work began (its first step), the moment a schedule's offsets count from; the run's
-    creation time until then. Not the creation time itself: starting the flow (Prefect's start-up) can
-    take many seconds, which a compressed rehearsal would turn into hours of slip."""
-    from sqlalchemy import func
-
-    from bigbang.ledger import steps
-
-    with ledger.engine.connect() as conn:
-        first = conn.execute(select(func.min(steps.c.started_at)).where(steps.c.run_id == run_id)).scalar()
-    return float(first) if first is not None else created_at
-
-
-def _ensure(ledger) -> None:
-    if ledger.url in _READY:
-        return
-    try:
-        _metadata.create_all(ledger.engine)
-    except OperationalError:  # another process created it at the same moment
-        _metadata.create_all(ledger.engine)
-    _READY.add(ledger.url)

@@ -163,7 +163,7 @@ class VcenterClient:
         si = vim.ServiceInstance("ServiceInstance", stub)
         content = si.RetrieveContent()
         user, password = self._credentials()
-        content.sessionManager.Login(user, password)
+        content.sessionManager.Login(user, password)  # type: ignore[union-attr,call-arg]  # pyvmomi stubs: locale is optional
         self.logins += 1
         self._si, self._content = si, content
         self._generation += 1

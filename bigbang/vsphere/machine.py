@@ -79,7 +79,7 @@ def _snapshots(tree: Any) -> dict[str, Any]:
 def vm_state(ref: Any, props: dict[str, Any]) -> VmState:
     devices = tuple(props.get("config.hardware.device") or ())
     disks = tuple(sorted(
-        (Disk(d.key, d.controllerKey, d.unitNumber, int(d.capacityInKB or 0), d)
+        (Disk(d.key, int(d.controllerKey or 0), int(d.unitNumber or 0), int(d.capacityInKB or 0), d)
          for d in devices if isinstance(d, vim.vm.device.VirtualDisk)),
         key=lambda d: (d.controller_key, d.unit if d.unit is not None else 99, d.key)))
     nics = tuple(d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard))
@@ -220,6 +220,7 @@ def customization_spec(spec: dict[str, Any], secrets: GuestSecrets) -> Any:
         ip_settings.dnsDomain = domain
     global_ip = vim.vm.customization.GlobalIPSettings(dnsServerList=list(c.get("dns") or []),
                                                       dnsSuffixList=[domain] if domain else [])
+    identity: Any
     if c.get("os", "windows") == "linux":
         identity = vim.vm.customization.LinuxPrep(
             hostName=vim.vm.customization.FixedName(name=hostname), domain=domain or "localdomain",

@@ -33,7 +33,10 @@ from bigbang.checklists import (
     template_env,
 )
 from bigbang.errors import UserError
-from bigbang.field import (
+from bigbang.inventory import load_inventory
+from bigbang.session import frozen_run, inventory_plan
+from bigbang.status import DeviceStatus, device_status
+from bigbang.store.field import (
     MAX_TEXT,
     MAX_VALUE,
     PROBLEM_CATEGORIES,
@@ -41,9 +44,7 @@ from bigbang.field import (
     FieldInputError,
     FieldStore,
 )
-from bigbang.inventory import load_inventory
-from bigbang.ledger import Ledger
-from bigbang.session import inventory_plan, run_plan
+from bigbang.store.ledger import Ledger
 from bigbang.web.auth import (
     NotSignedIn,
     Sessions,
@@ -71,11 +72,13 @@ class FieldApp:
     def __init__(self, inventory_path: str | Path, ledger_url: str | None, run_id: str | None, lang: str,
                  base_url: str | None):
         self.inventory_path = Path(inventory_path)
-        self.inventory = load_inventory(self.inventory_path)
         self.ledger = Ledger(ledger_url)
-        run = self.ledger.get_run(run_id) if run_id else None
-        self.plan = (run_plan(self.ledger, run_id, self.inventory, run["mode"]) if run
-                     else inventory_plan(self.inventory, self.inventory_path))
+        if run_id is not None:  # a run's pages follow its frozen plan and inventory, never the YAML
+            run = frozen_run(self.ledger, run_id)
+            self.inventory, self.plan = run.inventory, run.plan
+        else:
+            self.inventory = load_inventory(self.inventory_path)
+            self.plan = inventory_plan(self.inventory, self.inventory_path)
         self.store = FieldStore(self.ledger)
         self.fixed_run_id = run_id
         self.lang = lang
@@ -127,6 +130,7 @@ def create_app(inventory_path: str | Path, ledger_url: str | None = None, run_id
                         session_hours * 3600, secure_cookies)
     app = FastAPI(title="bigbang field app", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.field = field
+    app.state.render = page  # the defect pages render with the field app's layout without importing it
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -401,7 +405,8 @@ def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str])
         row = results.get(location_id)
         signoff = signoffs.get(location_id)
         status = location_status(row, steps, loc_plan, signoff) if run_id else "planned"
-        device_steps = [steps.get(s.id) for d in loc_plan.devices for s in d.steps[-1:]]
+        devices = [device_status([steps[s.id].status if s.id in steps else None for s in d.steps])
+                   for d in loc_plan.devices]
         rows.append({
             "id": location_id, "name": loc.name, "address": loc.address, "team": loc_plan.team,
             "position": position, "criticality": loc.criticality,
@@ -409,8 +414,8 @@ def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str])
             "started": row["started_at"] if row else None, "finished": row["finished_at"] if row else None,
             "status": status, "reason": row["reason"] if row else "",
             "devices": len(loc_plan.devices),
-            "devices_done": sum(1 for r in device_steps if r is not None and r.status == "succeeded"),
-            "devices_failed": sum(1 for r in device_steps if r is not None and r.status == "failed"),
+            "devices_done": devices.count(DeviceStatus.SUCCEEDED),
+            "devices_failed": devices.count(DeviceStatus.FAILED),
             "checked": sum(1 for (lid, _), c in checks.items() if lid == location_id and c.checked),
             "item_total": len(item_ids(loc)),
             "problems": sum(1 for p in problems if p["location_id"] == location_id),
@@ -420,13 +425,7 @@ def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str])
 
 
 def _signoffs(ledger: Ledger, run_id: str) -> dict[str, dict[str, Any]]:
-    from sqlalchemy import select
-
-    from bigbang.ledger import signoffs
-
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(select(signoffs).where(signoffs.c.run_id == run_id)).mappings().all()
-    return {r["location_id"]: dict(r) for r in rows}
+    return ledger.signoffs(run_id)
 
 
 def _include_defects(app: FastAPI) -> None:

@@ -97,7 +97,7 @@ class Sessions:
         if not cookie or len(cookie) > 4096:
             return None, False
         try:
-            data = self.serializer.loads(cookie, max_age=self.lifetime)
+            data = self.serializer.loads(cookie, max_age=int(self.lifetime))
         except SignatureExpired:
             return None, True
         except BadSignature:

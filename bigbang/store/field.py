@@ -17,49 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     and_,
     select,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from bigbang.errors import UserError
-from bigbang.ledger import Ledger, now
-
-field_metadata = MetaData()
-
-field_checks = Table(
-    "field_checks", field_metadata,
-    Column("run_id", String(80), primary_key=True),
-    Column("location_id", String(80), primary_key=True),
-    Column("item_id", String(200), primary_key=True),
-    Column("checked", Boolean, nullable=False),
-    Column("value", String(200)),  # e.g. the serial a technician scanned or typed
-    Column("by", String(120), nullable=False),
-    Column("at", Float, nullable=False),
-)
-
-field_audit = Table(
-    "field_audit", field_metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("request_key", String(80), unique=True),  # the client's idempotency key
-    Column("at", Float, nullable=False),
-    Column("actor", String(120), nullable=False),
-    Column("role", String(20), nullable=False),
-    Column("source", String(200), nullable=False),  # where from: "web 10.0.0.7", "cli host"
-    Column("action", String(40), nullable=False),
-    Column("run_id", String(80), nullable=False, index=True),
-    Column("location_id", String(80), nullable=False),
-    Column("subject", String(200), nullable=False, default=""),
-    Column("detail", Text, nullable=False, default="{}"),
-)
+from bigbang.store.ledger import Ledger, now
+from bigbang.store.schema import field_audit, field_checks
 
 REQUEST_KEY = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 PROBLEM_CATEGORIES = ("hardware", "image", "network", "peripheral", "access", "user", "other")
@@ -94,11 +59,7 @@ class FieldStore:
 
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
-        self.engine = ledger.engine
-        try:
-            field_metadata.create_all(self.engine)
-        except (IntegrityError, OperationalError):
-            field_metadata.create_all(self.engine)  # another process created them at the same moment
+        self.engine = ledger.engine  # the ledger created every table of the schema
 
     # ------------------------------------------------------------ reads
     def checks(self, run_id: str, location_id: str | None = None) -> dict[tuple[str, str], CheckState]:

@@ -9,6 +9,7 @@ system; the sync to an external system catches up from there (see sync.py).
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections import defaultdict
@@ -17,13 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     and_,
     bindparam,
     delete,
@@ -50,6 +44,8 @@ from bigbang.defects.triage import (
 )
 from bigbang.errors import UserError
 from bigbang.inventory.model import Inventory
+from bigbang.store.schema import collections, defects, history, lock, metadata, observations, reports, tickets
+from bigbang.store.schema import defect_problems as problems
 
 STATES = ("new", "triaged", "in_progress", "resolved", "closed")
 OPEN_STATES = ("new", "triaged", "in_progress")
@@ -69,117 +65,6 @@ class DefectError(UserError):
     """A support-queue request that cannot be done as asked."""
 
 
-metadata = MetaData()
-
-defects = Table(
-    "defects", metadata,
-    Column("key", String(16), primary_key=True),
-    Column("problem_key", String(16), index=True),
-    Column("target", String(120), nullable=False, index=True),
-    Column("target_kind", String(20), nullable=False),
-    Column("location_id", String(80), index=True),
-    Column("model", String(120), nullable=False),
-    Column("check_name", String(80), nullable=False),
-    Column("signature", String(300), nullable=False),
-    Column("category", String(60), nullable=False, index=True),
-    Column("source", String(20), nullable=False),
-    Column("title", String(300), nullable=False),
-    Column("message", Text, nullable=False),
-    Column("state", String(20), nullable=False, index=True),
-    Column("priority", Integer, nullable=False),
-    Column("score", Float, nullable=False),
-    Column("affected", Integer, nullable=False),
-    Column("assignee", String(120)),
-    Column("occurrences", Integer, nullable=False),
-    Column("reopened", Integer, nullable=False, default=0),
-    Column("first_seen", Float, nullable=False),
-    Column("last_seen", Float, nullable=False),
-    Column("resolved_at", Float),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("run_id", String(80)),
-)
-
-observations = Table(
-    "defect_observations", metadata,
-    Column("obs_id", String(300), primary_key=True),
-    Column("defect_key", String(16), nullable=False, index=True),
-    Column("source", String(20), nullable=False),
-    Column("check_name", String(80), nullable=False),
-    Column("failing", Integer, nullable=False),
-    Column("message", Text, nullable=False),
-    Column("reporter", String(200), nullable=False, default=""),
-    Column("observed_at", Float, nullable=False),
-    Column("details", Text, nullable=False, default="{}"),
-)
-
-history = Table(
-    "defect_history", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("defect_key", String(16), nullable=False, index=True),
-    Column("at", Float, nullable=False),
-    Column("actor", String(120), nullable=False),
-    Column("action", String(20), nullable=False),  # created, state, assigned, comment, priority, reopened, resolved
-    Column("from_state", String(20)),
-    Column("to_state", String(20)),
-    Column("text", Text, nullable=False, default=""),
-)
-
-problems = Table(
-    "defect_problems", metadata,
-    Column("key", String(16), primary_key=True),
-    Column("signature", String(300), nullable=False),
-    Column("model", String(120), nullable=False),
-    Column("category", String(60), nullable=False),
-    Column("title", String(300), nullable=False),
-    Column("defects", Integer, nullable=False),
-    Column("locations", Integer, nullable=False),
-    Column("priority", Integer, nullable=False),
-    Column("first_seen", Float, nullable=False),
-    Column("last_seen", Float, nullable=False),
-)
-
-# End-user reports (CSV import or the intake endpoint), waiting for the next collection.
-reports = Table(
-    "defect_reports", metadata,
-    Column("report_id", String(64), primary_key=True),
-    Column("received_at", Float, nullable=False),
-    Column("reported_at", Float, nullable=False),
-    Column("device", String(120)),
-    Column("location_id", String(80)),
-    Column("category", String(60), nullable=False),
-    Column("text", Text, nullable=False),
-    Column("reporter", String(200), nullable=False, default=""),
-    Column("channel", String(20), nullable=False),
-    Column("processed_at", Float, index=True),
-)
-
-# One row per defect and external ticket system: what was pushed there, and the last failure.
-tickets = Table(
-    "defect_tickets", metadata,
-    Column("defect_key", String(16), primary_key=True),
-    Column("system", String(40), primary_key=True),
-    Column("external_id", String(80)),
-    Column("synced_version", Integer, nullable=False, default=0),
-    Column("synced_history_id", Integer, nullable=False, default=0),
-    Column("last_error", Text),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("updated_at", Float, nullable=False),
-)
-
-collections = Table(
-    "defect_collections", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(80)),
-    Column("started_at", Float, nullable=False),
-    Column("finished_at", Float),
-    Column("summary", Text, nullable=False, default="{}"),
-    Column("errors", Text, nullable=False, default="[]"),
-)
-
-# A single row taken as a write lock by apply() on SQLite (PostgreSQL uses an advisory lock).
-lock = Table("defect_lock", metadata, Column("id", Integer, primary_key=True), Column("n", Integer, nullable=False))
 _ADVISORY_LOCK = 0x6269_6762  # "bigb"
 
 
@@ -237,7 +122,7 @@ class DefectQueue:
 
     @classmethod
     def open(cls, ledger_url: str | None = None) -> DefectQueue:
-        from bigbang.ledger import Ledger
+        from bigbang.store.ledger import Ledger
 
         return cls(Ledger(ledger_url).engine)
 
@@ -338,13 +223,13 @@ class DefectQueue:
             every = {**existing, **created}
             groups = group_problems(every.values())
             problem_rows = []
-            in_group: dict[str, tuple[str, int]] = {}
+            in_group: dict[str, tuple[str | None, int]] = {}
             for pkey, members in groups.items():
                 affected = len({m["target"] for m in members})
                 for m in members:
                     in_group[m["key"]] = (pkey, affected)
             for key, row in every.items():
-                pkey, affected = in_group.get(key, (None, 0))
+                problem_key, affected = in_group.get(key, (None, 0))
                 if not affected:
                     affected = targets.resolve(row["target"], row["location_id"]).users
                 crit = targets.resolve(row["target"], row["location_id"]).criticality
@@ -352,7 +237,7 @@ class DefectQueue:
                                     category=row["category"]), 3)
                 level = priority(rule, value)
                 was = (row["problem_key"], row["affected"], row["priority"], row["score"])
-                row.update(problem_key=pkey, affected=affected, score=value)
+                row.update(problem_key=problem_key, affected=affected, score=value)
                 if level != row["priority"]:
                     if key not in created and row["state"] in OPEN_STATES:
                         hist.append(self._hist(key, now, actor, "priority", None, None,
@@ -418,7 +303,7 @@ class DefectQueue:
 
     def list(self, *, location: str | None = None, category: str | None = None, priority: int | None = None,
              state: str | Sequence[str] | None = None, assignee: str | None = None, problem: str | None = None,
-             limit: int | None = 500, offset: int = 0) -> list[dict[str, Any]]:
+             limit: int | None = 500, offset: int = 0) -> builtins.list[dict[str, Any]]:
         query = select(defects)
         if location:
             query = query.where(defects.c.location_id == location)
@@ -448,9 +333,10 @@ class DefectQueue:
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
-            return dict(conn.execute(select(defects.c.state, func.count()).group_by(defects.c.state)).all())
+            rows = conn.execute(select(defects.c.state, func.count()).group_by(defects.c.state)).all()
+        return {str(state): int(n) for state, n in rows}
 
-    def facets(self) -> dict[str, list[str]]:
+    def facets(self) -> dict[str, builtins.list[str]]:
         """Values for the list's filters."""
         with self.engine.connect() as conn:
             locs = conn.execute(select(defects.c.location_id).distinct()).scalars().all()
@@ -458,13 +344,13 @@ class DefectQueue:
         return {"location": sorted(x for x in locs if x), "category": sorted(cats), "status": list(STATES),
                 "priority": ["1", "2", "3", "4"]}
 
-    def history(self, key: str) -> list[dict[str, Any]]:
+    def history(self, key: str) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(history).where(history.c.defect_key == key).order_by(history.c.id)).mappings()
             return [dict(r) for r in rows]
 
     def observations(self, key: str | None = None, *, target: str | None = None,
-                     source: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+                     source: str | None = None, limit: int = 200) -> builtins.list[dict[str, Any]]:
         query = select(observations)
         if key:
             query = query.where(observations.c.defect_key == key)
@@ -478,7 +364,7 @@ class DefectQueue:
             rows = conn.execute(query.order_by(observations.c.observed_at.desc()).limit(limit)).mappings()
             return [dict(r) for r in rows]
 
-    def problems(self) -> list[dict[str, Any]]:
+    def problems(self) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(problems).order_by(problems.c.priority, problems.c.defects.desc())).mappings()
             return [dict(r) for r in rows]
@@ -547,7 +433,7 @@ class DefectQueue:
                 conn.execute(insert(reports), list(new.values()))
         return len(new)
 
-    def pending_reports(self) -> list[dict[str, Any]]:
+    def pending_reports(self) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(reports).where(reports.c.processed_at.is_(None))
                                 .order_by(reports.c.reported_at)).mappings()
@@ -565,13 +451,13 @@ class DefectQueue:
             return conn.execute(insert(collections).values(run_id=run_id, started_at=time.time())
                                 .returning(collections.c.id)).scalar_one()
 
-    def finish_collection(self, collection_id: int, summary: dict[str, Any], errors: list[str]) -> None:
+    def finish_collection(self, collection_id: int, summary: dict[str, Any], errors: builtins.list[str]) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(collections).where(collections.c.id == collection_id).values(
                 finished_at=time.time(), summary=json.dumps(summary, sort_keys=True, default=str),
                 errors=json.dumps(errors)))
 
-    def collections(self, limit: int = 20) -> list[dict[str, Any]]:
+    def collections(self, limit: int = 20) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(collections).order_by(collections.c.id.desc()).limit(limit)).mappings()
             out = []
@@ -586,7 +472,7 @@ class DefectQueue:
             return conn.execute(select(func.count()).select_from(collections)).scalar_one()
 
     # ------------------------------------------------------------ external tickets
-    def unsynced(self, system: str) -> list[dict[str, Any]]:
+    def unsynced(self, system: str) -> builtins.list[dict[str, Any]]:
         """Defects whose latest version has not reached `system` yet, oldest first."""
         query = (select(defects, tickets.c.external_id, tickets.c.synced_version, tickets.c.synced_history_id)
                  .select_from(defects.outerjoin(tickets, and_(tickets.c.defect_key == defects.c.key,
@@ -602,7 +488,7 @@ class DefectQueue:
                                ).mappings().first()
         return dict(row) if row else None
 
-    def history_since(self, key: str, after_id: int) -> list[dict[str, Any]]:
+    def history_since(self, key: str, after_id: int) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(history).where(and_(history.c.defect_key == key, history.c.id > after_id))
                                 .order_by(history.c.id)).mappings()

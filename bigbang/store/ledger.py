@@ -1,4 +1,4 @@
-"""The run ledger: the source of truth for every step's outcome.
+"""The run ledger: the source of truth for a run, its frozen plan and every step's outcome.
 
 SQLite by default, any SQLAlchemy URL (PostgreSQL) for shared use. Writes go
 through one writer thread that commits in small batches (group commit), so
@@ -22,14 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
     and_,
     create_engine,
     event,
@@ -41,103 +34,22 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from bigbang.errors import ConfigError, LedgerError
-
-FINAL = ("succeeded", "failed", "skipped")
-
-metadata = MetaData()
-
-runs = Table(
-    "runs", metadata,
-    Column("run_id", String(80), primary_key=True),
-    Column("rollout", String(200), nullable=False),
-    Column("inventory", Text, nullable=False),
-    Column("inventory_digest", String(32), nullable=False),
-    Column("plan_digest", String(32), nullable=False),
-    Column("mode", String(20), nullable=False),
-    Column("options", Text, nullable=False, default="{}"),
-    Column("status", String(20), nullable=False),
-    Column("halted_reason", Text),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("finished_at", Float),
+from bigbang.status import LocationStatus, RunStatus, StepStatus
+from bigbang.store.schema import (
+    events,
+    locations,
+    metadata,
+    problems,
+    run_plans,
+    run_schedules,
+    runs,
+    signoffs,
+    sim_effects,
+    steps,
 )
 
-steps = Table(
-    "steps", metadata,
-    Column("run_id", String(80), primary_key=True),
-    Column("step_id", String(200), primary_key=True),
-    Column("scope", String(80), nullable=False, index=True),  # location id, or "servers"
-    Column("target", String(120), nullable=False),
-    Column("kind", String(40), nullable=False),
-    Column("status", String(20), nullable=False),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("changed", Boolean, nullable=False, default=False),
-    Column("message", Text, nullable=False, default=""),
-    Column("facts", Text, nullable=False, default="{}"),
-    Column("started_at", Float),
-    Column("finished_at", Float),
-    Column("sim_seconds", Float),
-    Column("worker", String(120)),
-)
-
-locations = Table(
-    "locations", metadata,
-    Column("run_id", String(80), primary_key=True),
-    Column("location_id", String(80), primary_key=True),
-    Column("status", String(40), nullable=False),  # completed_with_failures: 23 characters
-    Column("reason", Text, nullable=False, default=""),
-    Column("devices", Integer, nullable=False, default=0),
-    Column("devices_failed", Integer, nullable=False, default=0),
-    Column("devices_skipped", Integer, nullable=False, default=0),
-    Column("started_at", Float),
-    Column("finished_at", Float),
-    Column("worker", String(120)),
-)
-
-events = Table(
-    "events", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(80), nullable=False, index=True),
-    Column("at", Float, nullable=False),
-    Column("kind", String(40), nullable=False),
-    Column("subject", String(200), nullable=False, default=""),
-    Column("message", Text, nullable=False, default=""),
-)
-
-# A technician's sign-off releases a location's gate (written by the field app or `bigbang signoff`).
-signoffs = Table(
-    "signoffs", metadata,
-    Column("run_id", String(80), primary_key=True),
-    Column("location_id", String(80), primary_key=True),
-    Column("signed_by", String(120), nullable=False),
-    Column("signed_at", Float, nullable=False),
-    Column("note", Text, nullable=False, default=""),
-)
-
-# Problems technicians note in the field (field app or CLI); the defect flow turns them into defects.
-# `problem_id` is the client's idempotency key: a retried request never files a problem twice.
-problems = Table(
-    "problems", metadata,
-    Column("problem_id", String(64), primary_key=True),
-    Column("run_id", String(80), nullable=False, index=True),
-    Column("location_id", String(80), nullable=False),
-    Column("device", String(120)),
-    Column("category", String(60), nullable=False),
-    Column("text", Text, nullable=False),
-    Column("reported_by", String(120), nullable=False),
-    Column("reported_at", Float, nullable=False),
-    Column("source", String(40), nullable=False, default="field"),
-)
-
-# Side effects of the simulated connector: one row per applied change, so a
-# rehearsal's "devices" are changed exactly once even across crashes and workers.
-sim_effects = Table(
-    "sim_effects", metadata,
-    Column("run_id", String(80), primary_key=True),
-    Column("step_id", String(200), primary_key=True),
-    Column("applied_at", Float, nullable=False),
-    Column("worker", String(120)),
-)
+FINAL = tuple(s.value for s in StepStatus if s.final)
+CHECKED_IN = "location.checked_in"
 
 
 def default_state_dir() -> Path:
@@ -162,18 +74,35 @@ class StepRecord:
     scope: str
     target: str
     kind: str
-    status: str
+    status: StepStatus
     attempts: int = 0
     changed: bool = False
     message: str = ""
     facts: dict[str, Any] | None = None
-    started_at: float | None = None
+    started_at: float | None = None  # wall time
     finished_at: float | None = None
-    sim_seconds: float | None = None
+    clock_start: float | None = None  # on the run's clock (bigbang.clock)
+    clock_end: float | None = None
 
     @property
     def final(self) -> bool:
-        return self.status in FINAL
+        return StepStatus(self.status).final
+
+    @property
+    def finished(self) -> bool:
+        return StepStatus(self.status).finished
+
+
+@dataclass(frozen=True)
+class FrozenPlan:
+    """A run's plan as frozen in the store: the plan and the validated inventory it came from."""
+
+    version: int
+    plan: dict[str, Any]
+    inventory: dict[str, Any]
+    plan_digest: str
+    inventory_digest: str
+    note: str
 
 
 class Ledger:
@@ -209,17 +138,83 @@ class Ledger:
         return self.engine.url.render_as_string(hide_password=True)
 
     # ------------------------------------------------------------ runs
-    def create_run(self, run_id: str, *, rollout: str, inventory: str, inventory_digest: str,
-                   plan_digest: str, mode: str, options: dict[str, Any]) -> None:
+    def create_run(self, run_id: str, *, rollout: str, inventory: str, mode: str, options: dict[str, Any],
+                   clock: str, plan: dict[str, Any], inventory_data: dict[str, Any], plan_digest: str,
+                   inventory_digest: str, schedule: dict[str, Any] | None = None) -> None:
+        """Create the run with its frozen plan (version 1) in one transaction: a run never exists without it."""
         t = now()
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
                 run_id=run_id, rollout=rollout, inventory=inventory, inventory_digest=inventory_digest,
                 plan_digest=plan_digest, mode=mode, options=json.dumps(options, sort_keys=True),
-                status="running", created_at=t, updated_at=t,
+                status=RunStatus.RUNNING, created_at=t, updated_at=t, clock=clock, clock_origin=t,
+                pace_clock=0.0, plan_version=1,
             ))
+            self._insert_plan(conn, run_id, 1, plan, inventory_data, plan_digest, inventory_digest, "")
+            if schedule is not None:
+                conn.execute(run_schedules.insert().values(run_id=run_id, schedule=json.dumps(schedule, sort_keys=True),
+                                                           saved_at=t))
             conn.execute(events.insert().values(run_id=run_id, at=t, kind="run.created", subject=run_id,
                                                 message=f"{mode} of {inventory}"))
+
+    def new_plan_version(self, run_id: str, plan: dict[str, Any], inventory_data: dict[str, Any],
+                         plan_digest: str, inventory_digest: str, note: str) -> int:
+        """Freeze a changed plan as the run's next version (resume with --accept-inventory-changes)."""
+        with self.engine.begin() as conn:
+            version = 1 + (conn.execute(select(func.max(run_plans.c.version))
+                                        .where(run_plans.c.run_id == run_id)).scalar() or 0)
+            self._insert_plan(conn, run_id, version, plan, inventory_data, plan_digest, inventory_digest, note)
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(
+                plan_version=version, plan_digest=plan_digest, inventory_digest=inventory_digest, updated_at=now()))
+            conn.execute(events.insert().values(run_id=run_id, at=now(), kind="run.plan_changed", subject=run_id,
+                                                message=f"plan version {version}: {note}"))
+        return version
+
+    @staticmethod
+    def _insert_plan(conn: Any, run_id: str, version: int, plan: dict[str, Any], inventory_data: dict[str, Any],
+                     plan_digest: str, inventory_digest: str, note: str) -> None:
+        conn.execute(run_plans.insert().values(
+            run_id=run_id, version=version, plan_digest=plan_digest, inventory_digest=inventory_digest,
+            plan=json.dumps(plan, sort_keys=True, default=str), inventory=json.dumps(inventory_data, default=str),
+            created_at=now(), note=note))
+
+    def frozen_plan(self, run_id: str, version: int | None = None) -> FrozenPlan | None:
+        """The run's plan as frozen (its latest version unless `version` is given)."""
+        query = select(run_plans).where(run_plans.c.run_id == run_id)
+        query = (query.where(run_plans.c.version == version) if version is not None
+                 else query.order_by(run_plans.c.version.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        return FrozenPlan(row["version"], json.loads(row["plan"]), json.loads(row["inventory"]), row["plan_digest"],
+                          row["inventory_digest"], row["note"])
+
+    def run_schedule(self, run_id: str) -> dict[str, Any] | None:
+        """The schedule (`bigbang schedule`) the run started with, if it followed one."""
+        with self.engine.connect() as conn:
+            text = conn.execute(select(run_schedules.c.schedule).where(run_schedules.c.run_id == run_id)).scalar()
+        return json.loads(text) if text else None
+
+    def pace(self, run_id: str, real: float) -> tuple[float, float]:
+        """(real time, clock time) that playback counts from: set once by the first unit that starts."""
+        with self.engine.begin() as conn:
+            conn.execute(update(runs).where(and_(runs.c.run_id == run_id, runs.c.pace_real.is_(None)))
+                         .values(pace_real=real))
+            row = conn.execute(select(runs.c.pace_real, runs.c.pace_clock).where(runs.c.run_id == run_id)).first()
+        if row is None:
+            raise LedgerError(f"no run {run_id} in the ledger {self.safe_url}")
+        return float(row[0]), float(row[1])
+
+    def clock_end(self, run_id: str, step_ids: Iterable[str]) -> float | None:
+        """The latest end on the run's clock among these steps; None if none has ended."""
+        ids = list(step_ids)
+        if not ids:
+            return None
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(steps.c.clock_end)).where(
+                and_(steps.c.run_id == run_id, steps.c.step_id.in_(ids)))).scalar()
+        return float(value) if value is not None else None
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -235,9 +230,9 @@ class Ledger:
             rows = conn.execute(select(runs).order_by(runs.c.created_at.desc()).limit(limit)).mappings().all()
         return [dict(r) for r in rows]
 
-    def set_run_status(self, run_id: str, status: str, *, halted_reason: str | None = None) -> None:
+    def set_run_status(self, run_id: str, status: RunStatus, *, halted_reason: str | None = None) -> None:
         values: dict[str, Any] = {"status": status, "updated_at": now()}
-        if status in ("completed", "halted", "interrupted", "failed"):
+        if RunStatus(status).finished:
             values["finished_at"] = now()
         if halted_reason is not None:
             values["halted_reason"] = halted_reason
@@ -245,20 +240,22 @@ class Ledger:
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
 
     def reopen_run(self, run_id: str, options: dict[str, Any], note: str = "") -> None:
-        """A resumed run runs again, with another chance past an earlier halt."""
+        """A resumed run runs again, with another chance past an earlier halt. Playback counts again from
+        where the run's clock got to (set when the first unit starts)."""
         with self.engine.begin() as conn:
+            reached = conn.execute(select(func.max(steps.c.clock_end)).where(steps.c.run_id == run_id)).scalar()
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(
-                status="running", halted_reason=None, finished_at=None, updated_at=now(),
-                options=json.dumps(options, sort_keys=True)))
+                status=RunStatus.RUNNING, halted_reason=None, halted_clock=None, finished_at=None, updated_at=now(),
+                options=json.dumps(options, sort_keys=True), pace_real=None, pace_clock=float(reached or 0.0)))
             conn.execute(events.insert().values(run_id=run_id, at=now(), kind="run.resumed", subject=run_id,
                                                 message=note))
 
-    def halt_run(self, run_id: str, reason: str) -> bool:
-        """Mark the run halted once; True if this call did it."""
+    def halt_run(self, run_id: str, reason: str, at: float) -> bool:
+        """Mark the run halted once, at `at` on the run's clock; True if this call did it."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(runs).where(and_(runs.c.run_id == run_id, runs.c.halted_reason.is_(None)))
-                .values(halted_reason=reason, updated_at=now())
+                .values(halted_reason=reason, halted_clock=at, updated_at=now())
                 .returning(runs.c.run_id)
             )
             done = result.first() is not None
@@ -267,9 +264,21 @@ class Ledger:
                                                     subject=run_id, message=reason))
             return done
 
-    def halted_reason(self, run_id: str) -> str | None:
+    def halted_reason(self, run_id: str, by: float | None = None) -> str | None:
+        """Why the rollout halted; with `by`, only if it halted at or before that moment on the run's clock."""
         with self.engine.connect() as conn:
-            return conn.execute(select(runs.c.halted_reason).where(runs.c.run_id == run_id)).scalar()
+            row = conn.execute(select(runs.c.halted_reason, runs.c.halted_clock).where(runs.c.run_id == run_id)).first()
+        if row is None or row[0] is None:
+            return None
+        if by is not None and row[1] is not None and row[1] > by:
+            return None
+        return str(row[0])
+
+    def checked_in(self, run_id: str, location_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(events.c.id).where(and_(
+                events.c.run_id == run_id, events.c.kind == CHECKED_IN, events.c.subject == location_id,
+            )).limit(1)).first() is not None
 
     def add_event(self, run_id: str, kind: str, subject: str = "", message: str = "") -> None:
         with self.engine.begin() as conn:
@@ -284,13 +293,14 @@ class Ledger:
     def record_step(self, run_id: str, record: StepRecord) -> None:
         self._put(("step", (run_id, record)))
 
-    def record_location(self, run_id: str, location_id: str, status: str, *, reason: str = "",
+    def record_location(self, run_id: str, location_id: str, status: LocationStatus, *, reason: str = "",
                         devices: int = 0, devices_failed: int = 0, devices_skipped: int = 0,
-                        started_at: float | None = None, finished_at: float | None = None) -> None:
+                        started_at: float | None = None, finished_at: float | None = None,
+                        clock_start: float | None = None, clock_end: float | None = None) -> None:
         self._put(("location", dict(
             run_id=run_id, location_id=location_id, status=status, reason=reason, devices=devices,
             devices_failed=devices_failed, devices_skipped=devices_skipped, started_at=started_at,
-            finished_at=finished_at, worker=self.worker,
+            finished_at=finished_at, clock_start=clock_start, clock_end=clock_end, worker=self.worker,
         )))
 
     def flush(self, timeout: float = 120.0) -> None:
@@ -366,7 +376,7 @@ class Ledger:
                 run_id=run_id, step_id=r.step_id, scope=r.scope, target=r.target, kind=r.kind,
                 status=r.status, attempts=r.attempts, changed=r.changed, message=r.message[:4000],
                 facts=json.dumps(r.facts or {}, sort_keys=True, default=str), started_at=r.started_at,
-                finished_at=r.finished_at, sim_seconds=r.sim_seconds, worker=self.worker,
+                finished_at=r.finished_at, clock_start=r.clock_start, clock_end=r.clock_end, worker=self.worker,
             )
         rows = [latest[key] for key in sorted(latest)]  # one lock order for all writers: no deadlocks
         insert = _insert(self.dialect)
@@ -427,6 +437,11 @@ class Ledger:
                                                     subject=location_id, message=f"by {signed_by}. {note}".strip()))
             return done
 
+    def signoffs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(signoffs).where(signoffs.c.run_id == run_id)).mappings().all()
+        return {r["location_id"]: dict(r) for r in rows}
+
     def signoff(self, run_id: str, location_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(signoffs).where(
@@ -482,20 +497,22 @@ class Ledger:
 def _record(row: Any) -> StepRecord:
     return StepRecord(
         step_id=row["step_id"], scope=row["scope"], target=row["target"], kind=row["kind"],
-        status=row["status"], attempts=row["attempts"], changed=bool(row["changed"]),
+        status=StepStatus(row["status"]), attempts=row["attempts"], changed=bool(row["changed"]),
         message=row["message"] or "", facts=json.loads(row["facts"] or "{}"),
-        started_at=row["started_at"], finished_at=row["finished_at"], sim_seconds=row["sim_seconds"],
+        started_at=row["started_at"], finished_at=row["finished_at"], clock_start=row["clock_start"],
+        clock_end=row["clock_end"],
     )
 
 
-def _insert(dialect: str):
+def _insert(dialect: str) -> Any:
+    """The dialect's INSERT with ON CONFLICT (both take the same arguments here)."""
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # pragma: no cover - checked in _engine
-        raise ConfigError(f"unsupported ledger database '{dialect}' (use SQLite or PostgreSQL)")
-    return insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        return sqlite_insert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        return pg_insert
+    raise ConfigError(f"unsupported ledger database '{dialect}' (use SQLite or PostgreSQL)")
 
 
 def _engine(url: str) -> Engine:

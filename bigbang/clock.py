@@ -1,0 +1,284 @@
+"""The run's clock: every wait of a run goes through it, and every recorded time comes from it.
+
+Times are seconds on the run's timeline, counted from its origin (when the run's work began).
+
+- `WallClock` (live): the timeline is real time; waits are real sleeps; parallel work runs on threads.
+- `SimulatedClock` (rehearsal): a discrete-event view of the weekend. Time is virtual and advances only
+  when every participant of a unit (the devices of a location, the servers of a wave) is waiting; the
+  participants then run one at a time, earliest wake-up first, ties in a fixed order. A step therefore
+  starts when its slot, its dependencies and its crew allow and ends after its simulated duration,
+  whatever the machine is doing. Compression only paces playback (`None`: as fast as the machine
+  allows); the timeline is the same at any compression.
+
+Units of one process also agree on causality across locations: before a location reads state that
+others write (a rollout halt), it waits until every other unit of the run has reached its start time
+(`Timeline.wait_for`), so two rehearsals with the same inputs decide the same way.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+INFINITY = float("inf")
+
+
+class Clock(Protocol):
+    """What the runner and the connectors wait on."""
+
+    def now(self) -> float:
+        """Seconds since the run's origin."""
+        ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def sleep_until(self, moment: float) -> None: ...
+
+    def parallel(self, items: Sequence[T], work: Callable[[T], R], width: int, name: str) -> list[R]:
+        """`work` over `items`, at most `width` at once; results in the order of `items`."""
+        ...
+
+    def close(self) -> None:
+        """This unit's work is over (other units stop waiting for it)."""
+        ...
+
+
+_current = threading.local()
+
+
+def current_clock() -> Clock:
+    """The clock of the unit this thread works for (connectors wait on it). Outside a run's units (a
+    defect probe reading devices) a thread gets a clock of its own on which waiting takes no time."""
+    clock = getattr(_current, "clock", None)
+    if clock is None:
+        clock = SimulatedClock(0.0, Pace(None, 0.0))
+    return clock
+
+
+def _bind(clock: Clock) -> None:
+    _current.clock = clock
+
+
+# ---------------------------------------------------------------- live
+
+
+class WallClock:
+    def __init__(self, origin: float):
+        self.origin = origin
+        _bind(self)
+
+    def now(self) -> float:
+        return time.time() - self.origin
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def sleep_until(self, moment: float) -> None:
+        self.sleep(moment - self.now())
+
+    def parallel(self, items: Sequence[T], work: Callable[[T], R], width: int, name: str) -> list[R]:
+        if not items:
+            return []
+
+        def bound(item: T) -> R:
+            _bind(self)
+            return work(item)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(width, len(items))), thread_name_prefix=name) as pool:
+            return list(pool.map(bound, items))
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- rehearsal
+
+
+@dataclass
+class Pace:
+    """How virtual time maps onto real time for playback: `compression` simulated seconds per real
+    second from (`real_origin`, `sim_origin`); None plays as fast as the machine allows."""
+
+    compression: float | None
+    real_origin: float
+    sim_origin: float = 0.0
+
+    def wait_for(self, moment: float) -> None:
+        if not self.compression:
+            return
+        delay = self.real_origin + (moment - self.sim_origin) / self.compression - time.time()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class Timeline:
+    """The units (prechecks, server waves, locations) of one run in this process and how far each got.
+
+    A unit not started yet cannot act before its slot nor before its upstream units got to where they
+    are, so `wait_for(unit, t)` waits until every other unit is at or past `t`, or done. A unit waiting
+    here is at `t` itself, so the unit furthest behind can always go on: no deadlock.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._offset: dict[str, float] = {}
+        self._upstream: dict[str, tuple[str, ...]] = {}
+        self._at: dict[str, float] = {}  # running: how far; done: where it ended
+        self._done: set[str] = set()
+
+    def declare(self, unit: str, offset: float, upstream: Iterable[str] = ()) -> None:
+        with self._cv:
+            self._offset[unit] = offset
+            self._upstream[unit] = tuple(upstream)
+
+    def advance(self, unit: str, moment: float) -> None:
+        with self._cv:
+            if moment > self._at.get(unit, -INFINITY):
+                self._at[unit] = moment
+                self._cv.notify_all()
+
+    def done(self, unit: str) -> None:
+        with self._cv:
+            self._done.add(unit)
+            self._cv.notify_all()
+
+    def wait_for(self, unit: str, moment: float, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            self.advance(unit, moment)
+            while any(self._floor(other) < moment for other in self._offset if other != unit):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return  # never hang a run on a unit that died without saying so
+                self._cv.wait(min(left, 1.0))
+
+    def _floor(self, unit: str) -> float:
+        if unit in self._done:
+            return INFINITY
+        return self._progress(unit)
+
+    def _progress(self, unit: str, depth: int = 0) -> float:
+        if unit in self._at:
+            return self._at[unit]
+        if depth > 10_000:  # the plan has no cycles; this only guards against a bug
+            return INFINITY
+        ups = [self._progress(u, depth + 1) for u in self._upstream.get(unit, ()) if u in self._offset]
+        return max([self._offset.get(unit, 0.0), *ups])
+
+
+class SimulatedClock:
+    """A unit's virtual clock; see the module docstring."""
+
+    def __init__(self, start: float, pace: Pace, timeline: Timeline | None = None, unit: str = ""):
+        self._now = start
+        self._pace = pace
+        self._timeline = timeline
+        self._unit = unit
+        self._cv = threading.Condition()
+        self._queue: list[tuple[float, int, int]] = []  # (wake-up, order, participant)
+        self._order = itertools.count()
+        self._turn: int | None = None  # the participant that may run; None: the unit's own thread
+        self._participants = 0
+        _bind(self)
+        self._advance_timeline(start)
+
+    def now(self) -> float:
+        return self._now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleep_until(self._now + max(0.0, seconds))
+
+    def sleep_until(self, moment: float) -> None:
+        me = getattr(_current, "participant", None)
+        with self._cv:
+            if me is None or self._participants == 0:  # the unit's own thread, alone
+                if moment > self._now:
+                    self._pace.wait_for(moment)
+                    self._now = moment
+                    self._advance_timeline(moment)
+                return
+            heapq.heappush(self._queue, (max(moment, self._now), next(self._order), me))
+            self._hand_over()
+            while self._turn != me:
+                self._cv.wait()
+
+    def parallel(self, items: Sequence[T], work: Callable[[T], R], width: int, name: str) -> list[R]:
+        if not items:
+            return []
+        todo = iter(enumerate(items))
+        results: dict[int, R] = {}
+        errors: list[BaseException] = []
+        count = max(1, min(width, len(items)))
+        finished = threading.Event()
+
+        def participant(me: int) -> None:
+            _bind(self)
+            _current.participant = me
+            with self._cv:
+                while self._turn != me:
+                    self._cv.wait()
+            try:
+                for index, item in todo:  # only the participant holding the turn pulls the next item
+                    try:
+                        results[index] = work(item)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the unit's thread below
+                        errors.append(exc)
+            finally:
+                with self._cv:
+                    self._participants -= 1
+                    if self._participants == 0:
+                        self._turn = None
+                        finished.set()
+                    else:
+                        self._hand_over()
+
+        with self._cv:
+            self._participants = count
+            for me in range(count):  # everyone starts now, in lane order
+                heapq.heappush(self._queue, (self._now, next(self._order), me))
+        threads = [threading.Thread(target=participant, args=(me,), name=f"{name}-{me}", daemon=True)
+                   for me in range(count)]
+        for thread in threads:
+            thread.start()
+        with self._cv:
+            self._hand_over()
+        finished.wait()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return [results[i] for i in range(len(items))]
+
+    def close(self) -> None:
+        if self._timeline is not None:
+            self._timeline.done(self._unit)
+
+    def _hand_over(self) -> None:
+        """Give the turn to the earliest waiting participant, moving time to its wake-up (lock held)."""
+        if not self._queue:
+            return
+        moment, _, who = heapq.heappop(self._queue)
+        if moment > self._now:
+            self._cv.release()  # pacing must not hold up the other threads' bookkeeping
+            try:
+                self._pace.wait_for(moment)
+            finally:
+                self._cv.acquire()
+            self._now = moment
+            self._advance_timeline(moment)
+        self._turn = who
+        self._cv.notify_all()
+
+    def _advance_timeline(self, moment: float) -> None:
+        if self._timeline is not None:
+            self._timeline.advance(self._unit, moment)
