@@ -34,6 +34,12 @@ def plain(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def one_line(text: str) -> str:
+    """A message on one line: a driver's multi-line text joined, its "Background on this error" dropped."""
+    lines = [line.strip() for line in text.splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith("(Background on this error"))
+
+
 err = console(stderr=True)
 
 
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(plain(f"error: {exc}"))
         return 1
     except (UserError, LedgerError) as exc:  # a ledger that cannot be opened is the user's to fix
-        err.print(plain(f"error: {exc}"))
+        err.print(plain(f"error: {one_line(str(exc))}"))
         return 1
     except BrokenPipeError:
         return 1

@@ -151,7 +151,7 @@ def read_rows(path: Path, delimiter: str | None = None,
         raise UserError(f"{display}:{header_line}: the header needs at least 'location_id' and 'hostname' columns",
                         hint=f"found: {', '.join(h.strip()[:60] for h in header)[:500]}")
 
-    def refuse(line: int, message: str, column: str = "") -> None:
+    def refuse(line: int, message: str, column: str = "row") -> None:
         problems.append(Problem(display, line, column, message))
         refused.add(line)
 

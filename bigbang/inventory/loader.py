@@ -114,6 +114,7 @@ class _Loader:
         self.data: dict[str, Any] = {"teams": [], "servers": [], "locations": []}
         self.secret_paths: set[PathT] = set()
         self.reported: list[tuple[str, str]] = []  # (file, path) already reported: later checks stay quiet
+        self.unread = False  # a file could not be read: what it held is unknown
 
     # ------------------------------------------------------------ read and merge
     def read(self) -> str:
@@ -138,6 +139,7 @@ class _Loader:
             self.problems.extend(yf.problems)
             self.reported.extend((yf.display, format_path(p)) for p in yf.bad_paths)
             if yf.data is None:
+                self.unread = True
                 continue
             self._merge_file(yf)
         return digest.hexdigest()[:16]
@@ -361,6 +363,8 @@ class _Loader:
             except ValidationError as exc:
                 self._pydantic_problems(exc, ("connectors", name), ctype.settings_model)
         if "rollout" not in raw:
+            if self.unread:  # it may be in the file that could not be read
+                return None
             self.problems.append(Problem(_display(self.root), 1, "rollout", "missing required section 'rollout'"))
             return None
         try:

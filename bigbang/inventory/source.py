@@ -304,6 +304,8 @@ class YamlFile:
         for line, message in sorted(self._bad_lines.items()):
             i = bisect.bisect_right(lines, line) - 1
             path = self._events[i][1] if i >= 0 else ()
+            if self.data is None and lines and line > lines[-1]:
+                path = ()  # after a syntax error: what it belongs to is unknown
             self._problem(line, path, message)
             self.bad_paths.add(path)
 
@@ -345,10 +347,10 @@ class YamlFile:
 
         def key_of(event: yaml.ScalarEvent, line: int, path: PathT) -> Any:
             text = event.value
-            if event.style is None and text == "<<":
+            if not event.style and text == "<<":
                 self._problem(line, path, "YAML merge keys (<<) are not supported; use defaults or groups")
                 return _SKIP
-            if event.style is None and text in _NULL:
+            if not event.style and text in _NULL:
                 self._problem(line, path, "a key cannot be empty or null")
                 return _SKIP
             if len(text) > MAX_KEY:
@@ -468,7 +470,7 @@ class YamlFile:
             self._problem(line, path, f"the value contains {describe_char(bad.group())}; remove it")
             self.bad_paths.add(path)
         tag = event.tag
-        plain = event.style is None and tag is None
+        plain = not event.style and tag is None  # libyaml: '' for plain, the Python parser: None
         if plain:
             return None if text in _NULL else Plain(text)
         if tag in _STR_TAGS:
