@@ -403,9 +403,10 @@ class YamlFile:
                         place(key, line)
                         if key is not _SKIP:
                             located(key_path + (key,), line)
-                            if _BAD_IN_VALUE.search(key):
-                                self._problem(line, key_path + (key,),
-                                              f"the key contains {describe_char(_BAD_IN_VALUE.search(key).group())}")
+                            bad_char = _BAD_IN_VALUE.search(key)
+                            if bad_char:
+                                self._problem(line, key_path + (key,), f"the key contains {describe_char(bad_char.group())}")
+                                self.bad_paths.add(key_path + (key,))
                         continue
                     self._problem(line, stack[-1].path, "keys must be text, not a list, a mapping or an alias")
                     self._events.append((line, stack[-1].path))
@@ -451,7 +452,8 @@ class YamlFile:
                 stack.append(_Frame("map" if is_map else "seq", path, event.anchor, line,
                                     bool(event.flow_style), len(self._order), keep))
         except yaml.YAMLError as exc:
-            self._syntax_error(exc, stack, child_path())
+            self._syntax_error(exc, stack, stack[-1].path if stack and stack[-1].kind == "seq" else child_path(),
+                               len(text.rstrip()))
             raise _Abort from None
         finally:
             events.close()
@@ -521,7 +523,7 @@ class YamlFile:
             self.origins.setdefault(path, Origin(self.display, line, path))
         place(_copy(value), line, keep=keep)
 
-    def _syntax_error(self, exc: yaml.YAMLError, stack: list[_Frame], path: PathT) -> None:
+    def _syntax_error(self, exc: yaml.YAMLError, stack: list[_Frame], path: PathT, end: int) -> None:
         if not isinstance(exc, yaml.MarkedYAMLError):
             self._problem(1, path, f"YAML syntax error: {exc}")
             return
@@ -537,7 +539,7 @@ class YamlFile:
                 message = f"YAML syntax error: {what} is never closed (the file ends on line {pmark.line + 1 if pmark else line})"
             elif pmark is not None and pmark.line + 1 != line:
                 message += f" ({context} that starts here, found on line {pmark.line + 1})"
-        elif "end of stream" in problem or "<stream end>" in problem or "did not find expected node content" in problem:
+        elif pmark is None or pmark.index >= end or "end of stream" in problem or "<stream end>" in problem:
             flows = [f for f in stack if f.flow]
             if flows:
                 frame = flows[-1]
