@@ -263,8 +263,9 @@ def import_csv(path: Path, out: Path, *, delimiter: str | None = None, force: bo
         if kind == "workstation" and not row.get("serial"):
             bad("serial", "missing serial number")
         for key in ("hostname", "mac", "serial"):
-            value = device.get(key) or (row.get(key) if key == "serial" else None)
-            if value:
+            found = device.get(key) or (row.get(key) if key == "serial" else None)
+            if found:
+                value = str(found)
                 first = seen[key].get(value.lower())
                 if first is not None:
                     bad(key, f"duplicate {key} {value!r} (first on line {first})")
@@ -289,8 +290,9 @@ def import_csv(path: Path, out: Path, *, delimiter: str | None = None, force: bo
                     f"{meta[clash[0]]!r} differs from line {loc['line']} ({loc[clash[0]]!r}) for location {lid}")
                 continue
         for key in ("hostname", "mac", "serial"):
-            value = device.get(key) or row.get(key)
-            if value:
+            found = device.get(key) or row.get(key)
+            if found:
+                value = str(found)
                 seen[key][value.lower()] = line
         for key in DEVICE_FIELDS[kind]:
             if row.get(key) and key not in device:

@@ -375,7 +375,7 @@ class _Loader:
         return inventory.model_copy(update={"connectors": connectors})
 
     def _pydantic_problems(self, exc: ValidationError, prefix: PathT, model: type[BaseModel]) -> None:
-        root = self.data
+        root: Any = self.data
         for part in prefix:
             root = root.get(part) if isinstance(root, dict) else None
         for err in exc.errors(include_url=False):
@@ -384,10 +384,11 @@ class _Loader:
             if path in self.secret_paths or any(path[: len(p)] == p for p in self.secret_paths):
                 continue
             kind = err["type"]
-            if kind == "extra_forbidden":
-                msg = _unknown(loc[-1], _known_keys(model, loc[:-1]), "key")
+            last = loc[-1] if loc else (err["loc"][-1] if err["loc"] else "")
+            if kind == "extra_forbidden" and loc:
+                msg = _unknown(last, _known_keys(model, loc[:-1]), "key")
             elif kind == "missing":
-                msg = f"missing required key '{loc[-1]}'"
+                msg = f"missing required key '{last}'"
             else:
                 msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             self.problems.append(self.origins.problem(path, msg))

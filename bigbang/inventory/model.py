@@ -12,7 +12,7 @@ import math
 import re
 from datetime import UTC, datetime, time
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -251,7 +251,7 @@ Clock = Annotated[time, BeforeValidator(_parse_clock)]
 class AccessWindow(_Model):
     """When technicians can get in: days of the week and a daily time range."""
 
-    days: list[Day] = Field(default_factory=lambda: list(DAYS))
+    days: list[Day] = Field(default_factory=lambda: cast(list[Day], list(DAYS)))
     start: Clock = Field(alias="from")
     end: Clock = Field(alias="to")
 
@@ -355,7 +355,7 @@ class FailurePolicy(_Model):
     max_fail_percent: float = Field(
         20.0, ge=0, le=100, description="a location halts when more than this share of its devices failed"
     )
-    halt_rollout: HaltRollout = Field(default_factory=HaltRollout)
+    halt_rollout: HaltRollout = Field(default_factory=lambda: HaltRollout.model_validate({}))
 
 
 _PASSWORD_HASH = re.compile(r"^(scrypt\$\d+\$\d+\$\d+|pbkdf2_sha256\$\d+)\$[A-Za-z0-9+/=_-]+\$[A-Za-z0-9+/=_-]+$")
@@ -389,7 +389,7 @@ class Rollout(_Model):
     images: dict[str, Image] = Field(default_factory=dict)
     thin_client_profiles: dict[str, ThinClientProfile] = Field(default_factory=dict)
     baselines: dict[str, Baseline] = Field(default_factory=dict)
-    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    failure_policy: FailurePolicy = Field(default_factory=lambda: FailurePolicy.model_validate({}))
     signoff_timeout: Duration = Field(
         12 * 3600.0, description="how long a location waits for its technician's sign-off before it fails"
     )
@@ -531,7 +531,7 @@ class Team(_Model):
     name: str
     lead: str | None = None
     technicians: list[Technician] = Field(default_factory=list)
-    capacity: TeamCapacity = Field(default_factory=TeamCapacity)
+    capacity: TeamCapacity = Field(default_factory=lambda: TeamCapacity.model_validate({}))
     base: Coordinates | None = Field(None, description="coordinates the team sets out from (schedule)")
 
 
@@ -630,8 +630,8 @@ class TicketSystemSettings(_Model):
 class Support(_Model):
     """The post-rollout support queue: priority rule, ticket system and probing."""
 
-    priority: PriorityRule = Field(default_factory=PriorityRule)
-    ticket_system: TicketSystemSettings = Field(default_factory=TicketSystemSettings)
+    priority: PriorityRule = Field(default_factory=lambda: PriorityRule.model_validate({}))
+    ticket_system: TicketSystemSettings = Field(default_factory=lambda: TicketSystemSettings.model_validate({}))
     probe_sample_percent: float = Field(10.0, ge=0, le=100, description="share of healthy devices probed per run")
 
 
@@ -645,9 +645,9 @@ class Inventory(_Model):
     servers: list[Server] = Field(default_factory=list)
     locations: list[Location] = Field(default_factory=list)
     connectors: dict[str, Any] = Field(default_factory=dict)
-    rehearsal: Rehearsal = Field(default_factory=Rehearsal)
-    support: Support = Field(default_factory=Support)
-    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    rehearsal: Rehearsal = Field(default_factory=lambda: Rehearsal.model_validate({}))
+    support: Support = Field(default_factory=lambda: Support.model_validate({}))
+    schedule: ScheduleSettings = Field(default_factory=lambda: ScheduleSettings.model_validate({}))
     source: str = ""
     digest: str = ""
 
@@ -680,4 +680,4 @@ class Inventory(_Model):
         )
 
 
-CASCADE_KINDS = {"workstation": Workstation, "thin_client": ThinClient, "server": Server, "location": Location}
+CASCADE_KINDS: dict[str, type[BaseModel]] = {"workstation": Workstation, "thin_client": ThinClient, "server": Server, "location": Location}

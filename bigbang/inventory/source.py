@@ -345,7 +345,7 @@ class YamlFile:
                 top.value[top.key] = value
             top.key = None
 
-        def key_of(event: yaml.ScalarEvent, line: int, path: PathT) -> Any:
+        def key_of(event: Any, line: int, path: PathT) -> Any:
             text = event.value
             if not event.style and text == "<<":
                 self._problem(line, path, "YAML merge keys (<<) are not supported; use defaults or groups")
@@ -370,13 +370,15 @@ class YamlFile:
                 self._problem(line, path, f"more than {MAX_VALUES:,} values in one file")
                 raise _Abort
 
-        events = yaml.parse(text, Loader=_Loader)
+        events: Any = yaml.parse(text, Loader=_Loader)
         try:
+            event: Any
             for event in events:
-                if isinstance(event, yaml.DocumentStartEvent):
+                if type(event) is yaml.DocumentStartEvent:
                     documents += 1
                     if documents > 1:
-                        self._problem(event.start_mark.line + 1, (), "more than one YAML document in a file")
+                        start: Any = event.start_mark
+                        self._problem(start.line + 1, (), "more than one YAML document in a file")
                         break
                     continue
                 if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
@@ -403,7 +405,7 @@ class YamlFile:
                         place(key, line)
                         if key is not _SKIP:
                             located(key_path + (key,), line)
-                            bad_char = _BAD_IN_VALUE.search(key)
+                            bad_char = _BAD_IN_VALUE.search(str(key))
                             if bad_char:
                                 self._problem(line, key_path + (key,), f"the key contains {describe_char(bad_char.group())}")
                                 self.bad_paths.add(key_path + (key,))
@@ -461,7 +463,7 @@ class YamlFile:
             return {}
         return root
 
-    def _scalar(self, event: yaml.ScalarEvent, line: int, path: PathT) -> Any:
+    def _scalar(self, event: Any, line: int, path: PathT) -> Any:
         text = event.value
         if len(text) > MAX_SCALAR:
             self._problem(line, path, f"the value is {len(text):,} characters; at most {MAX_SCALAR:,}")
@@ -494,7 +496,7 @@ class YamlFile:
             return text
         return value
 
-    def _alias(self, event: yaml.AliasEvent, line: int, path: PathT, keep: bool, place: Any) -> None:
+    def _alias(self, event: Any, line: int, path: PathT, keep: bool, place: Any) -> None:
         name = event.anchor
         entry = self._anchors.get(name)
         if entry is None:
@@ -523,7 +525,7 @@ class YamlFile:
             self.origins.setdefault(path, Origin(self.display, line, path))
         place(_copy(value), line, keep=keep)
 
-    def _syntax_error(self, exc: yaml.YAMLError, stack: list[_Frame], path: PathT, end: int) -> None:
+    def _syntax_error(self, exc: Any, stack: list[_Frame], path: PathT, end: int) -> None:
         if not isinstance(exc, yaml.MarkedYAMLError):
             self._problem(1, path, f"YAML syntax error: {exc}")
             return
