@@ -9,14 +9,38 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from rich.console import Console
 
 from bigbang import __version__
-from bigbang.errors import InventoryError, UserError
+from bigbang.errors import InventoryError, LedgerError, UserError
 
-err = Console(stderr=True, highlight=False)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def console(stderr: bool = False) -> Console:
+    """A console for lines that carry user data: nothing in them is read as markup or emoji codes
+    (`nor:cd:101` stays text), and when not writing to a terminal no line is wrapped."""
+    out = Console(stderr=stderr, highlight=False, markup=False, emoji=False)
+    if not out.is_terminal:
+        out.soft_wrap = True
+    return out
+
+
+def plain(text: str) -> str:
+    """`text` with control characters (ESC, NUL, ...) shown as escapes, never sent to the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def one_line(text: str) -> str:
+    """A message on one line: a driver's multi-line text joined, its "Background on this error" dropped."""
+    lines = [line.strip() for line in text.splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith("(Background on this error"))
+
+
+err = console(stderr=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InventoryError as exc:
         for problem in exc.problems:
-            err.print(str(problem), markup=False)
-        err.print(f"error: {exc}", markup=False)
+            err.print(plain(str(problem)))
+        err.print(plain(f"error: {exc}"))
         return 1
-    except UserError as exc:
-        err.print(f"error: {exc}", markup=False)
+    except (UserError, LedgerError) as exc:  # a ledger that cannot be opened is the user's to fix
+        err.print(plain(f"error: {one_line(str(exc))}"))
         return 1
     except BrokenPipeError:
         return 1

@@ -190,7 +190,8 @@ def test_yaml_syntax_and_duplicate_keys_are_located(tmp_path):
     write(inv, "teams: [\n", "c.yaml")
     found = problems(inv)
     assert any(p.startswith(f"{shown(inv / 'b.yaml')}:4: locations[0].name: duplicate key 'name'") for p in found), found
-    assert any(p.startswith(f"{shown(inv / 'c.yaml')}:2: (root): YAML syntax error") for p in found), found
+    # located where the unclosed list starts, with its YAML path (issue 16: not "(root)", not a line late)
+    assert any(p.startswith(f"{shown(inv / 'c.yaml')}:1: teams: YAML syntax error") for p in found), found
 
 
 def test_directory_merge_conflicts_name_both_places(tmp_path):

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
+from bigbang.cli import console, plain
 from bigbang.errors import UserError
 from bigbang.inventory import load_inventory
 from bigbang.inventory.generate import PRESETS, Size, generate, write
@@ -49,7 +48,7 @@ def run_generate(args) -> int:
     )
     files = write(generate(size, args.seed), Path(args.out), force=args.force)
     inventory = load_inventory(args.out)  # what we write must validate
-    Console(highlight=False).print(f"wrote {len(files)} files to {args.out}: {inventory.summary()}", markup=False)
+    console().print(plain(f"wrote {len(files)} files to {args.out}: {inventory.summary()}"))
     return 0
 
 
@@ -57,10 +56,11 @@ def run_import(args) -> int:
     from bigbang.inventory.csvimport import import_csv
 
     result = import_csv(Path(args.csv), Path(args.out), delimiter=args.delimiter, force=args.force)
-    console = Console(stderr=True, highlight=False)
+    err = console(stderr=True)
     for problem in result.problems:
-        console.print(str(problem), markup=False)
-    Console(highlight=False).print(
+        err.print(plain(str(problem)))
+    not_written = f"; {result.files_refused} location files not written" if result.files_refused else ""
+    console().print(
         f"imported {result.devices} devices into {len(result.files)} location files in {args.out}; "
-        f"{len(result.problems)} rows refused", markup=False)
+        f"{result.refused} row{'s' if result.refused != 1 else ''} refused{not_written}")
     return 1 if result.problems else 0

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-from rich.console import Console
-
+from bigbang.cli import console, plain
 from bigbang.inventory import load_inventory
 
 
@@ -13,5 +12,5 @@ def register(sub) -> None:
 
 def run(args) -> int:
     inventory = load_inventory(args.path)
-    Console(highlight=False).print(f"ok: {inventory.summary()}", markup=False)
+    console().print(plain(f"ok: {inventory.summary()}"))
     return 0

@@ -16,6 +16,7 @@ import os
 import types
 import typing
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,14 @@ from pydantic import BaseModel, ValidationError
 from bigbang.errors import InventoryError, Problem
 from bigbang.inventory.model import (
     CASCADE_KINDS,
-    SECRET_KEY,
     Inventory,
+    is_secret_key,
     normalise_mac,
+    secret_ref_problem,
 )
-from bigbang.inventory.source import OriginMap, PathT, YamlFile, format_path
+from bigbang.inventory.source import Origin, OriginMap, PathT, Plain, YamlFile, format_path
+
+_PLAIN_BOOLS = {"true", "True", "TRUE", "false", "False", "FALSE"}
 
 LIST_SECTIONS = ("teams", "servers", "locations")
 MAP_SECTIONS = ("rollout", "defaults", "groups", "connectors", "rehearsal", "support", "schedule")
@@ -38,24 +42,68 @@ DEVICE_LISTS = {"workstations": "workstation", "thin_clients": "thin_client"}
 NOT_INHERITABLE = {"hostname", "serial", "mac", "name", "id", "workstations", "thin_clients", "new_hostname"}
 
 
-def inventory_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = [
-            p for p in path.rglob("*")
-            if p.suffix in (".yaml", ".yml") and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        ]
-        return sorted(files, key=lambda p: p.relative_to(path).as_posix())
-    return [path]
+def inventory_files(path: Path) -> tuple[list[Path], list[Problem]]:
+    """The inventory's files (.yaml/.yml in any case, below hidden names skipped) and what could not be read.
+
+    Symbolic links are followed; a link to nowhere or a loop is a problem, never skipped silently.
+    """
+    if not path.is_dir():
+        return [path], []
+    files: list[Path] = []
+    problems: list[Problem] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(directory: Path) -> None:
+        try:
+            st = directory.stat()
+        except OSError as exc:
+            problems.append(Problem(_display(directory), 1, "", f"cannot read directory: {exc.strerror or exc}"))
+            return
+        if (st.st_dev, st.st_ino) in seen:
+            problems.append(Problem(_display(directory), 1, "", "a symbolic link loop; this directory is read once"))
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(Problem(_display(directory), 1, "", f"cannot read directory: {exc.strerror or exc}"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = Path(entry.path)
+            yaml_name = child.suffix.lower() in (".yaml", ".yml")
+            try:
+                is_dir = entry.is_dir()
+                is_file = entry.is_file()
+            except OSError as exc:  # e.g. a link loop
+                if yaml_name or entry.is_symlink():
+                    problems.append(Problem(_display(child), 1, "", f"cannot read: {exc.strerror or exc}"))
+                continue
+            if is_dir:
+                walk(child)
+            elif yaml_name and is_file:
+                files.append(child)
+            elif yaml_name or (entry.is_symlink() and not is_file and not is_dir):
+                reason = "a symbolic link to nowhere" if entry.is_symlink() else "not a regular file"
+                target = f" ({os.readlink(child)})" if entry.is_symlink() else ""
+                problems.append(Problem(_display(child), 1, "", f"{reason}{target}; it is not read"))
+
+    walk(path)
+    return sorted(files, key=lambda p: p.relative_to(path).as_posix()), problems
 
 
 def _display(path: Path) -> str:
-    """Relative to the working directory when the file is below it, else absolute."""
-    absolute = path.resolve()
+    """Relative to the working directory when the file is below it, else absolute (links not resolved)."""
+    absolute = Path(os.path.abspath(path))
     try:
         return absolute.relative_to(Path.cwd()).as_posix()
     except ValueError:
         return str(absolute)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or (path.startswith(prefix) and path[len(prefix)] in ".[") or prefix == ""
 
 
 class _Loader:
@@ -65,21 +113,33 @@ class _Loader:
         self.origins = OriginMap()
         self.data: dict[str, Any] = {"teams": [], "servers": [], "locations": []}
         self.secret_paths: set[PathT] = set()
+        self.reported: list[tuple[str, str]] = []  # (file, path) already reported: later checks stay quiet
+        self.unread = False  # a file could not be read: what it held is unknown
 
     # ------------------------------------------------------------ read and merge
     def read(self) -> str:
-        if not self.root.exists():
+        try:
+            exists = self.root.exists() or self.root.is_symlink()
+        except OSError:
+            exists = True  # reading it says what is wrong
+        if not exists:
             raise InventoryError([Problem(_display(self.root), 1, "", "no such file or directory")])
-        files = inventory_files(self.root)
+        files, problems = inventory_files(self.root)
+        self.problems.extend(problems)
         if not files:
-            raise InventoryError([Problem(_display(self.root), 1, "", "no .yaml files in this directory")])
+            raise InventoryError(problems or [Problem(_display(self.root), 1, "", "no .yaml files in this directory")])
         digest = hashlib.sha256()
         for file in files:
             yf = YamlFile(file, _display(file)).load()
             digest.update(file.relative_to(self.root).as_posix().encode() if self.root.is_dir() else b"")
-            digest.update(file.read_bytes() if file.exists() else b"")
+            try:
+                digest.update(file.read_bytes())
+            except OSError:
+                pass
             self.problems.extend(yf.problems)
+            self.reported.extend((yf.display, format_path(p)) for p in yf.bad_paths)
             if yf.data is None:
+                self.unread = True
                 continue
             self._merge_file(yf)
         return digest.hexdigest()[:16]
@@ -88,35 +148,43 @@ class _Loader:
         if not isinstance(yf.data, dict):
             self.problems.append(Problem(yf.display, 1, "", "the file must be a mapping of sections (rollout, locations, ...)"))
             return
+        by_section: dict[Any, list[tuple[PathT, Origin]]] = {}
+        for path, org in yf.origins.items():
+            if path:
+                by_section.setdefault(path[0], []).append((path, org))
         for key, value in yf.data.items():
             origin = yf.origins[(key,)]
             if key not in SECTIONS:
-                self.problems.append(Problem(yf.display, origin.line, str(key), _unknown(key, SECTIONS, "section")))
+                self.problems.append(Problem(yf.display, origin.line, format_path((key,)), _unknown(key, SECTIONS, "section")))
                 continue
+            if value is None:  # an empty section
+                value = [] if key in LIST_SECTIONS else {}
             if key in LIST_SECTIONS:
                 if not isinstance(value, list):
                     self.problems.append(Problem(yf.display, origin.line, key, f"'{key}' must be a list"))
                     continue
                 offset = len(self.data[key])
                 self.data[key].extend(value)
-                for path, org in yf.origins.items():
-                    if path[:1] == (key,) and len(path) > 1:
+                for path, org in by_section.get(key, []):
+                    if len(path) > 1:
                         self.origins.set((key, offset + path[1]) + path[2:], org)
                 self.origins.set((key,), origin)
             else:
                 if not isinstance(value, dict):
                     self.problems.append(Problem(yf.display, origin.line, key, f"'{key}' must be a mapping"))
                     continue
-                self._deep_merge(self.data.setdefault(key, {}), value, (key,), yf)
+                self._deep_merge(self.data.setdefault(key, {}), value, (key,), yf, by_section.get(key, []))
 
-    def _deep_merge(self, into: dict, new: dict, path: PathT, yf: YamlFile) -> None:
-        if path not in [()] and self.origins.get(path) is None:
+    def _deep_merge(self, into: dict, new: dict, path: PathT, yf: YamlFile,
+                    origins: list[tuple[PathT, Origin]]) -> None:
+        if self.origins.get(path) is None:
             self.origins.set(path, yf.origins[path])
+        taken: list[PathT] = []
         for key, value in new.items():
             sub = path + (key,)
             if key in into:
                 if isinstance(into[key], dict) and isinstance(value, dict):
-                    self._deep_merge(into[key], value, sub, yf)
+                    self._deep_merge(into[key], value, sub, yf, [(p, o) for p, o in origins if p[: len(sub)] == sub])
                     continue
                 first = self.origins.find(sub)[0]
                 self.problems.append(
@@ -125,29 +193,48 @@ class _Loader:
                 )
                 continue
             into[key] = value
-            for p, org in yf.origins.items():
-                if p[: len(sub)] == sub:
+            taken.append(sub)
+        if taken:
+            wanted = set(taken)
+            depth = len(path) + 1
+            for p, org in origins:
+                if p[:depth] in wanted:
                     self.origins.set(p, org)
 
     # ------------------------------------------------------------ secrets in plain text
     def scan_secrets(self, value: Any, path: PathT) -> None:
+        """A key that names a secret (its last word: password, passwd, pwd, secret, token, key, ...) holds
+        a reference or nothing; anything else under it is refused, also in a list or a mapping."""
         if isinstance(value, dict):
             for key, sub in value.items():
-                if (
-                    isinstance(key, str) and SECRET_KEY.search(key)
-                    and isinstance(sub, (str, int, float)) and not isinstance(sub, bool)
-                    and sub != ""
-                ):
-                    self.secret_paths.add(path + (key,))
-                    self.problems.append(self.origins.problem(
-                        path + (key,),
-                        "plaintext secret; reference it instead: {env: VARIABLE} or {prefect_secret: BLOCK_NAME}",
-                    ))
+                if isinstance(key, str) and is_secret_key(key):
+                    self._check_secret(sub, path + (key,))
                 else:
                     self.scan_secrets(sub, path + (key,))
         elif isinstance(value, list):
             for i, sub in enumerate(value):
                 self.scan_secrets(sub, path + (i,))
+
+    def _check_secret(self, value: Any, path: PathT, in_list: bool = False) -> None:
+        problem = None
+        if value is None or isinstance(value, bool) or (isinstance(value, Plain) and str(value) in _PLAIN_BOOLS):
+            return
+        if isinstance(value, list) and not in_list:
+            for i, sub in enumerate(value):
+                self._check_secret(sub, path + (i,), in_list=True)
+            return
+        if isinstance(value, dict) and value and set(value) <= {"env", "prefect_secret"}:
+            problem = secret_ref_problem(value)
+        elif isinstance(value, dict) and not value:
+            problem = "an empty reference; give {env: VARIABLE} or {prefect_secret: BLOCK_NAME}"
+        elif isinstance(value, (dict, list)):
+            problem = ("plaintext secret; a secret is only a reference: {env: VARIABLE} or "
+                       "{prefect_secret: BLOCK_NAME}")
+        elif value != "":
+            problem = "plaintext secret; reference it instead: {env: VARIABLE} or {prefect_secret: BLOCK_NAME}"
+        if problem:
+            self.secret_paths.add(path)
+            self.problems.append(self.origins.problem(path, problem))
 
     # ------------------------------------------------------------ cascade
     def cascade(self) -> None:
@@ -157,8 +244,17 @@ class _Loader:
         for name, group in groups.items():
             if isinstance(group, dict):
                 self._check_partials(group, ("groups", name))
+                inner = group.get("location")
+                if isinstance(inner, dict) and "groups" in inner:
+                    self.problems.append(self.origins.problem(
+                        ("groups", name, "location", "groups"),
+                        "a group cannot name other groups; list each group on the location "
+                        "(or under defaults.location.groups)"))
+                    inner.pop("groups")
             else:
                 self.problems.append(self.origins.problem(("groups", name), "a group is a mapping of kind -> values"))
+        default_location = defaults.get("location") if isinstance(defaults.get("location"), dict) else {}
+        default_groups = self._group_chain(default_location.get("groups"), ("defaults", "location", "groups"), groups)
         for i, server in enumerate(self.data["servers"]):
             if isinstance(server, dict):
                 self._inherit(server, ("servers", i), [(("defaults", "server"), defaults.get("server"))])
@@ -171,14 +267,8 @@ class _Loader:
                 self.problems.append(self.origins.problem(lpath + ("defaults",), "must be a mapping of kind -> values"))
                 own = {}
             self._check_partials(own, lpath + ("defaults",), kinds=("workstation", "thin_client"))
-            group_names = loc.get("groups") or []
-            chain_groups: list[tuple[PathT, dict]] = []
-            for j, g in enumerate(group_names if isinstance(group_names, list) else []):
-                if isinstance(g, str) and isinstance(groups.get(g), dict):
-                    chain_groups.append((("groups", g), groups[g]))
-                else:
-                    self.problems.append(self.origins.problem(
-                        lpath + ("groups", j), _unknown(g, groups, "group")))
+            chain_groups = (self._group_chain(loc["groups"], lpath + ("groups",), groups) if "groups" in loc
+                            else default_groups)
             self._inherit(loc, lpath, [(("defaults", "location"), defaults.get("location"))]
                           + [(p + ("location",), g.get("location")) for p, g in chain_groups])
             for list_key, kind in DEVICE_LISTS.items():
@@ -192,6 +282,21 @@ class _Loader:
                 for j, device in enumerate(devices):
                     if isinstance(device, dict):
                         self._inherit(device, lpath + (list_key, j), chain)
+
+    def _group_chain(self, names: Any, path: PathT, groups: dict) -> list[tuple[PathT, dict]]:
+        """The groups `names` lists, in order; an unknown name is a problem at `path`."""
+        if names is None:
+            return []
+        if not isinstance(names, list):
+            self.problems.append(self.origins.problem(path, "must be a list of group names"))
+            return []
+        chain: list[tuple[PathT, dict]] = []
+        for j, g in enumerate(names):
+            if isinstance(g, str) and isinstance(groups.get(g), dict):
+                chain.append((("groups", g), groups[g]))
+            else:
+                self.problems.append(self.origins.problem(path + (j,), _unknown(g, groups, "group")))
+        return chain
 
     def _check_partials(self, section: Any, path: PathT, kinds: Iterable[str] = tuple(CASCADE_KINDS)) -> None:
         if not isinstance(section, dict):
@@ -258,6 +363,8 @@ class _Loader:
             except ValidationError as exc:
                 self._pydantic_problems(exc, ("connectors", name), ctype.settings_model)
         if "rollout" not in raw:
+            if self.unread:  # it may be in the file that could not be read
+                return None
             self.problems.append(Problem(_display(self.root), 1, "rollout", "missing required section 'rollout'"))
             return None
         try:
@@ -268,7 +375,7 @@ class _Loader:
         return inventory.model_copy(update={"connectors": connectors})
 
     def _pydantic_problems(self, exc: ValidationError, prefix: PathT, model: type[BaseModel]) -> None:
-        root = self.data
+        root: Any = self.data
         for part in prefix:
             root = root.get(part) if isinstance(root, dict) else None
         for err in exc.errors(include_url=False):
@@ -277,73 +384,89 @@ class _Loader:
             if path in self.secret_paths or any(path[: len(p)] == p for p in self.secret_paths):
                 continue
             kind = err["type"]
-            if kind == "extra_forbidden":
-                msg = _unknown(loc[-1], _known_keys(model, loc[:-1]), "key")
+            last = loc[-1] if loc else (err["loc"][-1] if err["loc"] else "")
+            if kind == "extra_forbidden" and loc:
+                msg = _unknown(last, _known_keys(model, loc[:-1]), "key")
             elif kind == "missing":
-                msg = f"missing required key '{loc[-1]}'"
+                msg = f"missing required key '{last}'"
             else:
                 msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             self.problems.append(self.origins.problem(path, msg))
 
     # ------------------------------------------------------------ cross-references
     def cross_check(self) -> None:
+        from bigbang.connectors import CONNECTORS
+        from bigbang.plan import STEP_KINDS
+
         d = self.data
         p = self.problems.append
         prob = self.origins.problem
 
         def ids(section: str, key: str) -> dict[str, PathT]:
+            """Written value (stripped; lower-case for names) -> its entry; duplicates ignore case and spaces."""
             seen: dict[str, PathT] = {}
+            folded: dict[str, PathT] = {}
             for i, item in enumerate(d[section]):
-                if isinstance(item, dict) and isinstance(item.get(key), str):
-                    value = item[key].lower() if key in ("name", "hostname") else item[key]
-                    if value in seen:
-                        first = self.origins.find(seen[value] + (key,))[0]
-                        p(prob((section, i, key), f"duplicate {key} '{item[key]}' (also at {first.file}:{first.line})"))
-                    else:
-                        seen[value] = (section, i)
+                if not isinstance(item, dict) or not _is_text(item.get(key)):
+                    continue
+                value = str(item[key]).strip()
+                value = value.lower() if key in ("name", "hostname") else value
+                if value.casefold() in folded:
+                    first = self.origins.find(folded[value.casefold()] + (key,))[0]
+                    p(prob((section, i, key), f"duplicate {key} '{item[key]}' (also at {first.file}:{first.line})"))
+                else:
+                    seen[value] = folded[value.casefold()] = (section, i)
             return seen
 
         teams = ids("teams", "id")
         servers = ids("servers", "name")
-        ids("locations", "id")
+        location_ids = ids("locations", "id")
 
         unique: dict[str, dict[str, PathT]] = {"hostname": {}, "mac": {}, "serial": {}}
         for name, spath in servers.items():
             unique["hostname"][name] = spath
-        rollout = d.get("rollout") if isinstance(d.get("rollout"), dict) else {}
-        images = rollout.get("images") or {}
-        profiles = rollout.get("thin_client_profiles") or {}
-        baselines = rollout.get("baselines") or {}
+        rollout = _dict(d.get("rollout"))
+        images = _dict(rollout.get("images"))
+        profiles = _dict(rollout.get("thin_client_profiles"))
+        baselines = _dict(rollout.get("baselines"))
+        connectors = sorted(CONNECTORS)
+
+        def check_connector(entry: dict, path: PathT) -> None:
+            name = entry.get("connector")
+            if _is_text(name) and str(name).strip() not in CONNECTORS:
+                p(prob(path + ("connector",), _unknown(name, connectors, "connector")))
+
+        for i, srv in enumerate(d["servers"]):
+            if isinstance(srv, dict):
+                check_connector(srv, ("servers", i))
 
         for i, loc in enumerate(d["locations"]):
             if not isinstance(loc, dict):
                 continue
             lpath = ("locations", i)
             team = loc.get("team")
-            if isinstance(team, str) and team not in teams:
+            if _is_text(team) and str(team).strip() not in teams:
                 p(prob(lpath + ("team",), _unknown(team, teams, "team")))
-            for j, req in enumerate(loc.get("requires") or [] if isinstance(loc.get("requires"), list) else []):
-                if isinstance(req, str) and req.lower() not in servers:
+            for j, req in enumerate(_list(loc.get("requires"))):
+                if _is_text(req) and str(req).strip().lower() not in servers:
                     p(prob(lpath + ("requires", j), _unknown(req, servers, "server")))
             for list_key in DEVICE_LISTS:
-                devices = loc.get(list_key)
-                if not isinstance(devices, list):
-                    continue
-                for j, dev in enumerate(devices):
+                for j, dev in enumerate(_list(loc.get(list_key))):
                     if not isinstance(dev, dict):
                         continue
                     dpath = lpath + (list_key, j)
+                    check_connector(dev, dpath)
                     for key in ("hostname", "mac", "serial"):
                         value = dev.get(key)
-                        if not isinstance(value, str) or not value:
+                        if not _is_text(value) or not str(value).strip():
                             continue
+                        value = str(value).strip()
                         if key == "mac":
                             try:
                                 value = normalise_mac(value)
                             except ValueError:
                                 continue
-                        if key == "hostname":
-                            value = value.lower()
+                        value = value.casefold()
                         if value in unique[key]:
                             first = self.origins.find(unique[key][value] + (key,))[0]
                             p(prob(dpath + (key,), f"duplicate {key} '{dev[key]}' (also at {first.file}:{first.line})"))
@@ -352,15 +475,15 @@ class _Loader:
                     if list_key == "workstations":
                         for key, known, what in (("target_image", images, "image"), ("baseline", baselines, "baseline")):
                             value = dev.get(key)
-                            if isinstance(value, str) and value not in known:
+                            if _is_text(value) and str(value).strip() not in known:
                                 p(prob(dpath + (key,), _unknown(value, known, what) + f"; define it under rollout.{what}s"))
                     else:
                         value = dev.get("target_profile")
-                        if isinstance(value, str) and value not in profiles:
+                        if _is_text(value) and str(value).strip() not in profiles:
                             p(prob(dpath + ("target_profile",), _unknown(value, profiles, "thin-client profile")
                                    + "; define it under rollout.thin_client_profiles"))
 
-        window = rollout.get("window") if isinstance(rollout.get("window"), dict) else {}
+        window = _dict(rollout.get("window"))
         start, end = _local_time(window.get("start")), _local_time(window.get("end"))
         if start and end and end <= start:
             p(prob(("rollout", "window", "end"),
@@ -369,38 +492,36 @@ class _Loader:
         # depends_on: dangling names and cycles
         graph: dict[str, list[str]] = {}
         for i, srv in enumerate(d["servers"]):
-            if not isinstance(srv, dict) or not isinstance(srv.get("name"), str):
+            if not isinstance(srv, dict) or not _is_text(srv.get("name")):
                 continue
-            deps = srv.get("depends_on") or []
-            graph[srv["name"].lower()] = []
-            for j, dep in enumerate(deps if isinstance(deps, list) else []):
-                if not isinstance(dep, str):
+            name = str(srv["name"]).strip().lower()
+            graph[name] = []
+            for j, dep in enumerate(_list(srv.get("depends_on"))):
+                if not _is_text(dep):
                     continue
-                if dep.lower() not in servers:
+                dep = str(dep).strip().lower()
+                if dep not in servers:
                     p(prob(("servers", i, "depends_on", j), _unknown(dep, servers, "server")))
-                elif dep.lower() == srv["name"].lower():
+                elif dep == name:
                     p(prob(("servers", i, "depends_on", j), "a server cannot depend on itself"))
                 else:
-                    graph[srv["name"].lower()].append(dep.lower())
+                    graph[name].append(dep)
         for cycle in _cycles(graph):
-            first = servers[cycle[0]]
-            p(prob(first + ("depends_on",), "dependency cycle: " + " -> ".join(cycle + [cycle[0]])))
+            where = servers[cycle[0]]
+            p(prob(where + ("depends_on",), "dependency cycle: " + " -> ".join(cycle + [cycle[0]])))
 
-        rehearsal = d.get("rehearsal") if isinstance(d.get("rehearsal"), dict) else {}
-        from bigbang.plan import STEP_KINDS
-
-        for kind in (rehearsal.get("steps") or {}) if isinstance(rehearsal.get("steps"), dict) else {}:
+        rehearsal = _dict(d.get("rehearsal"))
+        for kind in _dict(rehearsal.get("steps")):
             if kind not in STEP_KINDS:
                 p(prob(("rehearsal", "steps", kind), _unknown(kind, STEP_KINDS, "step kind")))
-        targets = set(servers) | set(unique["hostname"]) | {
-            loc.get("id") for loc in d["locations"] if isinstance(loc, dict)}
-        for j, inj in enumerate(rehearsal.get("inject") or [] if isinstance(rehearsal.get("inject"), list) else []):
+        targets = set(servers) | set(unique["hostname"]) | set(location_ids)
+        for j, inj in enumerate(_list(rehearsal.get("inject"))):
             if not isinstance(inj, dict):
                 continue
             target = inj.get("target")
-            if isinstance(target, str) and target.lower() not in targets and target not in targets:
+            if _is_text(target) and str(target).strip().lower() not in targets and str(target).strip() not in targets:
                 p(prob(("rehearsal", "inject", j, "target"), f"unknown target '{target}' (a hostname, server or location id)"))
-            if isinstance(inj.get("step"), str) and inj["step"] not in STEP_KINDS:
+            if _is_text(inj.get("step")) and str(inj["step"]).strip() not in STEP_KINDS:
                 p(prob(("rehearsal", "inject", j, "step"), _unknown(inj["step"], STEP_KINDS, "step kind")))
 
 
@@ -408,24 +529,42 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Load, cascade and validate; raise `InventoryError` with every problem found."""
     loader = _Loader(Path(path))
     digest = loader.read()
+    reading = len(loader.problems)  # problems of reading the files: all kept
     loader.scan_secrets(loader.data, ())
     loader.cascade()
     loader.cross_check()
     inventory = loader.validate_schema()
     if loader.problems or inventory is None:
-        raise InventoryError(loader.problems or [Problem(_display(Path(path)), 1, "", "empty inventory")])
+        # a value already reported while reading (a control character, a limit) is not reported again
+        later = [pr for pr in loader.problems[reading:]
+                 if not any(pr.file == file and _under(pr.path, path) for file, path in loader.reported)]
+        raise InventoryError(loader.problems[:reading] + later
+                             or [Problem(_display(Path(path)), 1, "", "empty inventory")])
     return inventory.model_copy(update={"source": str(Path(path)), "digest": digest})
 
 
 # ------------------------------------------------------------ helpers
 
-def _local_time(value: Any):
-    from datetime import datetime
-
+def _local_time(value: Any) -> datetime | None:
+    """A local date and time (no offset: the model reports one), else None."""
     try:
-        return datetime.fromisoformat(value.strip()) if isinstance(value, str) else None
+        moment = datetime.fromisoformat(value.strip()) if isinstance(value, str) else None
     except ValueError:
         return None
+    return moment if moment is not None and moment.tzinfo is None else None
+
+
+def _is_text(value: Any) -> bool:
+    """Text, or a number written where text is expected (`serial: !!int 12`): both compare as text."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _copy(value: Any) -> Any:

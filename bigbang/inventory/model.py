@@ -7,13 +7,16 @@ validation (see loader.py), so every device here is complete.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from datetime import UTC, datetime, time
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,18 +25,25 @@ from pydantic import (
     model_validator,
 )
 
+from bigbang.inventory.source import plain_value
+
 # ---------------------------------------------------------------- value types
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+_SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 
 
 def parse_duration(value: Any) -> float:
     """Seconds from 90, 90.5, "90s", "5m", "1h30m"."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or text like '5m' or '1h30m'")
+    if isinstance(value, str) and _SECONDS.match(value):
+        value = float(value)
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("a duration cannot be negative")
+        if not math.isfinite(value):
+            raise ValueError("a duration must be a finite number of seconds")
         return float(value)
     if isinstance(value, str):
         m = _DURATION.match(value)
@@ -61,6 +71,7 @@ _HOSTNAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?$", re.I)
 
 
 def check_hostname(value: Any) -> str:
+    value = value.strip() if isinstance(value, str) else value
     if not isinstance(value, str) or not _HOSTNAME.match(value):
         raise ValueError(
             f"not a valid hostname: {value!r} (letters, digits and dashes, at most 63, no dots)"
@@ -69,10 +80,121 @@ def check_hostname(value: Any) -> str:
 
 
 Hostname = Annotated[str, BeforeValidator(check_hostname)]
+# A value of any type (vars): unquoted text is read with the YAML 1.2 core schema, ambiguous text refused.
+AnyValue = Annotated[Any, BeforeValidator(plain_value)]
+
+_DNS_NAME = re.compile(r"^(?=.{1,253}\.?$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$", re.I)
+
+
+def check_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+def check_address(value: str) -> str:
+    """An IP address or a DNS name."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        if _DNS_NAME.match(value) and not re.fullmatch(r"[0-9.]+", value):
+            return value
+    raise ValueError(f"not an IP address or DNS name: {value!r}")
+
+
+def check_network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"not a network: {value!r} (expected like 10.31.1.0/24)") from None
+
+
+def check_netmask(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask) if "." in value else _bad_mask(value)
+    except ValueError:
+        return _bad_mask(value)
+
+
+def _bad_mask(value: str) -> str:
+    raise ValueError(f"not a netmask: {value!r} (expected like 255.255.255.0)")
+
+
+def check_ip_or_dhcp(value: str) -> str:
+    return "dhcp" if value.lower() == "dhcp" else check_ip(value)
+
+
+def check_url(value: str) -> str:
+    """An http(s) URL with a host and, if given, a port that exists."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {value!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {value!r} (expected like https://host.example/path)")
+    return value
+
+
+IpAddress = Annotated[str, AfterValidator(check_ip)]
+NetAddress = Annotated[str, AfterValidator(check_address)]
+Url = Annotated[str, AfterValidator(check_url)]
+
+
+def _coordinates(value: tuple[float, float]) -> tuple[float, float]:
+    lat, lon = value
+    if not (math.isfinite(lat) and -90 <= lat <= 90):
+        raise ValueError(f"latitude {lat} is not between -90 and 90 (write [latitude, longitude])")
+    if not (math.isfinite(lon) and -180 <= lon <= 180):
+        raise ValueError(f"longitude {lon} is not between -180 and 180 (write [latitude, longitude])")
+    return value
+
+
+Coordinates = Annotated[tuple[float, float], AfterValidator(_coordinates)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
-# Names of keys that hold secrets; a plain-text value under such a key is refused.
-SECRET_KEY = re.compile(r"(pass(word|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential)s?$", re.I)
+# A key names a secret when its last word (split on _ - . space and camelCase) is one of these;
+# a plain-text value under such a key is refused. `password_hash`, `key_file`, `bypass` are not secrets.
+SECRET_WORDS = frozenset({
+    "password", "passwd", "pwd", "pass", "passphrase", "passcode", "secret", "token", "key", "apikey",
+    "privatekey", "secretkey", "accesskey", "authtoken", "accesstoken", "credential", "creds",
+})
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def key_words(key: str) -> list[str]:
+    """`secretKey` -> [secret, key]; `API_TOKENS` -> [api, tokens]."""
+    return [w.lower() for part in re.split(r"[^A-Za-z0-9]+", key) for w in _CAMEL.split(part) if w]
+
+
+def is_secret_key(key: str) -> bool:
+    words = key_words(key)
+    if not words:
+        return False
+    last = words[-1]
+    return last in SECRET_WORDS or (last.endswith("s") and last[:-1] in SECRET_WORDS)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,254}$")
+
+
+def secret_ref_problem(value: dict[str, Any]) -> str | None:
+    """What is wrong with a {env: ...} / {prefect_secret: ...} mapping, or None."""
+    given = {k: v for k, v in value.items() if v is not None}
+    if len(given) != 1:
+        return "give exactly one of 'env' or 'prefect_secret'"
+    kind, name = next(iter(given.items()))
+    if not isinstance(name, str) or not name.strip():
+        return f"{{{kind}: ...}} needs a name, e.g. {{env: BIGBANG_PASSWORD}}"
+    if kind == "env" and not _ENV_NAME.match(name.strip()):
+        return f"not an environment variable name: {name!r} (letters, digits and _, not starting with a digit)"
+    if kind == "prefect_secret" and not _BLOCK_NAME.match(name.strip()):
+        return f"not a Prefect block name: {name!r} (lower-case letters, digits and dashes)"
+    return None
 
 
 class SecretRef(BaseModel):
@@ -93,8 +215,9 @@ class SecretRef(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.prefect_secret is None):
-            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
+        problem = secret_ref_problem({"env": self.env, "prefect_secret": self.prefect_secret})
+        if problem:
+            raise ValueError(problem)
         return self
 
     def describe(self) -> str:
@@ -112,9 +235,6 @@ Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
 def _parse_clock(value: Any) -> time:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 reads 18:00 as a sexagesimal int (1080); undo that.
-        value = f"{value // 60:02d}:{value % 60:02d}"
     if isinstance(value, str):
         if value.strip() == "24:00":
             return time(23, 59, 59)
@@ -131,7 +251,7 @@ Clock = Annotated[time, BeforeValidator(_parse_clock)]
 class AccessWindow(_Model):
     """When technicians can get in: days of the week and a daily time range."""
 
-    days: list[Day] = Field(default_factory=lambda: list(DAYS))
+    days: list[Day] = Field(default_factory=lambda: cast(list[Day], list(DAYS)))
     start: Clock = Field(alias="from")
     end: Clock = Field(alias="to")
 
@@ -179,7 +299,7 @@ class Window(_Model):
     def _zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: 'Europe' names a directory
             raise ValueError(f"unknown timezone {value!r} (use an IANA name like Europe/Copenhagen)") from None
         return value
 
@@ -213,9 +333,9 @@ class Image(_Model):
 
 class ThinClientProfile(_Model):
     firmware: str | None = None
-    storefront_url: str | None = None
+    storefront_url: Url | None = None
     hostname_pattern: str = "{location}-tc-{index:03d}"
-    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    settings: dict[str, Annotated[str | int | float | bool, BeforeValidator(plain_value)]] = Field(default_factory=dict)
 
 
 class Baseline(_Model):
@@ -235,7 +355,7 @@ class FailurePolicy(_Model):
     max_fail_percent: float = Field(
         20.0, ge=0, le=100, description="a location halts when more than this share of its devices failed"
     )
-    halt_rollout: HaltRollout = Field(default_factory=HaltRollout)
+    halt_rollout: HaltRollout = Field(default_factory=lambda: HaltRollout.model_validate({}))
 
 
 _PASSWORD_HASH = re.compile(r"^(scrypt\$\d+\$\d+\$\d+|pbkdf2_sha256\$\d+)\$[A-Za-z0-9+/=_-]+\$[A-Za-z0-9+/=_-]+$")
@@ -269,7 +389,7 @@ class Rollout(_Model):
     images: dict[str, Image] = Field(default_factory=dict)
     thin_client_profiles: dict[str, ThinClientProfile] = Field(default_factory=dict)
     baselines: dict[str, Baseline] = Field(default_factory=dict)
-    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    failure_policy: FailurePolicy = Field(default_factory=lambda: FailurePolicy.model_validate({}))
     signoff_timeout: Duration = Field(
         12 * 3600.0, description="how long a location waits for its technician's sign-off before it fails"
     )
@@ -287,12 +407,12 @@ class Workstation(_Model):
     baseline: str | None = None
     new_hostname: Hostname | None = None
     domain: str | None = None
-    address: str | None = Field(None, description="IP or DNS name to reach it; defaults to the hostname")
+    address: NetAddress | None = Field(None, description="IP or DNS name to reach it; defaults to the hostname")
     desk: str | None = None
     room: str | None = None
     user: str | None = None
     connector: str = "winrm"
-    vars: dict[str, Any] = Field(default_factory=dict)
+    vars: dict[str, AnyValue] = Field(default_factory=dict)
 
     kind: Literal["workstation"] = "workstation"
 
@@ -305,11 +425,11 @@ class ThinClient(_Model):
     model: str | None = None
     current_profile: str | None = None
     new_hostname: Hostname | None = None
-    address: str | None = None
+    address: NetAddress | None = None
     desk: str | None = None
     room: str | None = None
     connector: str = "ssh"
-    vars: dict[str, Any] = Field(default_factory=dict)
+    vars: dict[str, AnyValue] = Field(default_factory=dict)
 
     kind: Literal["thin_client"] = "thin_client"
 
@@ -321,10 +441,10 @@ class Customization(_Model):
     os: Literal["windows", "linux"] = "windows"
     hostname: Hostname | None = None
     domain: str | None = None
-    ip: str = "dhcp"
-    netmask: str | None = None
-    gateway: str | None = None
-    dns: list[str] = Field(default_factory=list)
+    ip: Annotated[str, AfterValidator(check_ip_or_dhcp)] = "dhcp"
+    netmask: Annotated[str, AfterValidator(check_netmask)] | None = None
+    gateway: IpAddress | None = None
+    dns: list[IpAddress] = Field(default_factory=list)
     timezone: str | None = None
 
 
@@ -336,7 +456,7 @@ class Server(_Model):
     network: str
     cpu: int = Field(2, ge=1, le=768)
     memory_gb: int = Field(4, ge=1, le=24576)
-    disks_gb: list[int] = Field(default_factory=list)
+    disks_gb: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=list)
     datacenter: str | None = None
     resource_pool: str | None = None
     folder: str | None = None
@@ -346,7 +466,7 @@ class Server(_Model):
     customization: Customization | None = None
     depends_on: list[str] = Field(default_factory=list)
     connector: str = "vsphere"
-    vars: dict[str, Any] = Field(default_factory=dict)
+    vars: dict[str, AnyValue] = Field(default_factory=dict)
 
     kind: Literal["server"] = "server"
 
@@ -361,9 +481,9 @@ class Contact(_Model):
 
 
 class LocationNetwork(_Model):
-    subnet: str | None = None
-    broadcast: str | None = Field(None, description="broadcast address for Wake-on-LAN")
-    gateway: str | None = None
+    subnet: Annotated[str, AfterValidator(check_network)] | None = None
+    broadcast: IpAddress | None = Field(None, description="broadcast address for Wake-on-LAN")
+    gateway: IpAddress | None = None
 
 
 class Location(_Model):
@@ -373,7 +493,7 @@ class Location(_Model):
     team: str
     criticality: Literal["normal", "high", "critical"] = "normal"
     access_hours: AccessHours = Field(default_factory=list, description="empty or '24/7' means always")
-    coordinates: tuple[float, float] | None = None
+    coordinates: Coordinates | None = None
     requires: list[str] = Field(default_factory=list, description="servers that must be ready first")
     groups: list[str] = Field(default_factory=list)
     network: LocationNetwork | None = None
@@ -411,8 +531,8 @@ class Team(_Model):
     name: str
     lead: str | None = None
     technicians: list[Technician] = Field(default_factory=list)
-    capacity: TeamCapacity = Field(default_factory=TeamCapacity)
-    base: tuple[float, float] | None = Field(None, description="coordinates the team sets out from (schedule)")
+    capacity: TeamCapacity = Field(default_factory=lambda: TeamCapacity.model_validate({}))
+    base: Coordinates | None = Field(None, description="coordinates the team sets out from (schedule)")
 
 
 class ScheduleSettings(_Model):
@@ -488,7 +608,7 @@ class TicketSystemSettings(_Model):
     """Where defects are filed: the embedded queue, or Request Tracker 5 over REST2."""
 
     kind: Literal["embedded", "rt"] = "embedded"
-    url: str | None = Field(None, description="RT's base URL, e.g. https://rt.example.org")
+    url: Url | None = Field(None, description="RT's base URL, e.g. https://rt.example.org")
     queue: str = "General"
     user: str | None = None
     password: SecretRef | None = None
@@ -510,8 +630,8 @@ class TicketSystemSettings(_Model):
 class Support(_Model):
     """The post-rollout support queue: priority rule, ticket system and probing."""
 
-    priority: PriorityRule = Field(default_factory=PriorityRule)
-    ticket_system: TicketSystemSettings = Field(default_factory=TicketSystemSettings)
+    priority: PriorityRule = Field(default_factory=lambda: PriorityRule.model_validate({}))
+    ticket_system: TicketSystemSettings = Field(default_factory=lambda: TicketSystemSettings.model_validate({}))
     probe_sample_percent: float = Field(10.0, ge=0, le=100, description="share of healthy devices probed per run")
 
 
@@ -525,9 +645,9 @@ class Inventory(_Model):
     servers: list[Server] = Field(default_factory=list)
     locations: list[Location] = Field(default_factory=list)
     connectors: dict[str, Any] = Field(default_factory=dict)
-    rehearsal: Rehearsal = Field(default_factory=Rehearsal)
-    support: Support = Field(default_factory=Support)
-    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    rehearsal: Rehearsal = Field(default_factory=lambda: Rehearsal.model_validate({}))
+    support: Support = Field(default_factory=lambda: Support.model_validate({}))
+    schedule: ScheduleSettings = Field(default_factory=lambda: ScheduleSettings.model_validate({}))
     source: str = ""
     digest: str = ""
 
@@ -560,4 +680,4 @@ class Inventory(_Model):
         )
 
 
-CASCADE_KINDS = {"workstation": Workstation, "thin_client": ThinClient, "server": Server, "location": Location}
+CASCADE_KINDS: dict[str, type[BaseModel]] = {"workstation": Workstation, "thin_client": ThinClient, "server": Server, "location": Location}
