@@ -56,7 +56,6 @@ class ImiSession:
     def __init__(self, endpoint: ImiEndpoint):
         self.endpoint = endpoint
         self.http = requests.Session()
-        self.http.verify = endpoint.verify
         self.http.headers.update({"Accept": "application/json"})
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=endpoint.max_in_flight)
         self.http.mount("https://", adapter)
@@ -132,8 +131,9 @@ class ImiSession:
         timeout = (self.endpoint.connect_timeout, self.endpoint.request_timeout)
         with self._slots:
             try:
+                # verify per request: a session-wide verify loses to REQUESTS_CA_BUNDLE in the environment
                 return self.http.request(method, self.endpoint.base_url + path, params=params, json=body,
-                                         auth=auth, timeout=timeout)
+                                         auth=auth, timeout=timeout, verify=self.endpoint.verify)
             except requests.exceptions.SSLError as exc:
                 raise ConnectorError(
                     f"TLS certificate of UMS {self.endpoint.host}:{self.endpoint.port} not trusted ({_short(exc)})",
