@@ -84,7 +84,11 @@ class _Index(Generic[T]):
             self._items[key] = value
 
     def items(self) -> list[tuple[str, T]]:
+        """Everything in the copy (fetched first if there is none yet)."""
         with self._lock:
+            if self._fetched_at == float("-inf"):
+                self._fetched_at = time.monotonic()
+                self._items = self._fetch()
             return list(self._items.items())
 
 
@@ -109,8 +113,6 @@ class UmsConnector:
         self._profiles: _Index[str] = _Index(self._fetch_profiles)
         self._directories: _Index[str] = _Index(self._fetch_directories)
         self._firmwares: _Index[str] = _Index(self._fetch_firmwares)
-        self._receivers: dict[str, set[str]] = {}  # profile id -> thin clients it is directly assigned to
-        self._receivers_lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._pending_reboot: set[str] = set()  # changed in UMS, not yet rebooted (survives retries, not a resume)
 
@@ -160,11 +162,14 @@ class UmsConnector:
         if str(device.get("parentID")) != directory:
             self._move(tc_id, directory)
             note(f"moved to {expected['directory']}")
-        if old is not None and tc_id in self._receivers_of(old):
+        assigned = self._assigned(tc_id)
+        if old is not None and old in assigned:
             self._unassign(tc_id, old)
+            assigned.discard(old)
             note(f"unassigned {old_name}")
-        if tc_id not in self._receivers_of(target):
+        if target not in assigned:
             self._assign(tc_id, target)
+            assigned.add(target)
             note(f"assigned {p.get('target_profile')}")
         if not done and tc_id not in self._pending_reboot:
             state = self.state(tc_id)
@@ -178,7 +183,7 @@ class UmsConnector:
         self._command(tc_id, "settings2tc", action.target)
         note("settings sent")
         rebooted_at = self._command(tc_id, "reboot", action.target)
-        state = self._wait_for_reboot(tc_id, rebooted_at, action.target)
+        state = self._wait_for_reboot(tc_id, rebooted_at, action.target, assigned)
         self._pending_reboot.discard(tc_id)
         note("rebooted")
         mismatches = _mismatches(expected, state, old_name)
@@ -233,12 +238,12 @@ class UmsConnector:
         online = self.imi.call("GET", f"thinclients/{tc_id}", params={"facets": "online"}).get("online")
         return self._state_from(details, bool(online))
 
-    def _state_from(self, details: dict[str, Any], online: bool) -> dict[str, Any]:
+    def _state_from(self, details: dict[str, Any], online: bool, profile_ids: set[str] | None = None) -> dict[str, Any]:
+        """State from a details answer; the assigned profiles are read unless this run just set them."""
         tc_id = str(details["id"])
         self._remember_device(details)
-        assignments = self.imi.call("GET", f"thinclients/{tc_id}/assignments/profiles")
-        profile_ids = [str(a["assignee"]["id"]) for a in _entries(assignments)
-                       if a.get("assignee", {}).get("type") == "profile"]
+        if profile_ids is None:
+            profile_ids = self._assigned(tc_id)
         names = {pid: name for name, pid in self._profiles.items()}
         profiles = sorted(names.get(pid, f"id {pid}") for pid in profile_ids)
         parent = str(details.get("parentID"))
@@ -251,23 +256,27 @@ class UmsConnector:
                 "last_contact": details.get("lastContact"), "last_boot": details.get("lastBoottime"),
                 "hostname": details.get("networkName") or details.get("name"), "ums_name": details.get("name")}
 
-    def _wait_for_reboot(self, tc_id: str, rebooted_at: int | None, target: str) -> dict[str, Any]:
-        """Look until the device has contacted UMS since the reboot command and is online."""
+    def _wait_for_reboot(self, tc_id: str, rebooted_at: int | None, target: str,
+                         assigned: set[str]) -> dict[str, Any]:
+        """Look until the device has booted since the reboot command, contacted UMS since, and is online."""
         s = self.settings
         deadline = time.monotonic() + s.reboot_timeout
-        last = "no contact since the reboot"
+        last = "no boot since the reboot command"
         while True:
             time.sleep(min(s.reboot_poll, max(0.0, deadline - time.monotonic())))
             details = self.imi.call("GET", f"thinclients/{tc_id}", params={"facets": "details"})
-            contact = _millis(details.get("lastContact"))
-            if rebooted_at is None or (contact is not None and contact >= rebooted_at):
+            # booted after the command, and heard from since: the details already show the new boot
+            # (lastContact alone is not proof: UMS notes a contact when it sends the command itself)
+            booted, contact = _millis(details.get("lastBoottime")), _millis(details.get("lastContact"))
+            if booted is not None and (rebooted_at is None or booted > rebooted_at) and (contact or 0) >= booted:
                 online = self.imi.call("GET", f"thinclients/{tc_id}", params={"facets": "online"}).get("online")
                 if online:
-                    return self._state_from(details, True)
+                    return self._state_from(details, True, assigned)
                 last = "contacted UMS after the reboot, offline again"
             if time.monotonic() >= deadline:
                 raise ConnectorError(f"{target} did not report back to UMS within {s.reboot_timeout:g} s after the "
-                                     f"reboot ({last}; last contact {details.get('lastContact')})", transient=True,
+                                     f"reboot ({last}; last boot {details.get('lastBoottime')}, last contact "
+                                     f"{details.get('lastContact')})", transient=True,
                                      hint="is it powered and on the network? a retry reboots it again")
 
     # ------------------------------------------------------------ operations (batched where IMI takes a list)
@@ -301,26 +310,17 @@ class UmsConnector:
     def _assign(self, tc_id: str, profile: str) -> None:
         self.batcher.submit(("POST", f"profiles/{profile}/assignments/thinclients/", ()),
                             {"assignee": {"id": profile, "type": "profile"}, "receiver": {"id": tc_id, "type": "tc"}})
-        with self._receivers_lock:
-            self._receivers.setdefault(profile, set()).add(tc_id)
 
     def _unassign(self, tc_id: str, profile: str) -> None:
         try:
             self.imi.call("DELETE", f"profiles/{profile}/assignments/thinclients/{tc_id}")
         except ImiNotFound:  # already gone: what we wanted
             pass
-        with self._receivers_lock:
-            self._receivers.setdefault(profile, set()).discard(tc_id)
 
-    def _receivers_of(self, profile: str) -> set[str]:
-        """Thin clients the profile is directly assigned to: one listing per profile per run."""
-        with self._receivers_lock:
-            known = self._receivers.get(profile)
-            if known is None:
-                answer = self.imi.call("GET", f"profiles/{profile}/assignments/thinclients")
-                known = self._receivers[profile] = {str(a["receiver"]["id"]) for a in _entries(answer)
-                                                    if a.get("receiver", {}).get("type") == "tc"}
-            return set(known)
+    def _assigned(self, tc_id: str) -> set[str]:
+        """Ids of the profiles directly assigned to the thin client, as UMS has them now."""
+        answer = self.imi.call("GET", f"thinclients/{tc_id}/assignments/profiles")
+        return {str(a["assignee"]["id"]) for a in _entries(answer) if a.get("assignee", {}).get("type") == "profile"}
 
     def directory_id(self, name: str) -> str:
         """The location's directory, created at the root when UMS has none of that name."""
