@@ -17,7 +17,10 @@ from bigbang.runner import Runner
 from bigbang.secrets import resolve
 from bigbang.session import RunOptions, RunSession
 from tests.helpers import copy_demo
-from tests.peers.imi_server import ImiServer, imi_server, populate, thin_client_params  # noqa: F401
+from tests.peers import imi_server as imi_peer
+from tests.peers.imi_server import ImiServer, populate, thin_client_params
+
+imi_server = imi_peer.imi_server  # the fixture
 
 CONTEXT = ConnectorContext(run_id="test", inventory=None, resolve_secret=resolve)
 DIRECTORY = "HST-001 Holstebro Rådhus"
@@ -60,7 +63,7 @@ def test_reassign_and_verify_many_devices_concurrently(imi_server, connect):
     devices = populate(lab, 24)
     conn = connect()
     outcomes = run_all(conn, lab, devices)
-    for device, outcome in zip(devices, outcomes, strict=True):
+    for outcome in outcomes:
         assert outcome.ok and outcome.changed, outcome.message
         assert outcome.facts["substeps"] == [f"moved to {DIRECTORY}", "unassigned igel-citrix-2022",
                                              "assigned igel-citrix-2026", "settings sent", "rebooted"]

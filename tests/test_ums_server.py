@@ -12,7 +12,10 @@ import pyimi
 import pytest
 import requests
 
-from tests.peers.imi_server import imi_server, populate  # noqa: F401
+from tests.peers import imi_server as imi_peer
+from tests.peers.imi_server import populate
+
+imi_server = imi_peer.imi_server  # the fixture
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Hashable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -281,7 +281,7 @@ class UmsConnector:
 
     # ------------------------------------------------------------ operations (batched where IMI takes a list)
     def _send_batch(self, key: Hashable, items: list[Any]) -> Any:
-        method, path, params = key  # type: ignore[misc]
+        method, path, params = cast(tuple[str, str, tuple[tuple[str, str], ...]], key)
         return self.imi.call(method, path, params=dict(params), body=items)
 
     def _command(self, tc_id: str, command: str, target: str) -> int | None:
@@ -360,9 +360,10 @@ class UmsConnector:
             return None
 
     def _remember_device(self, entry: dict[str, Any]) -> dict[str, Any]:
+        tc_id = str(entry["id"])
         fresh = {k: entry.get(k) for k in ("mac", "name", "firmwareID", "movedToBin")}
-        fresh.update(id=str(entry["id"]), parentID=str(entry.get("parentID")))
-        device = self._devices_by_id.setdefault(fresh["id"], fresh)
+        fresh.update(id=tc_id, parentID=str(entry.get("parentID")))
+        device = self._devices_by_id.setdefault(tc_id, fresh)
         device.update(fresh)  # in place: the MAC index holds the same dict
         return device
 

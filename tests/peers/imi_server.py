@@ -422,7 +422,7 @@ def thin_client_params(lab: ImiServer, device: Device, *, location: str = "HST-0
                        **extra: Any) -> dict[str, Any]:
     """The params bigbang's plan gives a thin client's steps (see plan._thin_client_plan)."""
     mac = ":".join(device.mac[i:i + 2] for i in range(0, 12, 2)).lower()
-    params = {"location": location, "location_name": location_name, "mac": mac, "address": device.name,
+    params: dict[str, Any] = {"location": location, "location_name": location_name, "mac": mac, "address": device.name,
               "current_profile": current_profile, "target_profile": target_profile, "firmware": firmware,
               "storefront_url": None, "settings": {}, "hostname": f"{location.lower()}-tc-{device.id}", "vars": {}}
     params.update(extra)
