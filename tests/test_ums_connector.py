@@ -195,7 +195,7 @@ def test_registered_and_described():
     assert fields["port"].default == 8443 and fields["insecure"].default is False
     assert all(fields[name].description for name in ("password", "ca_file", "batch_window", "max_in_flight"))
     with pytest.raises(ValueError, match="plaintext secret"):
-        UmsSettings(host="ums", username="u", password="clear-text")
+        UmsSettings.model_validate({"host": "ums", "username": "u", "password": "clear-text"})
 
 
 def test_cascade_chooses_ums_or_ssh_per_device(tmp_path):
