@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bigbang.connectors.base import Action, Connector, ConnectorContext, ConnectorType, Outcome
 from bigbang.connectors.ssh import SshSettings
+from bigbang.connectors.ums import UmsSettings
 from bigbang.connectors.vsphere import VsphereSettings
 from bigbang.connectors.winrm import WinrmSettings
 from bigbang.inventory.model import Rehearsal
@@ -36,6 +37,13 @@ CONNECTORS: dict[str, ConnectorType] = {
             settings_model=SshSettings,
             step_kinds=THIN_CLIENT_STEPS,
             factory="bigbang.connectors.ssh:create",
+        ),
+        ConnectorType(
+            name="ums",
+            summary="IGEL thin clients through IGEL UMS (IMI REST API v3)",
+            settings_model=UmsSettings,
+            step_kinds=THIN_CLIENT_STEPS,
+            factory="bigbang.connectors.ums:create",
         ),
         ConnectorType(
             name="winrm",
