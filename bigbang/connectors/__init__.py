@@ -6,6 +6,7 @@ from bigbang.connectors.base import Action, Connector, ConnectorContext, Connect
 from bigbang.connectors.ssh import SshSettings
 from bigbang.connectors.vsphere import VsphereSettings
 from bigbang.connectors.winrm import WinrmSettings
+from bigbang.connectors.xen import XenSettings
 from bigbang.inventory.model import Rehearsal
 
 SERVER_STEPS = frozenset({"srv.precheck", "srv.snapshot", "srv.provision", "srv.verify"})
@@ -29,6 +30,13 @@ CONNECTORS: dict[str, ConnectorType] = {
             settings_model=VsphereSettings,
             step_kinds=SERVER_STEPS,
             factory="bigbang.connectors.vsphere:create",
+        ),
+        ConnectorType(
+            name="xen",
+            summary="Citrix Hypervisor (XenServer/XCP-ng) through XenAPI",
+            settings_model=XenSettings,
+            step_kinds=SERVER_STEPS,
+            factory="bigbang.connectors.xen:create",
         ),
         ConnectorType(
             name="ssh",

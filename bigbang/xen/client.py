@@ -86,7 +86,7 @@ class _Transport(xmlrpc.client.SafeTransport):
         self._timeout = timeout
         self._count = count
 
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+    def make_connection(self, host: Any) -> http.client.HTTPSConnection:
         conn = super().make_connection(host)
         conn.timeout = self._timeout
         return conn
