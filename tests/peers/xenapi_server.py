@@ -185,7 +185,8 @@ class XapiPool:
 
     def fail(self, method: str, *description: str, when: Callable[[tuple], bool] | None = None,
              times: int = 1) -> None:
-        """The next `times` calls of `method` whose params satisfy `when` fail with `description`."""
+        """The next `times` calls of `method` (also as Async.`method`) whose arguments (without the session)
+        satisfy `when` fail with `description`; an Async call's task fails with it."""
         with self.lock:
             self._faults.append((method, list(description), when or (lambda _p: True), [times]))
 
@@ -262,12 +263,8 @@ class XapiPool:
     def handle(self, host: str, method: str, params: tuple) -> Any:
         with self.lock:
             self.calls.append((self.db["host"][host]["name_label"], method))
-            for fault in self._faults:
-                name, description, when, left = fault
-                if name == method and left[0] > 0 and when(params):
-                    left[0] -= 1
-                    raise Failure(*description)
             if method == "session.login_with_password":
+                self._faulty(method, params)
                 return self._login(host, *params)
             if method in ("session.logout", "session.local_logout"):
                 self._session(params)
@@ -370,8 +367,16 @@ class XapiPool:
                 return change
         raise Failure("MESSAGE_METHOD_UNKNOWN", method)
 
+    def _faulty(self, method: str, args: tuple) -> None:
+        for name, description, when, left in self._faults:
+            if name == method and left[0] > 0 and when(args):
+                left[0] -= 1
+                raise Failure(*description)
+
     def _call(self, method: str, args: tuple) -> Any:
+        """Run one method (directly, or as an Async task's work); args without the session."""
         fn = self._resolve(method)
+        self._faulty(method, args)
         try:
             return fn(*args)
         except TypeError as exc:
