@@ -11,13 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 import yaml
 
 from bigbang.connectors.base import Action, ConnectorContext
 from bigbang.connectors.xen import XenSettings, create
 from bigbang.secrets import resolve
-from tests.peers.xenapi_server import GiB, PASSWORD, PASSWORD_ENV, xapi  # noqa: F401
+from tests.peers.xenapi_server import PASSWORD, PASSWORD_ENV, GiB, xapi  # noqa: F401
 
 ROLLOUT = "Test Kommune Big Bang"
 SNAPSHOT = "bigbang-before-test-kommune-big-bang"

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,9 @@ def _ref() -> str:
     return f"OpaqueRef:{uuid.uuid4()}"
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H:%M:%SZ")
+def _now() -> xmlrpc.client.DateTime:
+    """A XenAPI dateTime (XML-RPC dateTime.iso8601 in UTC)."""
+    return xmlrpc.client.DateTime(datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H:%M:%SZ"))
 
 
 class XapiPool:
@@ -345,17 +347,14 @@ class XapiPool:
             field = op[4:]
             return lambda ref: copy.deepcopy(record_of(ref)[field]) if field in record_of(ref) else _unknown(method)
         if op.startswith("set_") and op[4:] in SETTABLE.get(cls, ()):
-            field = op[4:]
-
-            def setter(ref: str, value: Any) -> str:
+            def setter(ref: str, value: Any, field: str = op[4:]) -> str:
                 record_of(ref)[field] = copy.deepcopy(value)
                 return ""
             return setter
         for prefix in ("add_to_", "remove_from_"):
             if op.startswith(prefix) and op[len(prefix):] in SETTABLE.get(cls, ()):
-                field = op[len(prefix):]
-
-                def change(ref: str, key: str, value: str = "", _add: bool = prefix == "add_to_") -> str:
+                def change(ref: str, key: str, value: str = "", _add: bool = prefix == "add_to_",
+                           field: str = op[len(prefix):]) -> str:
                     mapping = record_of(ref)[field]
                     if _add:
                         if key in mapping:
@@ -758,7 +757,7 @@ def make_certificates(directory: Path, addresses: list[str]) -> tuple[str, str, 
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bigbang XenAPI test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
