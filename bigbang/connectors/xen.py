@@ -311,8 +311,7 @@ class XenConnector:
             done.append("started")
         if created or FIRST_BOOT in state.mark:
             # First boot has started: never customise this VM again, even if it is halted later.
-            other = dict(client.check("VM.get_other_config", ref, what=f"read {name}"))
-            other[MARK_KEY] = f"provisioned for {self.rollout}"
+            other = {**state.other_config, MARK_KEY: f"provisioned for {self.rollout}"}
             client.check("VM.set_other_config", ref, other, what=f"mark {name} as provisioned")
         facts["changes"] = done
         if created:

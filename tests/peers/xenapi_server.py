@@ -77,7 +77,8 @@ class XapiPool:
     def __init__(self, name: str = "cl-prod-02", *, subnet: int = 61, srs: dict[str, int] | None = None,
                  networks: tuple[str, ...] = ("vlan110-servers", "vlan120-citrix", "vlan130-mgmt"),
                  templates: dict[str, tuple[int, str]] | None = None, host_memory_gb: int = 512,
-                 task_delay: float = 0.05, boot_delay: float = 0.15, directory: Path | None = None):
+                 task_delay: float = 0.05, boot_delay: float = 0.15, directory: Path | None = None,
+                 port: int | None = None):
         self.name = name
         self.subnet = subnet
         self.task_delay = task_delay
@@ -93,10 +94,10 @@ class XapiPool:
         self._dhcp = 0
         self.master_address = f"127.0.{subnet}.1"
         self.member_address = f"127.0.{subnet}.2"
-        self.port = free_port()
+        self.port = port or free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix="xapi-") if directory is None else None
         self.dir = Path(self._tmp.name if self._tmp else directory)  # type: ignore[arg-type]
-        self.ca_file, cert, key = make_certificates(self.dir, [self.master_address, self.member_address])
+        self.ca_file, cert, key = make_certificates(self.dir, [self.master_address, self.member_address], name)
         self._seed(srs or {"ds-ssd-01": 20_000, "ds-nl-01": 50_000}, networks,
                    templates or {"tpl-win2022": (60, "ds-ssd-01"), "tpl-rhel9": (20, "ds-ssd-01"),
                                  "tpl-win2022-vda": (80, "ds-ssd-01")}, host_memory_gb)
@@ -750,7 +751,7 @@ class _Server(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         pass  # a client that rejects our certificate or hangs up is not the server's problem
 
 
-def make_certificates(directory: Path, addresses: list[str]) -> tuple[str, str, str]:
+def make_certificates(directory: Path, addresses: list[str], pool: str = "") -> tuple[str, str, str]:
     """A self-signed CA and a host certificate for `addresses` (and localhost); returns file paths."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -759,7 +760,8 @@ def make_certificates(directory: Path, addresses: list[str]) -> tuple[str, str, 
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bigbang XenAPI test CA")])
+    # A CA name per pool: several pools' CAs in one ca_file must not be mistaken for each other.
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bigbang XenAPI test CA {pool} {addresses[0]}")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
           .not_valid_after(now + datetime.timedelta(days=2))
