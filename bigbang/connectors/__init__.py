@@ -7,6 +7,7 @@ from bigbang.connectors.ssh import SshSettings
 from bigbang.connectors.ums import UmsSettings
 from bigbang.connectors.vsphere import VsphereSettings
 from bigbang.connectors.winrm import WinrmSettings
+from bigbang.connectors.xen import XenSettings
 from bigbang.inventory.model import Rehearsal
 
 SERVER_STEPS = frozenset({"srv.precheck", "srv.snapshot", "srv.provision", "srv.verify"})
@@ -30,6 +31,13 @@ CONNECTORS: dict[str, ConnectorType] = {
             settings_model=VsphereSettings,
             step_kinds=SERVER_STEPS,
             factory="bigbang.connectors.vsphere:create",
+        ),
+        ConnectorType(
+            name="xen",
+            summary="Citrix Hypervisor (XenServer/XCP-ng) through XenAPI",
+            settings_model=XenSettings,
+            step_kinds=SERVER_STEPS,
+            factory="bigbang.connectors.xen:create",
         ),
         ConnectorType(
             name="ssh",

@@ -470,6 +470,14 @@ class Server(_Model):
 
     kind: Literal["server"] = "server"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _citrix_on_xen(cls, value: Any) -> Any:
+        # Citrix Hypervisor servers default to the xen connector; a cascaded `connector` still wins.
+        if isinstance(value, dict) and value.get("platform") == "citrix" and "connector" not in value:
+            return {**value, "connector": "xen"}
+        return value
+
 
 # ---------------------------------------------------------------- locations and teams
 
