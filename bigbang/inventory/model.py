@@ -415,6 +415,18 @@ class Team(_Model):
     base: tuple[float, float] | None = Field(None, description="coordinates the team sets out from (schedule)")
 
 
+class SplitSettings(_Model):
+    """How `bigbang schedule` splits a location that cannot be worked in one piece (docs/schedule.md)."""
+
+    allow: bool = Field(True, description="split a location that does not fit one access opening into visits")
+    min_visit: Duration = Field(2 * 3600.0, description="no visit is shorter than this")
+    max_visits: int = Field(4, ge=1, le=20, description="visits one crew makes to one location at most")
+    crews_at_once: int = Field(
+        1, ge=1, le=20, description="crews that may work one location at the same time (each its own devices)")
+    devices_per_crew: int = Field(
+        40, ge=1, description="a location gets several crews at once only with at least this many devices per crew")
+
+
 class ScheduleSettings(_Model):
     """Inputs of `bigbang schedule` beyond teams and locations (see docs/schedule.md)."""
 
@@ -430,6 +442,8 @@ class ScheduleSettings(_Model):
     start: Literal["slot", "checkin", "slot_or_checkin"] = Field(
         "slot", description="a scheduled location starts at its slot, when its technician checks in, or "
                             "whichever comes first (rehearsals: a simulated technician checks in at the slot)")
+    split: SplitSettings = Field(default_factory=SplitSettings,
+                                 description="visits of a location too long for one access opening")
 
 
 # ---------------------------------------------------------------- rehearsal (the simulated connector)

@@ -74,10 +74,24 @@ def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, 
             options.append(x)
             domain = cp_model.Domain.from_intervals([[lo, hi] for lo, hi in ranges])
             model.add_linear_expression_in_domain(start[j], domain).only_enforce_if(x)
-            model.add(end[j] == start[j] + problem.jobs[j].duration[problem.crews[c].team]).only_enforce_if(x)
+            model.add(end[j] == start[j] + problem.duration(j, c)).only_enforce_if(x)
         if not options:
             return _Sub(None, "INFEASIBLE", None, 0.0, 0.0)
         model.add_exactly_one(options)
+    members_set = set(jobs)
+    for b in jobs:  # the visits of a lane: one crew, in order
+        a = problem.jobs[b].prev
+        if a is None or a not in members_set:
+            continue
+        model.add(start[b] >= end[a])
+        for c in crews:
+            xa, xb = assign.get((a, c)), assign.get((b, c))
+            if xa is not None and xb is not None:
+                model.add(xa == xb)
+            elif xa is not None:
+                model.add(xa == 0)
+            elif xb is not None:
+                model.add(xb == 0)
 
     hint_arcs = set()
     for c, seq in hint.items():
@@ -173,7 +187,7 @@ def timed_subset(problem: Problem, sequences: dict[int, list[int]]) -> dict[int,
             s = problem.earliest_start(j, c, free + travel)
             if s is None:
                 return None
-            free, prev = s + problem.jobs[j].duration[problem.crews[c].team], j
+            free, prev = s + problem.duration(j, c), j
             out[j] = (s, free, c)
     return out
 
