@@ -79,8 +79,6 @@ def run(args) -> int:
     schedule = make_schedule(inventory, seed=args.seed, time_limit=args.time_limit, measured=measured,
                              measured_from=measured_from)
     data = schedule.to_dict()
-    data["slots"] = {lid: {"team": team, "offset_s": offset, "crew": crew}
-                     for lid, (team, offset, crew) in sorted(schedule.slots().items())}
     out = Path(args.out) if args.out else _default_out(inventory.rollout.name)
     files = write_files(schedule, out)
     stored = None

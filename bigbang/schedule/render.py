@@ -232,7 +232,9 @@ def itineraries(schedule: Schedule) -> list[dict[str, Any]]:
         stops = []
         for j in seq:
             v, job = sol.visits[j], p.jobs[j]
-            stops.append({"location": job.id, "name": job.name, "address": job.address,
+            stops.append({"location": job.site, "visit": job.visit, "visits": job.visits,
+                          "name": job.name + (f" (visit {job.visit} of {job.visits})" if job.visits > 1 else ""),
+                          "address": job.address,
                           "arrive": _hhmm(schedule, v.start), "leave": _hhmm(schedule, v.end),
                           "start_min": v.start, "end_min": v.end, "travel_min": v.travel,
                           "devices": job.devices, "workstations": job.workstations,
