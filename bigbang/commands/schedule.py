@@ -1,6 +1,7 @@
 """`bigbang schedule`: fit the weekend into its window, and check a run against its schedule.
 
     bigbang schedule PATH [--json] [--out DIR] [--from-run RUN_ID] [--seed N] [--time-limit S]
+    bigbang schedule PATH --risk N [--seed S]     # how likely it fits: N Monte Carlo trials
     bigbang schedule compare RUN_ID [--json]
     bigbang schedule deployment PATH [--run-id RUN_ID]
     bigbang schedule checkin RUN_ID LOCATION --by NAME
@@ -47,6 +48,9 @@ def register(sub) -> None:
     p.add_argument("--no-store", action="store_true", help="do not store the schedule next to the inventory")
     p.add_argument("--team", action="append", metavar="ID", help="show only this team's itinerary")
     p.add_argument("--check", action="store_true", help=f"exit {EXIT_DOES_NOT_FIT} when it does not fit")
+    p.add_argument("--risk", type=int, metavar="N",
+                   help="play N Monte Carlo trials of the schedule with the rehearsal's duration spreads and failure "
+                        "rates: probability of fitting, P50/P90 end, what makes it late, a chart (risk.svg/png)")
     p.add_argument("--run-id", help="deployment: the run the scheduled flow run works on")
     p.add_argument("--tolerance", type=float, default=15.0, metavar="MIN",
                    help="compare: minutes of slip before a location is flagged (default 15)")
@@ -64,6 +68,8 @@ def run(args) -> int:
                         hint="bigbang schedule PATH, or bigbang schedule compare RUN_ID")
     if args.time_limit < 0:
         raise UserError("--time-limit cannot be negative")
+    if args.risk is not None and not 1 <= args.risk <= 100_000:
+        raise UserError("--risk takes the number of trials, 1 to 100000")
     from bigbang.inventory import load_inventory
     from bigbang.schedule import make_schedule
     from bigbang.schedule.render import itineraries, write_files
@@ -84,6 +90,8 @@ def run(args) -> int:
     stored = None
     if not args.no_store:
         stored = save(args.path, data)
+    if args.risk is not None:
+        return risk(args, schedule, inventory, out, stored)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     else:
@@ -93,6 +101,41 @@ def run(args) -> int:
         if stored:
             console.print(f"Stored: {stored} — runs of this inventory follow it (delete the file to run without).")
     return EXIT_DOES_NOT_FIT if args.check and not schedule.verdict.fits else 0
+
+
+def risk(args, schedule, inventory, out: Path, stored) -> int:
+    """`--risk N`: Monte Carlo trials of the schedule just made."""
+    from bigbang.schedule.risk import simulate, write_chart
+
+    result = simulate(schedule, inventory, args.risk, seed=args.seed)
+    files = write_chart(result, schedule, out)
+    if args.json:
+        sys.stdout.write(json.dumps({"schedule_fits": schedule.verdict.fits, "makespan_min": schedule.makespan,
+                                     "risk": result.to_dict(), "chart": {k: str(v) for k, v in files.items()}},
+                                    indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        return EXIT_DOES_NOT_FIT if args.check and result.p_fit < 0.5 else 0
+    console = Console(highlight=False)
+    v = schedule.verdict
+    console.print(f"[bold]{schedule.problem.rollout}[/] — the schedule {'fits' if v.fits else 'does not fit'} on paper: "
+                  f"the last location ends {result.planned_local} (window closes {result.window_local})")
+    colour = "green" if result.p_fit >= 0.9 else "yellow" if result.p_fit >= 0.5 else "red"
+    console.print(f"[{colour}]probability of finishing inside the window: {result.p_fit:.1%}[/] "
+                  f"({result.trials} trials, seed {result.seed})")
+    console.print(f"P50 end of the weekend: {result.p50_local}   P90: {result.p90_local}   "
+                  f"({schedule.problem.timezone}; plan {result.planned_local})")
+    console.print(f"per trial: {result.retries_per_trial:.1f} retried attempts, "
+                  f"{result.failed_devices_per_trial:.2f} devices failed after all retries")
+    if result.late_locations:
+        console.print("[bold]Locations most often late[/] (trials ending after the window): "
+                      + ", ".join(f"{lid} ({n})" for lid, n in result.late_locations))
+    console.print("[bold]Locations most often last[/]: " + ", ".join(f"{lid} ({n})" for lid, n in result.last_locations))
+    if result.resources:
+        console.print("[bold]What most often makes it late[/] (trials ending after the plan): "
+                      + "; ".join(f"{r} ({n})" for r, n in result.resources))
+    console.print(f"Chart: {files.get('png', files['svg'])} (and {files['svg'].name})")
+    if stored:
+        console.print(f"Stored: {stored}")
+    return EXIT_DOES_NOT_FIT if args.check and result.p_fit < 0.5 else 0
 
 
 def _default_out(rollout: str) -> Path:
