@@ -29,7 +29,7 @@ def critical_path(problem: Problem) -> tuple[Bound, dict[str, int | None]]:
     best = Bound("critical_path", 0, "nothing to do")
     for j, job in enumerate(problem.jobs):
         finishes = []
-        for c, crew in enumerate(problem.crews):
+        for c in range(len(problem.crews)):
             s = problem.earliest_start(j, c, problem.base_travel[c][j])
             if s is not None:
                 finishes.append(s + problem.duration(j, c))

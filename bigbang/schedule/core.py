@@ -188,7 +188,7 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
 
     # Locations that cannot be done at all, or not inside the window even alone.
     impossible = [j for j in range(len(jobs)) if own[jobs[j].id] is None]
-    late_alone = [j for j in range(len(jobs)) if own[jobs[j].id] is not None and own[jobs[j].id] > W]
+    late_alone = [j for j in range(len(jobs)) if (own[jobs[j].id] or 0) > W]
     for j in impossible:
         job = jobs[j]
         if job.visits > 1 and job.visit > 1 and any(jobs[i].site == job.site for i in impossible if i < j):
@@ -201,8 +201,9 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
                         + _more_devices(inventory, problem, j, longest))
     for j in late_alone:
         job = jobs[j]
-        details.append(f"even alone, {job.id} cannot end before +{_hm(own[job.id])} "
-                       f"({_hm(own[job.id] - W)} after the window closes): {_explain_alone(problem, j)}")
+        alone = own[job.id] or 0
+        details.append(f"even alone, {job.id} cannot end before +{_hm(alone)} "
+                       f"({_hm(alone - W)} after the window closes): {_explain_alone(problem, j)}")
     if impossible or late_alone:
         binding = "access_hours" if impossible or any(_alone_binding(problem, j) == "access_hours"
                                                       for j in late_alone) else "dependency"
@@ -338,7 +339,7 @@ def critical_chain(problem: Problem, sol: Solution) -> tuple[list[str], str, str
 
 def _more_crews(problem: Problem, sol: Solution, inventory: Inventory, seed: int, rebuild) -> list[str]:
     """Would one more crew in the busiest team make it fit? Checked with the heuristic."""
-    out = []
+    out: list[str] = []
     last = max((v for v in sol.visits if v.crew >= 0), key=lambda v: v.end, default=None)
     if last is None:
         return out

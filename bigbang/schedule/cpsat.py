@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from bigbang.schedule.problem import Problem
 from bigbang.schedule.solve import Solution, _crew_stats, timed
@@ -62,7 +63,7 @@ def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, 
     last = horizon if cap is None else cap
     start = {j: model.new_int_var(0, last, f"s{j}") for j in jobs}
     end = {j: model.new_int_var(0, last, f"e{j}") for j in jobs}
-    assign: dict[tuple[int, int], object] = {}
+    assign: dict[tuple[int, int], Any] = {}
     for j in jobs:
         options = []
         for c in crews:
@@ -101,11 +102,11 @@ def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, 
             prev = j
         hint_arcs.add((c, prev, -1))
     node = {j: k + 1 for k, j in enumerate(jobs)}  # 0 is the crew's depot
-    arc_lits: dict[tuple[int, int, int], object] = {}
+    arc_lits: dict[tuple[int, int, int], Any] = {}
     for c in crews:
         members = [j for j in jobs if (j, c) in assign]
         empty = model.new_bool_var(f"empty{c}")
-        arcs = [(0, 0, empty)]
+        arcs: list[tuple[int, int, Any]] = [(0, 0, empty)]
         arc_lits[c, -1, -1] = empty
         for j in members:
             x = assign[j, c]
@@ -115,9 +116,9 @@ def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, 
             arcs.append((0, node[j], first))
             arc_lits[c, -1, j] = first
             model.add(start[j] >= problem.base_travel[c][j]).only_enforce_if(first)
-            last = model.new_bool_var(f"l{c}_{j}")
-            arcs.append((node[j], 0, last))
-            arc_lits[c, j, -1] = last
+            tail = model.new_bool_var(f"l{c}_{j}")
+            arcs.append((node[j], 0, tail))
+            arc_lits[c, j, -1] = tail
         for i in members:
             for k in members:
                 if i == k:

@@ -175,6 +175,8 @@ class Problem:
         return self.jobs[j].duration[self.crews[c].team]
 
     def earliest_start(self, j: int, c: int, ready: int) -> int | None:
+        if j in self.fixed:  # done or under way: where it really is, whatever the plan says
+            return self.fixed[j][1] if self.fixed[j][0] == c else None
         for lo, hi in self.start_windows(j, c):
             if hi >= ready:
                 return max(lo, ready)

@@ -229,7 +229,7 @@ def itineraries(schedule: Schedule) -> list[dict[str, Any]]:
     out = []
     for c, seq in enumerate(sol.sequences):
         crew = p.crews[c]
-        stops = []
+        stops: list[dict[str, Any]] = []
         for j in seq:
             v, job = sol.visits[j], p.jobs[j]
             stops.append({"location": job.site, "visit": job.visit, "visits": job.visits,

@@ -148,13 +148,14 @@ def simulate(schedule: Schedule, inventory: Inventory, trials: int = 100, seed: 
         return out or None
 
     visit_devices: dict[int, list[tuple[tuple[str, ...], dict[str, int] | None, float]]] = {}
+    steps: tuple[str, ...]
     for j, job in enumerate(p.jobs):
         v = sol.visits[j]
         if v.crew == UNSCHEDULED:
             continue
         loc = inventory.location_by_id[job.site]
         a, b = job.devices_range if job.devices_range != (0, 0) else (0, len(loc.devices))
-        devices = []
+        devices: list[tuple[tuple[str, ...], dict[str, int] | None, float]] = []
         everything = loc.devices
         for index in range(a, b):
             dev = everything[index]
@@ -177,7 +178,10 @@ def simulate(schedule: Schedule, inventory: Inventory, trials: int = 100, seed: 
         if v.crew != UNSCHEDULED:
             openings[j] = intersect(job.access, p.crews[v.crew].availability)
 
-    ends, late_count, last_count, resource_count = [], Counter(), Counter(), Counter()
+    ends: list[int] = []
+    late_count: Counter[str] = Counter()
+    last_count: Counter[str] = Counter()
+    resource_count: Counter[str] = Counter()
     for _ in range(trials):
         # servers: prechecks (and snapshots) 8 at a time, then each wave
         pre = [attempts.run(("srv.precheck", "srv.snapshot") if existing.get(s.name.lower()) else ("srv.precheck",))

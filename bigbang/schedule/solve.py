@@ -99,11 +99,15 @@ def greedy(problem: Problem, order: list[int], method: str = "greedy", best_fit:
         sequences[c].append(j)
         free[c], last[c] = max(free[c], end), j
     for j in order:
-        if j in problem.fixed or problem.jobs[j].prev is not None:
-            continue  # fixed, or placed with the first visit of its lane
-        lane = problem.lane_of(j)
+        if j in problem.fixed:
+            continue
+        whole = problem.lane_of(j)
+        lane = [k for k in whole if k not in problem.fixed]
+        if lane[0] != j:
+            continue  # placed with the first visit of its lane still to do
+        done = [problem.fixed[k][0] for k in whole if k in problem.fixed]  # the lane's crew, when under way
         best = None
-        for c in range(crews):
+        for c in (done[:1] if done else range(crews)):
             placed = _place(problem, lane, c, free[c], last[c])
             if placed is None:
                 continue
@@ -112,7 +116,8 @@ def greedy(problem: Problem, order: list[int], method: str = "greedy", best_fit:
                 close = next(hi for lo, hi in problem.start_windows(j, c) if lo <= start <= hi) + (end - start)
                 key = (close, close - end, end, c)
             else:
-                travel = problem.base_travel[c][j] if last[c] is None else problem.travel[last[c]][j]
+                before = last[c]
+                travel = problem.base_travel[c][j] if before is None else problem.travel[before][j]
                 key = (end, start - free[c], travel, c)
             if best is None or key < best[0]:
                 best = (key, c, end)
@@ -170,6 +175,7 @@ def heuristic(problem: Problem, seed: int = 0, restarts: int = 16) -> Solution:
             sol = greedy(problem, order, f"greedy ({name}{', best fit' if best_fit else ''})", best_fit)
             if best is None or sol.key() < best.key():
                 best = sol
+    assert best is not None  # priority_orders always gives the fixed rules
     return improve(problem, best)
 
 
@@ -199,7 +205,8 @@ def _best_move(problem: Problem, seqs: list[list[int]], stats: list, late: int, 
         for c in sorted(range(m), key=lambda c: (stats[c][1], c)):
             if c == late or not problem.start_windows(j, c):
                 continue
-            for pos in range(len(seqs[c]) + 1):  # move j into c
+            pinned = max((i + 1 for i, k in enumerate(seqs[c]) if k in problem.fixed), default=0)
+            for pos in range(pinned, len(seqs[c]) + 1):  # move j into c (after its work already done)
                 cand = seqs[c][:pos] + [j] + seqs[c][pos:]
                 st_c = _crew_stats(problem, c, cand)
                 if not (st_c[0] and st_late[0]):
