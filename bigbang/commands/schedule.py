@@ -124,7 +124,8 @@ def risk(args, schedule, inventory, out: Path, stored) -> int:
     console.print(f"P50 end of the weekend: {result.p50_local}   P90: {result.p90_local}   "
                   f"({schedule.problem.timezone}; plan {result.planned_local})")
     console.print(f"per trial: {result.retries_per_trial:.1f} retried attempts, "
-                  f"{result.failed_devices_per_trial:.2f} devices failed after all retries")
+                  f"{result.failed_devices_per_trial:.2f} devices failed after all retries; servers ready at "
+                  f"+{_hm(result.servers_p50_min)} in the median trial (plan +{_hm(result.servers_planned_min)})")
     if result.late_locations:
         console.print("[bold]Locations most often late[/] (trials ending after the window): "
                       + ", ".join(f"{lid} ({n})" for lid, n in result.late_locations))

@@ -62,6 +62,8 @@ class RiskResult:
     resources: list[tuple[str, int]] = field(default_factory=list)  # what made the end late, trials
     retries_per_trial: float = 0.0
     failed_devices_per_trial: float = 0.0
+    servers_planned_min: int = 0  # when the schedule expects the last server wave done
+    servers_p50_min: int = 0  # ... and when it was done in the median trial
 
     def to_dict(self) -> dict[str, Any]:
         return {"trials": self.trials, "seed": self.seed, "window_min": self.window_min,
@@ -73,6 +75,7 @@ class RiskResult:
                 "resources": [{"resource": r, "trials": n} for r, n in self.resources],
                 "retries_per_trial": round(self.retries_per_trial, 1),
                 "failed_devices_per_trial": round(self.failed_devices_per_trial, 2),
+                "servers_planned_min": self.servers_planned_min, "servers_p50_min": self.servers_p50_min,
                 "ends_min": self.ends}
 
 
@@ -179,6 +182,7 @@ def simulate(schedule: Schedule, inventory: Inventory, trials: int = 100, seed: 
             openings[j] = intersect(job.access, p.crews[v.crew].availability)
 
     ends: list[int] = []
+    servers_done: list[int] = []
     late_count: Counter[str] = Counter()
     last_count: Counter[str] = Counter()
     resource_count: Counter[str] = Counter()
@@ -192,6 +196,7 @@ def simulate(schedule: Schedule, inventory: Inventory, trials: int = 100, seed: 
         for names, _ in p.servers.waves:
             t += _pool([attempts.run(("srv.provision", "srv.verify")) for _ in names], PARALLEL_SERVERS)
             wave_done.append(math.ceil(t / 60 - 1e-9))
+        servers_done.append(wave_done[-1] if wave_done else prechecks)
 
         end_of: dict[int, int] = {}
         cause: dict[int, str] = {}
@@ -253,6 +258,8 @@ def simulate(schedule: Schedule, inventory: Inventory, trials: int = 100, seed: 
         late_locations=_top(late_count), last_locations=_top(last_count), resources=_top(resource_count),
         retries_per_trial=attempts.retried / trials if trials else 0.0,
         failed_devices_per_trial=attempts.failed / trials if trials else 0.0,
+        servers_planned_min=p.servers.waves[-1][1] if p.servers.waves else p.servers.prechecks_done,
+        servers_p50_min=sorted(servers_done)[len(servers_done) // 2] if servers_done else 0,
     )
 
 
