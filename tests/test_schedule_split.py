@@ -22,7 +22,7 @@ def check_visits(schedule) -> None:
     devices exactly once."""
     check_constraints(schedule)
     p, sol = schedule.problem, schedule.solution
-    for site, members in p.sites.items():
+    for members in p.sites.values():
         jobs = [p.jobs[j] for j in members]
         if jobs[0].visits == 1:
             continue
@@ -211,3 +211,49 @@ def test_resolve_keeps_fixed_work_and_starts_the_rest_from_now(tmp_path):
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), (c, spans)
     with pytest.raises(Exception, match="unknown crew"):
         resolve(p, [FixedWork("L1", "nope", 0, 10)], now)
+
+
+# ---------------------------------------------------------------- technicians as people
+
+def test_skills_decide_which_crew_takes_a_location_and_a_missing_skill_is_named(tmp_path):
+    teams = [{"id": "t1", "name": "T1", "capacity": {**FAST, "parallel_locations": 2},
+              "technicians": [{"id": "a", "name": "Anna", "skills": ["network"]},
+                              {"id": "b", "name": "Bo", "skills": []}]}]
+    inv = load_inventory(write_inventory(tmp_path / "inv", [{"id": f"L{i}", "ws": 60} for i in range(4)],
+                                         teams=teams, schedule={"skills": {"L0": ["network"], "L1": ["network"]}}))
+    s = make_schedule(inv, time_limit=1)
+    check_constraints(s)
+    p = s.problem
+    assert [c.people for c in p.crews] == [("Anna",), ("Bo",)]
+    for lid in ("L0", "L1"):
+        assert p.crews[s.solution.visits[p.job_index[lid]].crew].people == ("Anna",)
+    inv = load_inventory(write_inventory(tmp_path / "inv2", [{"id": "L0", "ws": 60}], teams=teams,
+                                         schedule={"skills": {"L0": ["network", "electrician"]}}))
+    s = make_schedule(inv, time_limit=1)
+    assert not s.verdict.fits
+    assert "electrician" in s.verdict.summary
+    assert any("give 1 skill (electrician) to Anna" in r for r in s.verdict.remedies)
+
+
+def test_rest_between_shifts_and_maximum_working_time_cut_the_shifts(tmp_path):
+    shifts = [{"days": ["fri"], "from": "17:00", "to": "24:00"}, {"days": ["sat"], "from": "07:00", "to": "23:00"}]
+    teams = [{"id": "t1", "name": "T1", "capacity": FAST,
+              "technicians": [{"id": "a", "name": "Anna", "shifts": shifts, "max_hours": "10h"}]}]
+    inv = load_inventory(write_inventory(tmp_path / "inv", [{"id": "L0", "ws": 60}], teams=teams))
+    s = make_schedule(inv, time_limit=1)
+    p = s.problem
+    local = [(p.local(a).strftime("%a %H:%M"), p.local(b).strftime("%a %H:%M")) for a, b in p.crews[0].availability
+             if a < p.window]
+    assert local == [("Fri 17:00", "Sat 00:00"), ("Sat 11:00", "Sat 21:00")]  # 11 h rest, then 10 h at most
+    notes = " | ".join(p.people_notes)
+    assert "Anna" in notes and "11h00 rest" in notes and "max_hours 10h00" in notes
+    assert any("Anna" in d for d in s.verdict.details)
+
+
+def test_a_technicians_home_base_sets_the_first_travel(tmp_path):
+    teams = [{"id": "t1", "name": "T1", "capacity": FAST, "base": [56.5, 8.6],
+              "technicians": [{"id": "a", "name": "Anna", "base": [56.0, 8.6]}]}]
+    inv = load_inventory(write_inventory(tmp_path / "inv", [{"id": "L0", "ws": 60, "coordinates": [56.1, 8.6]}],
+                                         teams=teams, schedule={"travel_default": "15m"}))
+    p = make_schedule(inv, time_limit=0).problem
+    assert p.base_travel[0][0] == 22  # from Anna's home (11.1 km away), not from the team's base

@@ -397,6 +397,10 @@ class Technician(_Model):
     username: Identifier | None = Field(None, description="field app sign-in name; defaults to the id")
     password_hash: PasswordHash | None = Field(None, description="from `bigbang hash-password`; no sign-in without it")
     shifts: AccessHours = Field(default_factory=list, description="when this technician works; empty: all weekend")
+    skills: list[str] = Field(default_factory=list, description="what this technician can do (schedule.skills)")
+    base: tuple[float, float] | None = Field(None, description="home base coordinates (schedule); else the team's")
+    max_hours: Duration | None = Field(
+        None, description="longest working time of one shift (schedule); longer shifts are cut to it")
 
 
 class TeamCapacity(_Model):
@@ -444,6 +448,9 @@ class ScheduleSettings(_Model):
                             "whichever comes first (rehearsals: a simulated technician checks in at the slot)")
     split: SplitSettings = Field(default_factory=SplitSettings,
                                  description="visits of a location too long for one access opening")
+    skills: dict[str, list[str]] = Field(
+        default_factory=dict, description="location id -> skills its crew needs (technicians' skills)")
+    min_rest: Duration = Field(11 * 3600.0, description="rest a technician has between two shifts at least")
 
 
 # ---------------------------------------------------------------- rehearsal (the simulated connector)

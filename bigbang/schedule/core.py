@@ -193,6 +193,10 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
         job = jobs[j]
         if job.visits > 1 and job.visit > 1 and any(jobs[i].site == job.site for i in impossible if i < j):
             continue
+        if job.skills and not any(set(job.skills) <= crew.skills for crew in problem.crews):
+            details.append(_skills_text(problem, j))
+            remedies.append(_skills_remedy(problem, inventory, j))
+            continue
         longest = max((b - max(a, job.release) for a, b in job.access), default=0)
         need = min(job.duration.values())
         details.append(f"{job.id} ({job.name}) needs {_hm(need)} without a break, but its longest access "
@@ -216,6 +220,7 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
             else:
                 remedies.append(f"{job.id}: give it access hours inside the window")
             remedies.append(f"move {job.id} to a second weekend")
+        details.extend(problem.people_notes)
         others = len(jobs) - len(impossible) - len(late_alone)
         if others and not late_alone:
             end = problem.local(sol.makespan)
@@ -230,6 +235,7 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
     chain, binding, binding_text = critical_chain(problem, sol)
     details.append(binding_text)
     details.extend(split_notes(problem))
+    details.extend(problem.people_notes)
     lb = max(bounds, key=lambda b: b.minutes)
     details.append(f"lower bound +{_hm(lb.minutes)} ({lb.name}): {lb.because}")
     if slack >= 0:
@@ -248,6 +254,26 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
     return Verdict(False, slack, binding,
                    f"does not fit: the last location ends {_hm(-slack)} after the window closes; "
                    f"the end is set by {binding_text}", details, remedies)
+
+
+def _skills_text(problem: Problem, j: int) -> str:
+    job = problem.jobs[j]
+    have = sorted({s for crew in problem.crews for s in crew.skills})
+    missing = sorted(set(job.skills) - set(have))
+    return (f"{job.site} ({job.name}) needs a crew with the skills {', '.join(job.skills)}"
+            + (f"; no technician has {', '.join(missing)}" if missing else
+               "; no crew has all of them together"))
+
+
+def _skills_remedy(problem: Problem, inventory: Inventory, j: int) -> str:
+    """The fewest skills to give one crew of the location's own team so that it can take the location."""
+    job = problem.jobs[j]
+    own = [crew for crew in problem.crews if crew.team == job.home_team] or problem.crews
+    crew = min(own, key=lambda c: (len(set(job.skills) - c.skills), c.id))
+    lacking = sorted(set(job.skills) - crew.skills)
+    who = crew.people[0] if crew.people else f"a technician of {crew.team}"
+    return (f"{job.site}: give {len(lacking)} skill{'s' if len(lacking) != 1 else ''} ({', '.join(lacking)}) "
+            f"to {who} (crew {crew.id}), or drop them from schedule.skills.{job.site}")
 
 
 def split_notes(problem: Problem) -> list[str]:

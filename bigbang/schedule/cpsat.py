@@ -29,6 +29,7 @@ from bigbang.schedule.solve import Solution, _crew_stats, timed
 FULL_ARCS_UP_TO = 20_000  # crews x jobs^2 in one model; above: neighbourhood search
 NEIGHBOURHOOD_CREWS = 4
 SUB_LIMIT = 0.5  # deterministic seconds per neighbourhood
+STALL = 12  # neighbourhoods in a row that find nothing: the search stops (counted, so still deterministic)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ def _neighbourhood_search(problem: Problem, sol: Solution, time_limit: float, se
     rounds = improved = 0
     wall_stop = False
     failed: set[frozenset[int]] = set()
-    while spent < time_limit:
+    in_a_row = 0
+    while spent < time_limit and in_a_row < STALL:
         if time.perf_counter() - t0 > wall_limit(time_limit):
             wall_stop = True
             break
@@ -252,15 +254,19 @@ def _neighbourhood_search(problem: Problem, sol: Solution, time_limit: float, se
         wall_stop = wall_stop or sub.wall_limit_hit
         if sub.sequences is None:
             failed.add(group)
+            in_a_row += 1
             continue
         trial = [_crew_stats(problem, c, sub.sequences[c]) for c in crews]
         if all(t[0] and t[1] < makespan for t in trial):
             for c, t in zip(crews, trial, strict=False):
                 seqs[c], stats[c] = sub.sequences[c], t
             improved += 1
+            in_a_row = 0
             failed.clear()
         else:
             failed.add(group)
+            in_a_row += 1
     solution = timed(problem, seqs, sol.method + " + CP-SAT neighbourhoods")
-    return CpResult(solution, f"LNS: {rounds} neighbourhoods, {improved} improved", None, False,
+    stalled = f" (stopped: {STALL} in a row found nothing)" if in_a_row >= STALL else ""
+    return CpResult(solution, f"LNS: {rounds} neighbourhoods, {improved} improved{stalled}", None, False,
                     time.perf_counter() - t0, spent, wall_stop)

@@ -42,6 +42,9 @@ class Crew:
     id: str  # team id, or team id#k when the team works several locations at once
     team: str
     availability: tuple[Interval, ...]  # when it works (its technicians' shifts)
+    skills: frozenset[str] = frozenset()  # what its technicians can do, together
+    people: tuple[str, ...] = ()  # its technicians' names (all of the team's when it has too few)
+    base: tuple[float, float] | None = None  # where it sets out from: a technician's home, else the team's base
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Job:
     prev: int | None = None  # job index of the previous visit of this lane (same crew, ends before this starts)
     devices_range: tuple[int, int] = (0, 0)  # [first, last) in the location's device order
     split_reason: str = ""  # why the location was split, in words
+    skills: tuple[str, ...] = ()  # skills its crew needs (schedule.skills)
     whole_min: int = 0  # split locations: a lower bound of the location's work however it is split
 
     @property
@@ -112,6 +116,7 @@ class Problem:
     # stays as it is; nothing else starts before `not_before`
     fixed: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     not_before: int = 0
+    people_notes: tuple[str, ...] = ()  # shifts cut for the rest between shifts or the maximum working time
 
     @cached_property
     def next_visit(self) -> dict[int, int]:
@@ -144,8 +149,10 @@ class Problem:
         return {job.id: i for i, job in enumerate(self.jobs)}
 
     def allowed(self, j: int, c: int) -> bool:
-        crew = self.crews[c]
-        return not self.keep_teams or self.jobs[j].home_team == crew.team
+        crew, job = self.crews[c], self.jobs[j]
+        if job.skills and not set(job.skills) <= crew.skills:
+            return False
+        return not self.keep_teams or job.home_team == crew.team
 
     @cached_property
     def _starts(self) -> dict[tuple[int, int], tuple[Interval, ...]]:
@@ -420,20 +427,30 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
     dropped = set(drop)
 
     crews: list[Crew] = []
+    notes: list[str] = []
+    rest = math.ceil(inventory.schedule.min_rest / 60 - 1e-9)
     for team in teams:
-        shifts = [tech.shifts for tech in team.technicians]
-        if not shifts or any(not s for s in shifts):
-            availability = [(0, horizon)]
-        else:
-            availability = merge(iv for s in shifts for iv in openings(s, w.start, w.timezone, horizon))
         n = team.capacity.parallel_locations + (extra_crews or {}).get(team.id, 0)
+        hours = {tech.id: working_time(tech, w.start, w.timezone, horizon, rest, notes) for tech in team.technicians}
         for k in range(n):
-            crews.append(Crew(team.id if n == 1 else f"{team.id}#{k + 1}", team.id, tuple(availability)))
+            # the team's technicians shared out over its crews; a crew left without one works as the whole team
+            members = team.technicians[k::n] or team.technicians
+            spans = [hours[tech.id] for tech in members]
+            availability = [(0, horizon)] if not spans or any(s is None for s in spans) else \
+                merge(iv for s in spans for iv in s or [])
+            home = next((tech.base for tech in members if tech.base is not None), team.base)
+            crews.append(Crew(team.id if n == 1 else f"{team.id}#{k + 1}", team.id, tuple(availability),
+                              frozenset(skill for tech in members for skill in tech.skills),
+                              tuple(tech.name for tech in members), home))
 
     jobs: list[Job] = []
     locations = [loc for loc in inventory.locations if loc.id not in dropped]
     keep = inventory.schedule.keep_teams
-    team_crew = {crew.team: crew for crew in crews}
+    team_crew: dict[str, Crew] = {}
+    for crew in crews:  # per team, the crew with the most working time that has the skills asked anywhere
+        best = team_crew.get(crew.team)
+        if best is None or _minutes_of(crew.availability) > _minutes_of(best.availability):
+            team_crew[crew.team] = crew
     sites: list[Location] = []  # per job: its location
     for loc in locations:
         needed = [wave_of[r.lower()] for r in loc.requires]
@@ -451,6 +468,7 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
             access_text=describe_hours(loc.access_hours),
             duration={t.id: location_minutes(loc, t, est, setup) for t in teams},
             location=loc.id, devices_range=(0, len(loc.devices)),
+            skills=tuple(inventory.schedule.skills.get(loc.id, ())),
         )
         able = [t for t in teams if t.id in team_crew and (not keep or t.id == loc.team)]
         whole = any(start_ranges(job.access, team_crew[t.id].availability, release, job.duration[t.id])
@@ -468,8 +486,8 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
     base_travel = []
     for crew in crews:
         team = team_by_id[crew.team]
-        has_base = team.base is not None or team.id in inventory.schedule.travel
-        base_travel.append([minutes(team.id, team.base, loc.id, loc.coordinates) if has_base else 0
+        has_base = crew.base is not None or team.id in inventory.schedule.travel
+        base_travel.append([minutes(team.id, crew.base, loc.id, loc.coordinates) if has_base else 0
                             for loc in sites])
     return Problem(
         rollout=inventory.rollout.name, inventory_digest=inventory.digest, timezone=w.timezone,
@@ -479,7 +497,43 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
         technicians={t.id: tuple(tech.name for tech in t.technicians) for t in teams},
         min_visit=math.ceil(inventory.schedule.split.min_visit / 60 - 1e-9),
         crews_at_once=inventory.schedule.split.crews_at_once,
+        people_notes=tuple(notes),
     )
+
+
+def _minutes_of(intervals: Iterable[Interval]) -> int:
+    return sum(b - a for a, b in intervals)
+
+
+def working_time(tech, start_local: datetime, tz: str, horizon: int, rest: int,
+                 notes: list[str]) -> list[Interval] | None:
+    """When a technician works (None: no shifts given, all weekend): their shifts, each cut to
+    `max_hours`, and a shift that begins less than `rest` minutes after the previous one ends begins
+    later (the rest between shifts, 11 hours by default). Each cut is noted in `notes`, in words."""
+    if not tech.shifts:
+        return None
+    out: list[Interval] = []
+    limit = math.floor(tech.max_hours / 60) if tech.max_hours else None
+    z = zone(tz)
+    origin = start_local.replace(tzinfo=z)
+
+    def when(minute: int) -> str:
+        return f"{(origin.astimezone(UTC) + timedelta(minutes=minute)).astimezone(z):%a %H:%M}"
+
+    for lo, hi in openings(tech.shifts, start_local, tz, horizon):
+        if out and lo - out[-1][1] < rest:
+            later = out[-1][1] + rest
+            notes.append(f"{tech.name}: only {_hm(lo - out[-1][1])} rest before the shift from {when(lo)}; "
+                         f"works from {when(later)} ({_hm(rest)} rest)" if later < hi else
+                         f"{tech.name}: the shift from {when(lo)} leaves no {_hm(rest)} rest; not worked")
+            lo = later
+        if limit is not None and hi - lo > limit:
+            notes.append(f"{tech.name}: the shift from {when(lo)} is longer than max_hours {_hm(limit)}; "
+                         f"works until {when(lo + limit)}")
+            hi = lo + limit
+        if hi > lo:
+            out.append((lo, hi))
+    return out
 
 
 def split_location(job: Job, teams: list[Team], team_crew: dict[str, Crew], est: Estimates, setup: float,

@@ -241,7 +241,7 @@ def itineraries(schedule: Schedule) -> list[dict[str, Any]]:
                           "thin_clients": job.thin_clients, "access_hours": job.access_text,
                           "criticality": job.criticality, "late": v.end > p.window})
         out.append({"crew": crew.id, "team": crew.team, "stops": stops,
-                    "technicians": list(p.technicians.get(crew.team, ())),
+                    "technicians": list(crew.people or p.technicians.get(crew.team, ())),
                     "busy_min": sum(s["end_min"] - s["start_min"] for s in stops),
                     "travel_min": sum(s["travel_min"] for s in stops)})
     return out
