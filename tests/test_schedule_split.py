@@ -59,6 +59,9 @@ def test_location_too_long_for_any_opening_is_split_into_visits(tmp_path):
     slot = data["slots"]["BIG"]
     assert [v["visit"] for v in slot["visits"]] == [1, 2]
     assert slot["offset_s"] == slot["visits"][0]["offset_s"]  # what runs follow today: the first visit
+    from bigbang.schedule.store import slots_of
+
+    assert slots_of(data)["BIG"] == ("t1", slot["visits"][0]["offset_s"], 0)  # readable by the current consumers
     assert "split into 2 visits" in slot["split"] and "4h00" in slot["split"]
     assert data["splits"][0]["location"] == "BIG"
     assert any("BIG" in d and "split" in d for d in s.verdict.details)

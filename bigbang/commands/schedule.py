@@ -147,6 +147,13 @@ def _default_out(rollout: str) -> Path:
     return reports_dir() / ("schedule-" + re.sub(r"[^a-z0-9]+", "-", rollout.lower()).strip("-"))
 
 
+def _local(data: dict, offset_s: float) -> str:
+    from datetime import datetime, timedelta
+
+    start = datetime.fromisoformat(data["window"]["start"])
+    return f"{(start + timedelta(seconds=offset_s)).astimezone(start.tzinfo):%a %H:%M}"
+
+
 def _hm(minutes: float | None) -> str:
     if minutes is None:
         return "–"
@@ -161,6 +168,17 @@ def show(console: Console, schedule, data: dict, crews: list[dict], teams: list[
     console.print(("[green]" if v.fits else "[red]") + v.summary + "[/]")
     for line in v.details[1:] if not v.fits else []:
         console.print(f"  • {line}")
+    if v.fits and data.get("splits"):
+        console.print(f"[bold]Split into visits ({len(data['splits'])} locations):[/]")
+        for split in data["splits"]:
+            visits = data["slots"].get(split["location"], {}).get("visits", [])
+            when = ", ".join(f"{_local(data, x['offset_s'])}–{_local(data, x['end_s'])} {x['crew_id']}" for x in visits)
+            console.print(f"  • {split['because']}" + (f": {when}" if when else ""))
+    people = schedule.problem.people_notes
+    if v.fits and people:
+        console.print("[bold]Shifts cut for rest or maximum working time:[/]")
+        for line in people:
+            console.print(f"  • {line}")
     if v.remedies:
         console.print("[bold]What would make it fit:[/]")
         for line in v.remedies:
