@@ -471,8 +471,9 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
             skills=tuple(inventory.schedule.skills.get(loc.id, ())),
         )
         able = [t for t in teams if t.id in team_crew and (not keep or t.id == loc.team)]
-        whole = any(start_ranges(job.access, team_crew[t.id].availability, release, job.duration[t.id])
-                    for t in able)
+        able_ids = {t.id for t in able}
+        whole = any(start_ranges(job.access, crew.availability, release, job.duration[crew.team])
+                    for crew in crews if crew.team in able_ids and set(job.skills) <= crew.skills)
         parts = None if whole or not inventory.schedule.split.allow else \
             split_location(job, able, team_crew, est, setup, inventory.schedule.split, window)
         base = len(jobs)
