@@ -153,7 +153,7 @@ def test_location_longer_than_its_access_hours_is_named(tmp_path):
     inv = load_inventory(write_inventory(tmp_path / "inv", [
         {"id": "BIG", "ws": 300, "access_hours": [{"days": ["sat", "sun"], "from": "08:00", "to": "12:00"}]},
         {"id": "SMALL", "ws": 10}], teams=teams,
-        schedule={"step_durations": {"ws.prestage": 0, "ws.image": "1m", "ws.verify": 0}}))
+        schedule={"step_durations": {"ws.prestage": 0, "ws.image": "1m", "ws.verify": 0}, "split": {"allow": False}}))
     s = make_schedule(inv, time_limit=2)
     assert not s.verdict.fits
     assert s.verdict.binding == "access_hours"

@@ -1,6 +1,7 @@
 """`bigbang schedule`: fit the weekend into its window, and check a run against its schedule.
 
     bigbang schedule PATH [--json] [--out DIR] [--from-run RUN_ID] [--seed N] [--time-limit S]
+    bigbang schedule PATH --risk N [--seed S]     # how likely it fits: N Monte Carlo trials
     bigbang schedule compare RUN_ID [--json]
     bigbang schedule deployment PATH [--run-id RUN_ID]
     bigbang schedule checkin RUN_ID LOCATION --by NAME
@@ -47,6 +48,9 @@ def register(sub) -> None:
     p.add_argument("--no-store", action="store_true", help="do not store the schedule next to the inventory")
     p.add_argument("--team", action="append", metavar="ID", help="show only this team's itinerary")
     p.add_argument("--check", action="store_true", help=f"exit {EXIT_DOES_NOT_FIT} when it does not fit")
+    p.add_argument("--risk", type=int, metavar="N",
+                   help="play N Monte Carlo trials of the schedule with the rehearsal's duration spreads and failure "
+                        "rates: probability of fitting, P50/P90 end, what makes it late, a chart (risk.svg/png)")
     p.add_argument("--run-id", help="deployment: the run the scheduled flow run works on")
     p.add_argument("--tolerance", type=float, default=15.0, metavar="MIN",
                    help="compare: minutes of slip before a location is flagged (default 15)")
@@ -64,6 +68,8 @@ def run(args) -> int:
                         hint="bigbang schedule PATH, or bigbang schedule compare RUN_ID")
     if args.time_limit < 0:
         raise UserError("--time-limit cannot be negative")
+    if args.risk is not None and not 1 <= args.risk <= 100_000:
+        raise UserError("--risk takes the number of trials, 1 to 100000")
     from bigbang.inventory import load_inventory
     from bigbang.schedule import make_schedule
     from bigbang.schedule.render import itineraries, write_files
@@ -79,13 +85,13 @@ def run(args) -> int:
     schedule = make_schedule(inventory, seed=args.seed, time_limit=args.time_limit, measured=measured,
                              measured_from=measured_from)
     data = schedule.to_dict()
-    data["slots"] = {lid: {"team": team, "offset_s": offset, "crew": crew}
-                     for lid, (team, offset, crew) in sorted(schedule.slots().items())}
     out = Path(args.out) if args.out else _default_out(inventory.rollout.name)
     files = write_files(schedule, out)
     stored = None
     if not args.no_store:
         stored = save(args.path, data)
+    if args.risk is not None:
+        return risk(args, schedule, inventory, out, stored)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     else:
@@ -97,12 +103,55 @@ def run(args) -> int:
     return EXIT_DOES_NOT_FIT if args.check and not schedule.verdict.fits else 0
 
 
+def risk(args, schedule, inventory, out: Path, stored) -> int:
+    """`--risk N`: Monte Carlo trials of the schedule just made."""
+    from bigbang.schedule.risk import simulate, write_chart
+
+    result = simulate(schedule, inventory, args.risk, seed=args.seed)
+    files = write_chart(result, schedule, out)
+    if args.json:
+        sys.stdout.write(json.dumps({"schedule_fits": schedule.verdict.fits, "makespan_min": schedule.makespan,
+                                     "risk": result.to_dict(), "chart": {k: str(v) for k, v in files.items()}},
+                                    indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        return EXIT_DOES_NOT_FIT if args.check and result.p_fit < 0.5 else 0
+    console = Console(highlight=False)
+    v = schedule.verdict
+    console.print(f"[bold]{schedule.problem.rollout}[/] — the schedule {'fits' if v.fits else 'does not fit'} on paper: "
+                  f"the last location ends {result.planned_local} (window closes {result.window_local})")
+    colour = "green" if result.p_fit >= 0.9 else "yellow" if result.p_fit >= 0.5 else "red"
+    console.print(f"[{colour}]probability of finishing inside the window: {result.p_fit:.1%}[/] "
+                  f"({result.trials} trials, seed {result.seed})")
+    console.print(f"P50 end of the weekend: {result.p50_local}   P90: {result.p90_local}   "
+                  f"({schedule.problem.timezone}; plan {result.planned_local})")
+    console.print(f"per trial: {result.retries_per_trial:.1f} retried attempts, "
+                  f"{result.failed_devices_per_trial:.2f} devices failed after all retries; servers ready at "
+                  f"+{_hm(result.servers_p50_min)} in the median trial (plan +{_hm(result.servers_planned_min)})")
+    if result.late_locations:
+        console.print("[bold]Locations most often late[/] (trials ending after the window): "
+                      + ", ".join(f"{lid} ({n})" for lid, n in result.late_locations))
+    console.print("[bold]Locations most often last[/]: " + ", ".join(f"{lid} ({n})" for lid, n in result.last_locations))
+    if result.resources:
+        console.print("[bold]What most often makes it late[/] (trials ending after the plan): "
+                      + "; ".join(f"{r} ({n})" for r, n in result.resources))
+    console.print(f"Chart: {files.get('png', files['svg'])} (and {files['svg'].name})")
+    if stored:
+        console.print(f"Stored: {stored}")
+    return EXIT_DOES_NOT_FIT if args.check and result.p_fit < 0.5 else 0
+
+
 def _default_out(rollout: str) -> Path:
     import re
 
     from bigbang.report import reports_dir
 
     return reports_dir() / ("schedule-" + re.sub(r"[^a-z0-9]+", "-", rollout.lower()).strip("-"))
+
+
+def _local(data: dict, offset_s: float) -> str:
+    from datetime import datetime, timedelta
+
+    start = datetime.fromisoformat(data["window"]["start"])
+    return f"{(start + timedelta(seconds=offset_s)).astimezone(start.tzinfo):%a %H:%M}"
 
 
 def _hm(minutes: float | None) -> str:
@@ -119,6 +168,17 @@ def show(console: Console, schedule, data: dict, crews: list[dict], teams: list[
     console.print(("[green]" if v.fits else "[red]") + v.summary + "[/]")
     for line in v.details[1:] if not v.fits else []:
         console.print(f"  • {line}")
+    if v.fits and data.get("splits"):
+        console.print(f"[bold]Split into visits ({len(data['splits'])} locations):[/]")
+        for split in data["splits"]:
+            visits = data["slots"].get(split["location"], {}).get("visits", [])
+            when = ", ".join(f"{_local(data, x['offset_s'])}–{_local(data, x['end_s'])} {x['crew_id']}" for x in visits)
+            console.print(f"  • {split['because']}" + (f": {when}" if when else ""))
+    people = schedule.problem.people_notes
+    if v.fits and people:
+        console.print("[bold]Shifts cut for rest or maximum working time:[/]")
+        for line in people:
+            console.print(f"  • {line}")
     if v.remedies:
         console.print("[bold]What would make it fit:[/]")
         for line in v.remedies:

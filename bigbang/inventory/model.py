@@ -525,6 +525,10 @@ class Technician(_Model):
     username: Identifier | None = Field(None, description="field app sign-in name; defaults to the id")
     password_hash: PasswordHash | None = Field(None, description="from `bigbang hash-password`; no sign-in without it")
     shifts: AccessHours = Field(default_factory=list, description="when this technician works; empty: all weekend")
+    skills: list[str] = Field(default_factory=list, description="what this technician can do (schedule.skills)")
+    base: tuple[float, float] | None = Field(None, description="home base coordinates (schedule); else the team's")
+    max_hours: Duration | None = Field(
+        None, description="longest working time of one shift (schedule); longer shifts are cut to it")
 
 
 class TeamCapacity(_Model):
@@ -543,6 +547,18 @@ class Team(_Model):
     base: Coordinates | None = Field(None, description="coordinates the team sets out from (schedule)")
 
 
+class SplitSettings(_Model):
+    """How `bigbang schedule` splits a location that cannot be worked in one piece (docs/schedule.md)."""
+
+    allow: bool = Field(True, description="split a location that does not fit one access opening into visits")
+    min_visit: Duration = Field(2 * 3600.0, description="no visit is shorter than this")
+    max_visits: int = Field(4, ge=1, le=20, description="visits one crew makes to one location at most")
+    crews_at_once: int = Field(
+        1, ge=1, le=20, description="crews that may work one location at the same time (each its own devices)")
+    devices_per_crew: int = Field(
+        40, ge=1, description="a location gets several crews at once only with at least this many devices per crew")
+
+
 class ScheduleSettings(_Model):
     """Inputs of `bigbang schedule` beyond teams and locations (see docs/schedule.md)."""
 
@@ -558,6 +574,11 @@ class ScheduleSettings(_Model):
     start: Literal["slot", "checkin", "slot_or_checkin"] = Field(
         "slot", description="a scheduled location starts at its slot, when its technician checks in, or "
                             "whichever comes first (rehearsals: a simulated technician checks in at the slot)")
+    split: SplitSettings = Field(default_factory=SplitSettings,
+                                 description="visits of a location too long for one access opening")
+    skills: dict[str, list[str]] = Field(
+        default_factory=dict, description="location id -> skills its crew needs (technicians' skills)")
+    min_rest: Duration = Field(11 * 3600.0, description="rest a technician has between two shifts at least")
 
 
 # ---------------------------------------------------------------- rehearsal (the simulated connector)

@@ -26,7 +26,17 @@ def compare_run(ledger: Ledger, run_id: str, tolerance_min: float = TOLERANCE_MI
     results = ledger.location_results(run_id)
     window = schedule["window"]["minutes"]
     rows, slipped = [], 0
-    for visit in sorted(schedule["visits"], key=lambda v: (v["start_min"], v["location"])):
+    by_location: dict[str, dict[str, Any]] = {}  # a split location: from its first visit's start to its last's end
+    for v in schedule["visits"]:
+        seen = by_location.get(v["location"])
+        if seen is None:
+            by_location[v["location"]] = dict(v)
+        else:
+            seen["start_min"] = min(seen["start_min"], v["start_min"])
+            seen["end_min"] = max(seen["end_min"], v["end_min"])
+            if v["start_min"] < seen["start_min"] or v.get("visit", 1) == 1:
+                seen["team"], seen["crew"] = v["team"], v["crew"]
+    for visit in sorted(by_location.values(), key=lambda v: (v["start_min"], v["location"])):
         lid = visit["location"]
         pre = steps.get(f"{lid}:loc.precheck")
         result = results.get(lid)

@@ -47,14 +47,32 @@ class Schedule:
         return self.makespan / lb if lb else 1.0
 
     def slots(self) -> dict[str, tuple[str, float, int]]:
-        """location id -> (team id, start offset in seconds after the window opens, crew number in team)."""
-        out = {}
-        for v in self.solution.visits:
+        """location id -> (team id, start offset in seconds after the window opens, crew number in team)
+        of its first visit (a location in one piece: its only one)."""
+        out: dict[str, tuple[str, float, int]] = {}
+        for v in sorted(self.solution.visits, key=lambda v: (v.start, v.job)):
             if v.crew == UNSCHEDULED:
                 continue
             crew = self.problem.crews[v.crew]
-            out[self.problem.jobs[v.job].id] = (crew.team, v.start * 60.0, _crew_number(crew.id))
+            out.setdefault(self.problem.jobs[v.job].site, (crew.team, v.start * 60.0, _crew_number(crew.id)))
+        return out
 
+    def slot_entries(self) -> dict[str, dict[str, Any]]:
+        """schedule.json's `slots`: per location its first visit's team, offset and crew (what runs follow),
+        and all its `visits` (one for a location in one piece), with why it was split."""
+        p, sol = self.problem, self.solution
+        out: dict[str, dict[str, Any]] = {}
+        for lid, (team, offset, crew) in sorted(self.slots().items()):
+            members = [sol.visits[j] for j in p.sites[lid] if sol.visits[j].crew != UNSCHEDULED]
+            entry: dict[str, Any] = {"team": team, "offset_s": offset, "crew": crew, "visits": [
+                {"visit": p.jobs[v.job].visit, "team": p.crews[v.crew].team, "crew": _crew_number(p.crews[v.crew].id),
+                 "crew_id": p.crews[v.crew].id, "offset_s": v.start * 60.0, "end_s": v.end * 60.0,
+                 "lane": p.jobs[v.job].lane, "devices": list(p.jobs[v.job].devices_range)}
+                for v in sorted(members, key=lambda v: (v.start, p.jobs[v.job].visit))]}
+            job = p.jobs[p.sites[lid][0]]
+            if job.visits > 1:
+                entry["split"] = job.split_reason
+            out[lid] = entry
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +86,8 @@ class Schedule:
                         key=lambda v: (v.start, p.jobs[v.job].id)):
             job, crew = p.jobs[v.job], p.crews[v.crew]
             visits.append({
-                "location": job.id, "name": job.name, "address": job.address, "team": crew.team, "crew": crew.id,
+                "location": job.site, "visit": job.visit, "visits": job.visits, "visit_id": job.id,
+                "first_device": job.devices_range[0], "last_device": job.devices_range[1], "name": job.name, "address": job.address, "team": crew.team, "crew": crew.id,
                 "start_min": v.start, "end_min": v.end, "start": when(v.start), "end": when(v.end),
                 "duration_min": v.end - v.start, "travel_min": v.travel, "devices": job.devices,
                 "workstations": job.workstations, "thin_clients": job.thin_clients,
@@ -105,8 +124,11 @@ class Schedule:
             "estimates": {k: {"seconds": round(v, 1), "source": p.estimates.sources[k]}
                           for k, v in p.estimates.seconds.items()},
             "visits": visits,
-            "unscheduled": [p.jobs[j].id for j in sol.unscheduled],
+            "splits": [{"location": lid, "visits": p.jobs[members[0]].visits, "because": p.jobs[members[0]].split_reason}
+                       for lid, members in sorted(p.sites.items()) if p.jobs[members[0]].visits > 1],
+            "unscheduled": sorted({p.jobs[j].site for j in sol.unscheduled}),
             "crews": crews,
+            "slots": self.slot_entries(),
         }
 
 
@@ -166,9 +188,15 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
 
     # Locations that cannot be done at all, or not inside the window even alone.
     impossible = [j for j in range(len(jobs)) if own[jobs[j].id] is None]
-    late_alone = [j for j in range(len(jobs)) if own[jobs[j].id] is not None and own[jobs[j].id] > W]
+    late_alone = [j for j in range(len(jobs)) if (own[jobs[j].id] or 0) > W]
     for j in impossible:
         job = jobs[j]
+        if job.visits > 1 and job.visit > 1 and any(jobs[i].site == job.site for i in impossible if i < j):
+            continue
+        if job.skills and not any(set(job.skills) <= crew.skills for crew in problem.crews):
+            details.append(_skills_text(problem, j))
+            remedies.append(_skills_remedy(problem, inventory, j))
+            continue
         longest = max((b - max(a, job.release) for a, b in job.access), default=0)
         need = min(job.duration.values())
         details.append(f"{job.id} ({job.name}) needs {_hm(need)} without a break, but its longest access "
@@ -177,8 +205,9 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
                         + _more_devices(inventory, problem, j, longest))
     for j in late_alone:
         job = jobs[j]
-        details.append(f"even alone, {job.id} cannot end before +{_hm(own[job.id])} "
-                       f"({_hm(own[job.id] - W)} after the window closes): {_explain_alone(problem, j)}")
+        alone = own[job.id] or 0
+        details.append(f"even alone, {job.id} cannot end before +{_hm(alone)} "
+                       f"({_hm(alone - W)} after the window closes): {_explain_alone(problem, j)}")
     if impossible or late_alone:
         binding = "access_hours" if impossible or any(_alone_binding(problem, j) == "access_hours"
                                                       for j in late_alone) else "dependency"
@@ -191,6 +220,7 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
             else:
                 remedies.append(f"{job.id}: give it access hours inside the window")
             remedies.append(f"move {job.id} to a second weekend")
+        details.extend(problem.people_notes)
         others = len(jobs) - len(impossible) - len(late_alone)
         if others and not late_alone:
             end = problem.local(sol.makespan)
@@ -204,6 +234,8 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
     slack = W - sol.makespan
     chain, binding, binding_text = critical_chain(problem, sol)
     details.append(binding_text)
+    details.extend(split_notes(problem))
+    details.extend(problem.people_notes)
     lb = max(bounds, key=lambda b: b.minutes)
     details.append(f"lower bound +{_hm(lb.minutes)} ({lb.name}): {lb.because}")
     if slack >= 0:
@@ -224,11 +256,37 @@ def judge(problem: Problem, sol: Solution, bounds: list[Bound], own: dict[str, i
                    f"the end is set by {binding_text}", details, remedies)
 
 
+def _skills_text(problem: Problem, j: int) -> str:
+    job = problem.jobs[j]
+    have = sorted({s for crew in problem.crews for s in crew.skills})
+    missing = sorted(set(job.skills) - set(have))
+    return (f"{job.site} ({job.name}) needs a crew with the skills {', '.join(job.skills)}"
+            + (f"; no technician has {', '.join(missing)}" if missing else
+               "; no crew has all of them together"))
+
+
+def _skills_remedy(problem: Problem, inventory: Inventory, j: int) -> str:
+    """The fewest skills to give one crew of the location's own team so that it can take the location."""
+    job = problem.jobs[j]
+    own = [crew for crew in problem.crews if crew.team == job.home_team] or problem.crews
+    crew = min(own, key=lambda c: (len(set(job.skills) - c.skills), c.id))
+    lacking = sorted(set(job.skills) - crew.skills)
+    who = crew.people[0] if crew.people else f"a technician of {crew.team}"
+    return (f"{job.site}: give {len(lacking)} skill{'s' if len(lacking) != 1 else ''} ({', '.join(lacking)}) "
+            f"to {who} (crew {crew.id}), or drop them from schedule.skills.{job.site}")
+
+
+def split_notes(problem: Problem) -> list[str]:
+    """Why each split location was split, in words."""
+    return [problem.jobs[members[0]].split_reason for members in problem.sites.values()
+            if problem.jobs[members[0]].visits > 1]
+
+
 def _more_devices(inventory: Inventory, problem: Problem, j: int, longest: int) -> str:
     """The smallest parallel_devices of the location's own team that makes it fit its longest opening."""
     from bigbang.schedule.problem import location_minutes
 
-    loc = inventory.location_by_id[problem.jobs[j].id]
+    loc = inventory.location_by_id[problem.jobs[j].site]
     for team in [inventory.team_by_id[loc.team]]:
         for k in range(team.capacity.parallel_devices + 1, 501):
             bigger = team.model_copy(update={"capacity": team.capacity.model_copy(update={"parallel_devices": k})})
@@ -307,7 +365,7 @@ def critical_chain(problem: Problem, sol: Solution) -> tuple[list[str], str, str
 
 def _more_crews(problem: Problem, sol: Solution, inventory: Inventory, seed: int, rebuild) -> list[str]:
     """Would one more crew in the busiest team make it fit? Checked with the heuristic."""
-    out = []
+    out: list[str] = []
     last = max((v for v in sol.visits if v.crew >= 0), key=lambda v: v.end, default=None)
     if last is None:
         return out

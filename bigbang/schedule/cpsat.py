@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from bigbang.schedule.problem import Problem
 from bigbang.schedule.solve import Solution, _crew_stats, timed
@@ -28,6 +29,7 @@ from bigbang.schedule.solve import Solution, _crew_stats, timed
 FULL_ARCS_UP_TO = 20_000  # crews x jobs^2 in one model; above: neighbourhood search
 NEIGHBOURHOOD_CREWS = 4
 SUB_LIMIT = 0.5  # deterministic seconds per neighbourhood
+STALL = 12  # neighbourhoods in a row that find nothing: the search stops (counted, so still deterministic)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, 
     last = horizon if cap is None else cap
     start = {j: model.new_int_var(0, last, f"s{j}") for j in jobs}
     end = {j: model.new_int_var(0, last, f"e{j}") for j in jobs}
-    assign: dict[tuple[int, int], object] = {}
+    assign: dict[tuple[int, int], Any] = {}
     for j in jobs:
         options = []
         for c in crews:
@@ -74,10 +76,24 @@ def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, 
             options.append(x)
             domain = cp_model.Domain.from_intervals([[lo, hi] for lo, hi in ranges])
             model.add_linear_expression_in_domain(start[j], domain).only_enforce_if(x)
-            model.add(end[j] == start[j] + problem.jobs[j].duration[problem.crews[c].team]).only_enforce_if(x)
+            model.add(end[j] == start[j] + problem.duration(j, c)).only_enforce_if(x)
         if not options:
             return _Sub(None, "INFEASIBLE", None, 0.0, 0.0)
         model.add_exactly_one(options)
+    members_set = set(jobs)
+    for b in jobs:  # the visits of a lane: one crew, in order
+        a = problem.jobs[b].prev
+        if a is None or a not in members_set:
+            continue
+        model.add(start[b] >= end[a])
+        for c in crews:
+            xa, xb = assign.get((a, c)), assign.get((b, c))
+            if xa is not None and xb is not None:
+                model.add(xa == xb)
+            elif xa is not None:
+                model.add(xa == 0)
+            elif xb is not None:
+                model.add(xb == 0)
 
     hint_arcs = set()
     for c, seq in hint.items():
@@ -87,11 +103,11 @@ def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, 
             prev = j
         hint_arcs.add((c, prev, -1))
     node = {j: k + 1 for k, j in enumerate(jobs)}  # 0 is the crew's depot
-    arc_lits: dict[tuple[int, int, int], object] = {}
+    arc_lits: dict[tuple[int, int, int], Any] = {}
     for c in crews:
         members = [j for j in jobs if (j, c) in assign]
         empty = model.new_bool_var(f"empty{c}")
-        arcs = [(0, 0, empty)]
+        arcs: list[tuple[int, int, Any]] = [(0, 0, empty)]
         arc_lits[c, -1, -1] = empty
         for j in members:
             x = assign[j, c]
@@ -101,9 +117,9 @@ def _solve(problem: Problem, crews: list[int], jobs: list[int], hint: dict[int, 
             arcs.append((0, node[j], first))
             arc_lits[c, -1, j] = first
             model.add(start[j] >= problem.base_travel[c][j]).only_enforce_if(first)
-            last = model.new_bool_var(f"l{c}_{j}")
-            arcs.append((node[j], 0, last))
-            arc_lits[c, j, -1] = last
+            tail = model.new_bool_var(f"l{c}_{j}")
+            arcs.append((node[j], 0, tail))
+            arc_lits[c, j, -1] = tail
         for i in members:
             for k in members:
                 if i == k:
@@ -173,7 +189,7 @@ def timed_subset(problem: Problem, sequences: dict[int, list[int]]) -> dict[int,
             s = problem.earliest_start(j, c, free + travel)
             if s is None:
                 return None
-            free, prev = s + problem.jobs[j].duration[problem.crews[c].team], j
+            free, prev = s + problem.duration(j, c), j
             out[j] = (s, free, c)
     return out
 
@@ -205,7 +221,8 @@ def _neighbourhood_search(problem: Problem, sol: Solution, time_limit: float, se
     rounds = improved = 0
     wall_stop = False
     failed: set[frozenset[int]] = set()
-    while spent < time_limit:
+    in_a_row = 0
+    while spent < time_limit and in_a_row < STALL:
         if time.perf_counter() - t0 > wall_limit(time_limit):
             wall_stop = True
             break
@@ -237,15 +254,19 @@ def _neighbourhood_search(problem: Problem, sol: Solution, time_limit: float, se
         wall_stop = wall_stop or sub.wall_limit_hit
         if sub.sequences is None:
             failed.add(group)
+            in_a_row += 1
             continue
         trial = [_crew_stats(problem, c, sub.sequences[c]) for c in crews]
         if all(t[0] and t[1] < makespan for t in trial):
             for c, t in zip(crews, trial, strict=False):
                 seqs[c], stats[c] = sub.sequences[c], t
             improved += 1
+            in_a_row = 0
             failed.clear()
         else:
             failed.add(group)
+            in_a_row += 1
     solution = timed(problem, seqs, sol.method + " + CP-SAT neighbourhoods")
-    return CpResult(solution, f"LNS: {rounds} neighbourhoods, {improved} improved", None, False,
+    stalled = f" (stopped: {STALL} in a row found nothing)" if in_a_row >= STALL else ""
+    return CpResult(solution, f"LNS: {rounds} neighbourhoods, {improved} improved{stalled}", None, False,
                     time.perf_counter() - t0, spent, wall_stop)

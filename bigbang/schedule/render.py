@@ -229,17 +229,19 @@ def itineraries(schedule: Schedule) -> list[dict[str, Any]]:
     out = []
     for c, seq in enumerate(sol.sequences):
         crew = p.crews[c]
-        stops = []
+        stops: list[dict[str, Any]] = []
         for j in seq:
             v, job = sol.visits[j], p.jobs[j]
-            stops.append({"location": job.id, "name": job.name, "address": job.address,
+            stops.append({"location": job.site, "visit": job.visit, "visits": job.visits,
+                          "name": job.name + (f" (visit {job.visit} of {job.visits})" if job.visits > 1 else ""),
+                          "address": job.address,
                           "arrive": _hhmm(schedule, v.start), "leave": _hhmm(schedule, v.end),
                           "start_min": v.start, "end_min": v.end, "travel_min": v.travel,
                           "devices": job.devices, "workstations": job.workstations,
                           "thin_clients": job.thin_clients, "access_hours": job.access_text,
                           "criticality": job.criticality, "late": v.end > p.window})
         out.append({"crew": crew.id, "team": crew.team, "stops": stops,
-                    "technicians": list(p.technicians.get(crew.team, ())),
+                    "technicians": list(crew.people or p.technicians.get(crew.team, ())),
                     "busy_min": sum(s["end_min"] - s["start_min"] for s in stops),
                     "travel_min": sum(s["travel_min"] for s in stops)})
     return out

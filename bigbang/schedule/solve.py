@@ -50,17 +50,21 @@ class Solution:
 
 
 def timed(problem: Problem, sequences: list[list[int]], method: str) -> Solution:
-    """Start every job as early as its crew's order allows (left-shifted: never later than needed)."""
+    """Start every job as early as its crew's order allows (left-shifted: never later than needed).
+    A visit whose previous visit (same lane) is not before it on the same crew is left out."""
     visits: dict[int, Visit] = {}
     kept: list[tuple[int, ...]] = []
     for c, seq in enumerate(sequences):
         free, prev, order = 0, None, []
         for j in seq:
+            before = problem.jobs[j].prev
+            if before is not None and (before not in visits or visits[before].crew != c):
+                continue
             travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
             start = problem.earliest_start(j, c, free + travel)
             if start is None:
                 continue  # cannot fit here; reported as unscheduled unless another crew has it
-            visits[j] = Visit(j, c, start, start + problem.jobs[j].duration[problem.crews[c].team], travel)
+            visits[j] = Visit(j, c, start, start + problem.duration(j, c), travel)
             free, prev = visits[j].end, j
             order.append(j)
         kept.append(tuple(order))
@@ -68,35 +72,60 @@ def timed(problem: Problem, sequences: list[list[int]], method: str) -> Solution
     return Solution(tuple(kept), all_visits, method)
 
 
+def _place(problem: Problem, lane: list[int], c: int, free: int, last: int | None) -> tuple[int, int] | None:
+    """(first start, last end) of a lane's visits appended to crew c, or None if one does not fit."""
+    first = None
+    for j in lane:
+        travel = problem.base_travel[c][j] if last is None else problem.travel[last][j]
+        start = problem.earliest_start(j, c, free + travel)
+        if start is None:
+            return None
+        first = start if first is None else first
+        free, last = start + problem.duration(j, c), j
+    return (first if first is not None else free), free
+
+
 # ---------------------------------------------------------------- greedy
 
 def greedy(problem: Problem, order: list[int], method: str = "greedy", best_fit: bool = False) -> Solution:
     """Each job in `order` to the crew where it finishes first (appended to that crew's day); with
-    `best_fit`, to the crew whose current opening it fills most tightly (packs days like bins)."""
+    `best_fit`, to the crew whose current opening it fills most tightly (packs days like bins). The
+    visits of a split location's lane go together, to one crew. Fixed work stays where it is."""
     crews = len(problem.crews)
     free = [0] * crews
     last: list[int | None] = [None] * crews
     sequences: list[list[int]] = [[] for _ in range(crews)]
+    for j, (c, _, end) in sorted(problem.fixed.items(), key=lambda kv: kv[1][1]):
+        sequences[c].append(j)
+        free[c], last[c] = max(free[c], end), j
     for j in order:
+        if j in problem.fixed:
+            continue
+        whole = problem.lane_of(j)
+        lane = [k for k in whole if k not in problem.fixed]
+        if lane[0] != j:
+            continue  # placed with the first visit of its lane still to do
+        done = [problem.fixed[k][0] for k in whole if k in problem.fixed]  # the lane's crew, when under way
         best = None
-        for c in range(crews):
-            travel = problem.base_travel[c][j] if last[c] is None else problem.travel[last[c]][j]
-            start = problem.earliest_start(j, c, free[c] + travel)
-            if start is None:
+        for c in (done[:1] if done else range(crews)):
+            placed = _place(problem, lane, c, free[c], last[c])
+            if placed is None:
                 continue
-            end = start + problem.jobs[j].duration[problem.crews[c].team]
-            if best_fit:
+            start, end = placed
+            if best_fit and len(lane) == 1:
                 close = next(hi for lo, hi in problem.start_windows(j, c) if lo <= start <= hi) + (end - start)
                 key = (close, close - end, end, c)
             else:
+                before = last[c]
+                travel = problem.base_travel[c][j] if before is None else problem.travel[before][j]
                 key = (end, start - free[c], travel, c)
             if best is None or key < best[0]:
                 best = (key, c, end)
         if best is None:
             continue
         _, c, end = best
-        sequences[c].append(j)
-        free[c], last[c] = end, j
+        sequences[c].extend(lane)
+        free[c], last[c] = end, lane[-1]
     return timed(problem, sequences, method)
 
 
@@ -146,19 +175,19 @@ def heuristic(problem: Problem, seed: int = 0, restarts: int = 16) -> Solution:
             sol = greedy(problem, order, f"greedy ({name}{', best fit' if best_fit else ''})", best_fit)
             if best is None or sol.key() < best.key():
                 best = sol
+    assert best is not None  # priority_orders always gives the fixed rules
     return improve(problem, best)
 
 
 def _crew_stats(problem: Problem, c: int, seq: list[int]) -> tuple[bool, int, int, int]:
     """(all fit, end, summed ends, travel) of one crew's sequence, started as early as possible."""
     free, prev, total, travel_sum = 0, None, 0, 0
-    team = problem.crews[c].team
     for j in seq:
         travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
         start = problem.earliest_start(j, c, free + travel)
         if start is None:
             return False, 0, 0, 0
-        free, prev = start + problem.jobs[j].duration[team], j
+        free, prev = start + problem.duration(j, c), j
         total += free
         travel_sum += travel
     return True, free, total, travel_sum
@@ -169,12 +198,15 @@ def _best_move(problem: Problem, seqs: list[list[int]], stats: list, late: int, 
     m = len(problem.crews)
     found = None
     for j in reversed(seqs[late]):
+        if problem.chained(j) or j in problem.fixed:
+            continue  # a lane's visits and work already done stay where they are
         base_late = [x for x in seqs[late] if x != j]
         st_late = _crew_stats(problem, late, base_late)
         for c in sorted(range(m), key=lambda c: (stats[c][1], c)):
             if c == late or not problem.start_windows(j, c):
                 continue
-            for pos in range(len(seqs[c]) + 1):  # move j into c
+            pinned = max((i + 1 for i, k in enumerate(seqs[c]) if k in problem.fixed), default=0)
+            for pos in range(pinned, len(seqs[c]) + 1):  # move j into c (after its work already done)
                 cand = seqs[c][:pos] + [j] + seqs[c][pos:]
                 st_c = _crew_stats(problem, c, cand)
                 if not (st_c[0] and st_late[0]):
@@ -187,7 +219,7 @@ def _best_move(problem: Problem, seqs: list[list[int]], stats: list, late: int, 
             if found:
                 break
             for k_pos, k in enumerate(seqs[c]):  # swap j and k
-                if not problem.start_windows(k, late):
+                if problem.chained(k) or k in problem.fixed or not problem.start_windows(k, late):
                     continue
                 cand_c = seqs[c][:k_pos] + [j] + seqs[c][k_pos + 1:]
                 cand_l = [k if x == j else x for x in seqs[late]]
