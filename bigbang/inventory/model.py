@@ -574,7 +574,7 @@ class ScheduleSettings(_Model):
     start: Literal["slot", "checkin", "slot_or_checkin"] = Field(
         "slot", description="a scheduled location starts at its slot, when its technician checks in, or "
                             "whichever comes first (rehearsals: a simulated technician checks in at the slot)")
-    split: SplitSettings = Field(default_factory=SplitSettings,
+    split: SplitSettings = Field(default_factory=lambda: SplitSettings.model_validate({}),
                                  description="visits of a location too long for one access opening")
     skills: dict[str, list[str]] = Field(
         default_factory=dict, description="location id -> skills its crew needs (technicians' skills)")
