@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# No test leaves a warm Prefect server behind: tests/test_warm.py turns it on for itself and stops it.
+os.environ["BIGBANG_WARM_SERVER"] = "0"
 DEMO = ROOT / "inventories" / "demo"
 
 
@@ -30,6 +33,7 @@ def bb_env(tmp_path, prefect_home) -> dict[str, str]:
         PREFECT_HOME=str(prefect_home),
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         COLUMNS="200",
+        BIGBANG_WARM_SERVER="0",  # each test pays Prefect's start-up; tests/test_warm.py tries the warm server
     )
     env.pop("PREFECT_API_URL", None)
     return env

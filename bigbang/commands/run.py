@@ -9,6 +9,7 @@ import time
 
 from rich.console import Console
 
+from bigbang import warm
 from bigbang.errors import RunError
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
@@ -60,6 +61,7 @@ def _compression(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False)
     apply_defaults()
+    warm_url = warm.use()  # a warm local Prefect server from an earlier run, if one is up
     weekend = importlib.import_module("flows.weekend")  # imports Prefect: before the live display starts
     weekend.preflight(args.ledger or default_ledger_url(), args.dispatch)
     if args.resume:
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     plan = session.plan
     console.print(f"[bold]{plan.rollout}[/] · {session.mode} · run [bold]{session.run_id}[/] · "
                   f"{plan.step_count} steps in {len(plan.locations)} locations and {len(plan.servers)} servers")
-    console.print(f"ledger {session.ledger.safe_url}", style="dim")
+    console.print(f"ledger {session.ledger.safe_url}" + (f" · Prefect {warm_url} (warm)" if warm_url else ""),
+                  style="dim")
 
     started = time.monotonic()
     monitor = None if args.quiet else RunMonitor(session.ledger, session.run_id, plan, console).start()
@@ -102,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if monitor is not None:
             monitor.stop()
+    if warm_url is None:
+        warm.start_in_background()  # the next run starts warm
     return _summarise(session.ledger, session.run_id, console, time.monotonic() - started, args.strict)
 
 

@@ -1,0 +1,191 @@
+"""A warm local Prefect server, so that rehearsals do not pay Prefect's start-up every time.
+
+The first `bigbang run` without a Prefect server works as before, on Prefect's embedded (ephemeral)
+server; when it ends it starts a local server in the background, bound to 127.0.0.1 only, with its own
+SQLite database in the Prefect home. Later runs find it through a state file and use it. It stops
+itself after `BIGBANG_WARM_IDLE` seconds (default 1800) in which no run used it and no flow run is
+running. `BIGBANG_WARM_SERVER=0` turns all this off; a `PREFECT_API_URL` the user set always wins.
+
+    python -m bigbang.warm --stop      # stop it now
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULT_IDLE = 1800.0
+STATE_NAME = "bigbang-warm-server.json"
+
+
+def prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+
+
+def state_file() -> Path:
+    return prefect_home() / STATE_NAME
+
+
+def enabled() -> bool:
+    if os.environ.get("PREFECT_API_URL"):
+        return False  # the user's server wins
+    return os.environ.get("BIGBANG_WARM_SERVER", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def _read_state() -> dict[str, Any] | None:
+    try:
+        data = json.loads(state_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "url" in data and "pid" in data else None
+
+
+def use() -> str | None:
+    """Point this process at the warm server if one is up; its API URL, or None (then: ephemeral)."""
+    if not enabled():
+        return None
+    state = _read_state()
+    if state is None or not _alive(int(state["pid"])) or not healthy(state["url"]):
+        return None
+    os.environ["PREFECT_API_URL"] = state["url"]
+    with contextlib.suppress(OSError):
+        os.utime(state_file())  # in use: not idle
+    return str(state["url"])
+
+
+def start_in_background() -> bool:
+    """Start the warm server for the next run unless one runs; True if this call started it."""
+    if not enabled():
+        return False
+    state = _read_state()
+    if state is not None and _alive(int(state["pid"])):
+        return False
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "bigbang-warm-server.log", "ab")  # noqa: SIM115 - handed to the child
+    subprocess.Popen([sys.executable, "-m", "bigbang.warm", "--serve"], stdin=subprocess.DEVNULL, stdout=log,
+                     stderr=log, start_new_session=True, env=dict(os.environ))
+    log.close()
+    return True
+
+
+def stop() -> bool:
+    state = _read_state()
+    if state is None:
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(int(state["pid"]), signal.SIGTERM)
+    with contextlib.suppress(OSError):
+        state_file().unlink()
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc: ask the kernel
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return "State:\tZ" not in status  # a zombie has stopped
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _running_flow_runs(url: str) -> int:
+    body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "PAUSED"]}}}}).encode()
+    request = urllib.request.Request(url.rstrip("/") + "/flow_runs/count", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(json.loads(response.read()))
+    except (OSError, ValueError):
+        return 0
+
+
+def serve(idle: float) -> int:
+    """Run the server until it has been idle for `idle` seconds (the background process's body)."""
+    from bigbang.commands.server import server_env
+
+    home = prefect_home()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = server_env(None, None)
+    env.pop("PREFECT_API_URL", None)
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home / 'bigbang-warm.db'}"
+    child = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                              "--port", str(port)], env=env, stdin=subprocess.DEVNULL)
+
+    def finish(*_: object) -> None:
+        child.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(20)
+        child.kill()
+        current = _read_state()
+        if current is not None and int(current["pid"]) == os.getpid():
+            with contextlib.suppress(OSError):
+                state_file().unlink()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, finish)
+    deadline = time.monotonic() + 180
+    while not healthy(url):
+        if child.poll() is not None or time.monotonic() > deadline:
+            finish()
+        time.sleep(0.5)
+    state_file().write_text(json.dumps({"url": url, "pid": os.getpid(), "port": port}), encoding="utf-8")
+    while True:
+        time.sleep(10)
+        if child.poll() is not None:
+            finish()
+        try:
+            quiet_for = time.time() - state_file().stat().st_mtime
+        except OSError:
+            finish()  # someone removed the state file: nobody can find this server any more
+        if quiet_for > idle and _running_flow_runs(url) == 0:
+            finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bigbang.warm", description=__doc__.split("\n")[0])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stop", action="store_true", help="stop the warm server")
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(float(os.environ.get("BIGBANG_WARM_IDLE", DEFAULT_IDLE)))
+    if args.stop:
+        print("stopped" if stop() else "no warm server")
+        return 0
+    state = _read_state()
+    print(state["url"] if state and healthy(state["url"]) else "no warm server")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
