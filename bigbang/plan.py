@@ -274,7 +274,7 @@ def build_plan(inventory: Inventory, mode: str = "rehearsal", *, order: list[str
 
     servers = []
     for srv in sorted(inventory.servers, key=lambda s: (wave_of[s.name], s.name)):
-        spec = srv.model_dump(exclude={"kind", "connector"}, mode="json")
+        spec = {**srv.model_dump(exclude={"kind", "connector"}, mode="json"), "live_connector": srv.connector}
         pre = [Step(f"{srv.name}:srv.precheck", "srv.precheck", srv.name, conn(srv.connector), spec)]
         if srv.existing:
             pre.append(Step(f"{srv.name}:srv.snapshot", "srv.snapshot", srv.name, conn(srv.connector),
@@ -346,6 +346,7 @@ def _workstation_plan(inv: Inventory, loc: Location, ws: Workstation, conn: Call
         "hostname": ws.new_hostname or ws.hostname, "domain": ws.domain,
         "baseline": ws.baseline, "packages": list(baseline.packages) if baseline else [],
         "broadcast": loc.network.broadcast if loc.network else None, "vars": dict(ws.vars),
+        "live_connector": ws.connector,
     }
     h = ws.hostname
     prestage = Step(f"{h}:ws.prestage", "ws.prestage", h, conn(ws.connector), params, (precheck_id,))
@@ -364,6 +365,7 @@ def _thin_client_plan(inv: Inventory, loc: Location, tc: ThinClient, index: int,
         "current_profile": tc.current_profile, "target_profile": tc.target_profile,
         "firmware": profile.firmware, "storefront_url": profile.storefront_url,
         "settings": dict(profile.settings), "hostname": new_hostname, "vars": dict(tc.vars),
+        "live_connector": tc.connector,
     }
     h = tc.hostname
     reassign = Step(f"{h}:tc.reassign", "tc.reassign", h, conn(tc.connector), params, (precheck_id,))

@@ -58,6 +58,19 @@ FAILURES: dict[str, tuple[str, ...]] = {
                     "device did not come back after reboot"),
     "tc.verify": ("profile shows the old StoreFront URL", "hostname not changed after reboot"),
 }
+# How the connectors a live run would use fail differently, and take a different time (the step's
+# `live_connector` param says which one a simulated step stands for; `rehearsal.steps` can set both).
+FAILURES_BY_CONNECTOR: dict[tuple[str, str], tuple[str, ...]] = {
+    ("srv.provision", "xen"): ("XenAPI SR_BACKEND_FAILURE_44: insufficient space on the SR",
+                               "Async.VM.clone task timed out", "HOST_IS_SLAVE: the pool master moved"),
+    ("srv.verify", "xen"): ("no IP in VM_guest_metrics after 900 s (guest agent not running)",),
+    ("tc.reassign", "ums"): ("device offline in UMS: the reboot command was not delivered",
+                             "UMS answered 401: the session expired during the batch"),
+    ("tc.verify", "ums"): ("UMS reports the old profile still assigned", "no contact since the reboot"),
+}
+DURATIONS_BY_CONNECTOR = {  # a UMS push reboots without an SSH round trip per device; XenAPI clones thin
+    ("tc.reassign", "ums"): 240, ("tc.verify", "ums"): 30, ("srv.provision", "xen"): 900,
+}
 DEFAULT_DURATIONS = {  # simulated seconds per attempt, when the inventory gives none
     "srv.precheck": 20, "srv.snapshot": 60, "srv.provision": 1200, "srv.verify": 120,
     "ws.prestage": 30, "ws.image": 2700, "ws.verify": 120, "tc.reassign": 420, "tc.verify": 60,
@@ -86,11 +99,17 @@ class SimulatedConnector:
         self._device_lock = threading.Lock()
 
     # -- model
+    def _simulation(self, action: Action) -> Any:
+        live = action.params.get("live_connector")
+        return self.settings.steps.get(f"{action.kind}@{live}") or self.settings.steps.get(action.kind)
+
     def duration(self, action: Action) -> float:
         if self.zero_duration:
             return 0.0
-        sim = self.settings.steps.get(action.kind)
-        mean = sim.duration if sim and sim.duration else DEFAULT_DURATIONS.get(action.kind, 0.0)
+        sim = self._simulation(action)
+        live = str(action.params.get("live_connector"))
+        default = DURATIONS_BY_CONNECTOR.get((action.kind, live), DEFAULT_DURATIONS.get(action.kind, 0.0))
+        mean = sim.duration if sim and sim.duration else default
         jitter = sim.jitter if sim else 0.2
         return max(0.0, mean * (1 + jitter * (2 * unit(self.seed, "d", action.step_id, action.attempt) - 1)))
 
@@ -102,10 +121,11 @@ class SimulatedConnector:
             ):
                 if inj.attempts == "all" or action.attempt <= inj.attempts:
                     return inj.message
-        sim = self.settings.steps.get(action.kind)
+        sim = self._simulation(action)
         rate = sim.failure_rate if sim and sim.failure_rate is not None else self.default_failure_rate
         if rate and unit(self.seed, "f", action.step_id, action.attempt) < rate:
-            reasons = FAILURES.get(action.kind, ("simulated failure",))
+            live = str(action.params.get("live_connector"))
+            reasons = FAILURES_BY_CONNECTOR.get((action.kind, live)) or FAILURES.get(action.kind, ("simulated failure",))
             return reasons[int(unit(self.seed, "r", action.step_id, action.attempt) * len(reasons))]
         return None
 

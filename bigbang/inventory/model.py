@@ -604,7 +604,9 @@ class Rehearsal(_Model):
     seed: int = 0
     compression: float = Field(3600.0, gt=0, description="simulated seconds per real second")
     failure_rate: float = Field(0.0, ge=0, le=1, description="default chance that one attempt fails")
-    steps: dict[str, StepSimulation] = Field(default_factory=dict)
+    steps: dict[str, StepSimulation] = Field(
+        default_factory=dict, description="per step kind (`tc.reassign`), or per kind and the connector a live run "
+                                          "would use (`tc.reassign@ums`), which wins")
     inject: list[Injection] = Field(default_factory=list)
     simulate_signoff: bool = Field(
         True, description="a simulated technician signs each location off; false: wait for a real sign-off")
