@@ -34,7 +34,13 @@ def register(sub) -> None:
                     "`bigbang schedule compare RUN_ID` shows planned vs actual per location; "
                     "`bigbang schedule deployment PATH` prints the Prefect schedule that starts the weekend; "
                     "`bigbang schedule checkin RUN_ID LOCATION --by NAME` records a technician's arrival.")
-    p.add_argument("path", metavar="PATH", help="inventory file or directory (or: compare RUN_ID, deployment PATH)")
+    p.add_argument("path", metavar="PATH", nargs="?",
+                   help="inventory file or directory (or: compare RUN_ID, deployment PATH)")
+    p.add_argument("--replan", metavar="RUN_ID",
+                   help="re-solve the rest of a running weekend from its current state: finished and running "
+                        "locations stay; the new slots become the run's next plan version")
+    p.add_argument("--without", action="append", default=[], metavar="TECHNICIAN",
+                   help="with --replan: this technician has dropped out (repeat for several)")
     p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("location", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--by", metavar="NAME", help="checkin: who arrived")
@@ -58,6 +64,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.replan:
+        return replan(args)
+    if args.path is None:
+        raise UserError("give an inventory path", hint="bigbang schedule PATH, or bigbang schedule --replan RUN_ID")
     if args.path in SUBCOMMANDS:
         if not args.target:
             raise UserError(f"`bigbang schedule {args.path}` needs "
@@ -100,6 +110,38 @@ def run(args) -> int:
         console.print(f"Charts: {files['html']} (and gantt*.svg/png in {out})")
         if stored:
             console.print(f"Stored: {stored} — runs of this inventory follow it (delete the file to run without).")
+    return EXIT_DOES_NOT_FIT if args.check and not schedule.verdict.fits else 0
+
+
+def replan(args) -> int:
+    from bigbang.plan import build_plan
+    from bigbang.schedule.render import itineraries
+    from bigbang.schedule.replan import replan_run
+    from bigbang.session import frozen_run
+    from bigbang.store.ledger import Ledger
+
+    ledger = Ledger(args.ledger)
+    result = replan_run(ledger, args.replan, without=args.without, seed=args.seed)
+    schedule = result.schedule
+    data = schedule.to_dict()
+    run = frozen_run(ledger, args.replan)
+    plan = build_plan(run.inventory, run.plan.mode, slots=schedule.slots())
+    note = (f"replanned at +{_hm(result.now_min)} keeping {len(result.fixed)} started locations"
+            + (f"; without {', '.join(args.without)}" if args.without else ""))
+    version = ledger.new_plan_version(args.replan, plan.to_dict(), run.inventory.model_dump(mode="json"),
+                                      plan.digest, run.inventory.digest, note)
+    ledger.set_run_schedule(args.replan, data)
+    if args.json:
+        sys.stdout.write(json.dumps({**data, "replan": {"now_min": result.now_min, "fixed": len(result.fixed),
+                                                         "dropped_crews": result.dropped, "plan_version": version,
+                                                         "seconds": round(result.seconds, 2)}},
+                                    indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    else:
+        console = Console(highlight=False)
+        show(console, schedule, data, itineraries(schedule), args.team)
+        console.print(f"Re-solved in {result.seconds:.1f} s from +{_hm(result.now_min)}: {len(result.fixed)} started "
+                      f"locations kept" + (f", crews {', '.join(result.dropped)} stopped" if result.dropped else "")
+                      + f". The run's plan version {version}: resume it to follow the new slots.")
     return EXIT_DOES_NOT_FIT if args.check and not schedule.verdict.fits else 0
 
 

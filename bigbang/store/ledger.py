@@ -190,6 +190,13 @@ class Ledger:
         return FrozenPlan(row["version"], json.loads(row["plan"]), json.loads(row["inventory"]), row["plan_digest"],
                           row["inventory_digest"], row["note"])
 
+    def set_run_schedule(self, run_id: str, schedule: dict[str, Any]) -> None:
+        """The run's schedule replaced (a re-plan during the weekend; the plan's next version has its slots)."""
+        with self.engine.begin() as conn:
+            conn.execute(run_schedules.delete().where(run_schedules.c.run_id == run_id))
+            conn.execute(run_schedules.insert().values(run_id=run_id, schedule=json.dumps(schedule, sort_keys=True),
+                                                       saved_at=now()))
+
     def run_schedule(self, run_id: str) -> dict[str, Any] | None:
         """The schedule (`bigbang schedule`) the run started with, if it followed one."""
         with self.engine.connect() as conn:

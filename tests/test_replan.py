@@ -1,0 +1,62 @@
+"""Replanning during the weekend: a technician drops out mid-run; the rest is re-solved from the run's state."""
+
+from __future__ import annotations
+
+import json
+
+from bigbang.schedule.replan import replan_run
+from bigbang.session import RunOptions, RunSession, frozen_run
+from bigbang.store import Ledger
+from tests.helpers import copy_demo, servers_ready
+
+
+def _two_crews(files):
+    for team in files["teams.yaml"]["teams"]:
+        team["capacity"]["parallel_locations"] = 2  # one technician per crew
+
+
+def test_a_technician_drops_out_and_the_replan_keeps_finished_work_and_still_fits(tmp_path, bigbang, bb_env):
+    inventory = copy_demo(tmp_path, _two_crews)
+    made = bigbang("schedule", inventory, "--time-limit", "2", "--json")
+    assert made.returncode == 0, made.stderr
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = RunSession.start(inventory, RunOptions(compression=0, seed=2), ledger_url=ledger_url)
+    runner = servers_ready(session)
+    first = min(session.plan.locations, key=lambda loc: loc.start_offset or 0.0)
+    runner.run_location(first.id)
+    session.ledger.flush()
+    session.close()
+    ledger = Ledger(ledger_url)
+    done = ledger.location_results(session.run_id)[first.id]
+
+    # the technician of another crew drops out: Sofie Nielsen (team-syd's second crew)
+    env = {**bb_env, "BIGBANG_LEDGER_URL": ledger_url}
+    shown = bigbang("schedule", "--replan", session.run_id, "--without", "sni", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["verdict"]["fits"], data["verdict"]
+    assert data["replan"]["dropped_crews"] == ["team-syd#2"] and data["replan"]["fixed"] >= 1
+    now = data["replan"]["now_min"]
+    kept = [v for v in data["visits"] if v["location"] == first.id]
+    assert [(v["start_min"], v["end_min"]) for v in kept] == [(int(done["clock_start"] // 60),
+                                                               int(done["clock_end"] // 60))]
+    for v in data["visits"]:
+        if v["location"] != first.id:
+            assert v["start_min"] >= now  # nothing else is planned in the past
+            assert v["crew"] != "team-syd#2"  # nor on the crew that stopped
+    # the run's next plan version follows the new slots; the board and a resume read it
+    run = frozen_run(ledger, session.run_id)
+    assert run.plan_version == 2
+    assert {loc.id: loc.start_offset for loc in run.plan.locations}[first.id] is not None
+    assert data["replan"]["seconds"] < 60  # timing targets live in bench/schedule.py; this only bounds a hang
+
+
+def test_replan_names_an_unknown_technician(tmp_path, bigbang, bb_env):
+    inventory = copy_demo(tmp_path)
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = RunSession.start(inventory, RunOptions(zero_duration=True), ledger_url=ledger_url)
+    session.close()
+    env = {**bb_env, "BIGBANG_LEDGER_URL": ledger_url}
+    shown = bigbang("schedule", "--replan", session.run_id, "--without", "nobody", env=env)
+    assert shown.returncode == 1 and "no technician nobody" in shown.stderr
+    assert replan_run(Ledger(ledger_url), session.run_id).schedule.verdict.fits
