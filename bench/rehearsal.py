@@ -105,25 +105,12 @@ def run_size(name: str, workdir: Path, prefect_home: Path, *, warm: bool, extra:
     fresh_db = not (prefect_home / "prefect.db").exists()
     cmd = [sys.executable, "-m", "bigbang", "run", str(inventory_dir), "--quiet", "--failure-rate", "0",
            *(extra or ("--zero-duration",))]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def sample() -> None:
-        while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss_kb(proc.pid))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - started
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{name}: bigbang run failed ({proc.returncode})\n{out}\n{err}")
+    wall, peak, out, err, rc = timed(cmd, env, workdir)
+    if rc != 0:
+        raise SystemExit(f"{name}: bigbang run failed ({rc})\n{out}\n{err}")
     used_warm = "(warm)" in err
     return {"size": name, "start": "warm" if used_warm else "cold", "wall_s": round(wall, 2),
-            "device_steps": device_steps, "steps": steps, "peak_rss_mb": round(peak[0] / 1024, 1),
+            "device_steps": device_steps, "steps": steps, "peak_rss_mb": round(peak / 1024, 1),
             "locations": len(plan.locations), "servers": len(plan.servers),
             "prefect_db": "fresh" if fresh_db else "existing", "options": " ".join(extra) or "--zero-duration"}
 
