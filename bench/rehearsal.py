@@ -155,13 +155,13 @@ def main() -> None:
         results: dict[tuple[str, str], dict] = {}
         for name in sizes:
             results[(name, "cold")] = run_size(name, workdir, prefect_home, warm=False)
-            print(json.dumps({**results[(name, "cold")], "÷ empty flow": round(
+            print(json.dumps({**results[(name, "cold")], "ratio_to_empty_flow": round(
                 results[(name, "cold")]["wall_s"] / empty["wall_s"], 2)}), flush=True)
         start_warm(workdir, prefect_home)
         try:
             for name in sizes:
                 results[(name, "warm")] = run_size(name, workdir, prefect_home, warm=True)
-                print(json.dumps({**results[(name, "warm")], "÷ empty flow": round(
+                print(json.dumps({**results[(name, "warm")], "ratio_to_empty_flow": round(
                     results[(name, "warm")]["wall_s"] / empty["wall_s"], 2)}), flush=True)
             base = results[("demo", "warm")]
             for name in sizes:
@@ -173,7 +173,7 @@ def main() -> None:
             if "holstebro" in sizes:
                 realistic = run_size("holstebro", workdir, prefect_home, warm=True, extra=("--compression", "max"))
                 zero = results[("holstebro", "warm")]
-                print(json.dumps({**realistic, "÷ zero-duration": round(realistic["wall_s"] / zero["wall_s"], 2)}),
+                print(json.dumps({**realistic, "ratio_to_zero_duration": round(realistic["wall_s"] / zero["wall_s"], 2)}),
                       flush=True)
         finally:
             stop_warm(prefect_home)
