@@ -276,7 +276,12 @@ class RunSession:
             real, at = self.ledger.pace(self.run_id, time.time())
             compression = self.compression()
             self._pace = Pace(compression if compression > 0 else None, real, at)
-        return SimulatedClock(start, self._pace, self.timeline, unit)
+        pace = self._pace
+        if pace.compression and pace.real_origin + (start - pace.sim_origin) / pace.compression < time.time():
+            # behind the run's pace (a worker took the location late): play this unit at the asked pace from
+            # now instead of racing through it to catch up; its simulated times are the same either way
+            pace = Pace(pace.compression, time.time(), start)
+        return SimulatedClock(start, pace, self.timeline, unit)
 
     def compression(self) -> float:
         """Simulated seconds per real second for playback; 0 plays as fast as the machine allows."""
