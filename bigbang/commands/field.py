@@ -36,6 +36,13 @@ def register(sub) -> None:
     s.add_argument("--url", metavar="BASE_URL", help="public address of the app (for QR codes in PDFs)")
     s.add_argument("--session-hours", type=float, default=12.0, help="sign-in lasts this long")
     s.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: send cookies over HTTPS only")
+    s.add_argument("--idle-minutes", type=float, default=120.0,
+                   help="a session ends after this long without a request (default: 120)")
+    s.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain) file")
+    s.add_argument("--tls-key", metavar="PEM", help="the certificate's private key file")
+    s.add_argument("--trust-proxy", metavar="ADDRESS", action="append",
+                   help="a reverse proxy's address whose X-Forwarded-For/-Proto are believed (repeatable); "
+                        "without it proxy headers are ignored")
     s.set_defaults(func=serve)
 
     c = sub.add_parser("check", help="check off one checklist item (without the app)")
@@ -105,11 +112,26 @@ def serve(args) -> int:
     import uvicorn
 
     from bigbang.web.app import create_app
+    from bigbang.web.security import plain_http_warning
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for path in filter(None, (args.tls_cert, args.tls_key)):
+        if not Path(path).is_file():
+            raise ConfigError(f"TLS file {path} does not exist")
+    tls = bool(args.tls_cert)
     app = create_app(args.path, args.ledger, args.run, lang=args.lang, base_url=args.url,
-                     session_hours=args.session_hours, secure_cookies=args.secure_cookies)
-    Console(stderr=True, highlight=False).print(f"Field app on http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
+                     session_hours=args.session_hours, secure_cookies=args.secure_cookies or tls,
+                     idle_minutes=args.idle_minutes)
+    err = Console(stderr=True, highlight=False)
+    warning = plain_http_warning(args.host, tls)
+    if warning:
+        err.print(f"[bold red]{warning}[/]")
+    err.print(f"Field app on {'https' if tls else 'http'}://{args.host}:{args.port}"
+              + (f" (proxy headers from {', '.join(args.trust_proxy)})" if args.trust_proxy else ""))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                proxy_headers=bool(args.trust_proxy), forwarded_allow_ips=",".join(args.trust_proxy or []) or None,
+                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
     return 0
 
 
