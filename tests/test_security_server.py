@@ -113,6 +113,11 @@ def test_with_an_auth_string_unauthenticated_requests_get_401(bb_env, tmp_path):
         _, headers, _ = request(api + "/flows/filter", method="OPTIONS", headers=preflight)
         assert "access-control-allow-origin" not in {k.lower() for k in headers}
         assert "*" not in [v for k, v in headers.items() if k.lower() == "access-control-allow-origin"]
+        import socket
+
+        own = f"http://{socket.getfqdn()}:{port}"  # the UI's origin when listening on 0.0.0.0
+        _, headers, _ = request(api + "/flows/filter", method="OPTIONS", headers={**preflight, "Origin": own})
+        assert {k.lower(): v for k, v in headers.items()}.get("access-control-allow-origin") == own
 
         # a client (the CLI, a worker) authenticates with the same reference: a file only its owner reads
         auth_file = tmp_path / "prefect-auth"
