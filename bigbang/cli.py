@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import re
 import sys
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ledgers, reports, checklists and state hold names, addresses and serials: readable by their owner only
+    # (files 0600, directories 0700), also in the workers and flow runs started from here.
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -3,11 +3,21 @@
 Only defaults: anything the user set in the environment wins. These keep a
 rehearsal's terminal free of Prefect's log lines and of the ephemeral server's
 shutdown noise, and give the ephemeral server time to start on a cold machine.
+
+The Prefect API's basic-auth string ("user:password") is never a plain-text
+option: it comes from a reference, the name of an environment variable or a
+file readable only by its owner. Clients (the CLI, workers, the flow runs they
+start) find it in PREFECT_API_AUTH_STRING or in the file named by
+BIGBANG_PREFECT_AUTH_FILE; `bigbang server` takes `--auth-env NAME` or
+`--auth-file PATH` (default: that same file, or PREFECT_SERVER_API_AUTH_STRING).
 """
 
 from __future__ import annotations
 
 import os
+import stat
+
+from bigbang.errors import ConfigError
 
 DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -17,7 +27,41 @@ DEFAULTS = {
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
 }
 
+AUTH_FILE_ENV = "BIGBANG_PREFECT_AUTH_FILE"
+
 
 def apply_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if not os.environ.get("PREFECT_API_AUTH_STRING") and os.environ.get(AUTH_FILE_ENV):
+        os.environ["PREFECT_API_AUTH_STRING"] = read_auth_file(os.environ[AUTH_FILE_ENV])
+
+
+def read_auth_file(path: str) -> str:
+    """The auth string in `path`; refused when others may read the file or it is not `user:password`."""
+    try:
+        info = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the Prefect auth file {path}: {exc.__class__.__name__}",
+                          hint=f"write `user:password` into it and chmod 600 it (or unset {AUTH_FILE_ENV})") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"the Prefect auth file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o})",
+                          hint=f"chmod 600 {path}")
+    return check_auth_string(text, f"the Prefect auth file {path}")
+
+
+def read_auth_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} (the Prefect API auth string) is not set",
+                          hint=f"export {name}='user:password' before starting the server")
+    return check_auth_string(value.strip(), f"environment variable {name}")
+
+
+def check_auth_string(text: str, where: str) -> str:
+    user, sep, password = text.partition(":")
+    if not sep or not user or len(password) < 12 or "\n" in text:
+        raise ConfigError(f"{where} does not hold `user:password` with a password of at least 12 characters")
+    return text

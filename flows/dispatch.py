@@ -26,6 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy.engine import make_url
 
 from bigbang.errors import ConfigError
+from bigbang.ledger_ref import ledger_reference, resolve_ledger
 from bigbang.session import RunSession
 from tasks import rollout
 
@@ -59,9 +60,9 @@ def check_setup(url: str, mode: str) -> None:
 
 
 def ledger_parameter(url: str) -> str | None:
-    """The ledger URL as a flow parameter; None when it holds a password (workers then use their
-    own BIGBANG_LEDGER_URL), since parameters are visible in the Prefect UI."""
-    return None if make_url(url).password else url
+    """The ledger URL as a flow parameter: parameters are visible in the Prefect UI and API, so a
+    password is replaced by a reference the worker completes from its own BIGBANG_LEDGER_URL."""
+    return ledger_reference(url)
 
 
 def task_runner(mode: str, threads: int):
@@ -88,7 +89,7 @@ def poll_seconds() -> float:
 @task(name="dispatch-location", cache_policy=NO_CACHE, persist_result=False)
 def dispatch_location(run_id: str, ledger_url: str | None, location_id: str) -> dict[str, Any]:
     """Run one location as a flow run of the location deployment and wait for it."""
-    session = RunSession.attach(run_id, ledger_url)
+    session = RunSession.attach(run_id, resolve_ledger(ledger_url))
     ledger = session.ledger
     region = session.inventory.location_by_id[location_id].region
     # A resumed run dispatches afresh; within one generation a repeated call finds the same flow run.

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import flow
 
+from bigbang.ledger_ref import resolve_ledger
 from bigbang.runner import Runner
 from bigbang.session import RunSession
 from flows.secrets import register_prefect_secrets
@@ -23,9 +24,10 @@ from flows.secrets import register_prefect_secrets
 @flow(name="bigbang-location", flow_run_name="{run_id}-{location_id}", persist_result=False, log_prints=False,
       retries=1, retry_delay_seconds=5)
 def location(run_id: str, location_id: str, ledger_url: str | None = None) -> dict[str, Any]:
-    """Run one location of a run; `ledger_url` None means this worker's BIGBANG_LEDGER_URL."""
+    """Run one location of a run; `ledger_url` None means this worker's BIGBANG_LEDGER_URL, and a
+    reference (password `***`, see bigbang.ledger_ref) is completed from it."""
     register_prefect_secrets()
-    session = RunSession.attach(run_id, ledger_url)
+    session = RunSession.attach(run_id, resolve_ledger(ledger_url))
     result = Runner(session).run_location(location_id)
     session.ledger.flush()
     return asdict(result)

@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bigbang.errors import ConfigError
+from bigbang.ledger_ref import ledger_reference, resolve_ledger
 from bigbang.plan import LocationPlan, Plan
 from bigbang.report import render_report
 from bigbang.session import RunOptions, RunSession
@@ -30,8 +31,13 @@ def _flow_run_name() -> str:
 @flow(name="bigbang-weekend", flow_run_name=_flow_run_name, persist_result=False, log_prints=False)
 def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: str = "local",
             inventory: str | None = None, mode: str = "rehearsal") -> dict[str, Any]:
-    """Run `run_id`; or, when a schedule starts the weekend, start a new run of `inventory` in `mode`."""
+    """Run `run_id`; or, when a schedule starts the weekend, start a new run of `inventory` in `mode`.
+
+    `ledger_url` is never a URL with a password (the parameters are shown in Prefect's UI and API) but
+    its reference, see bigbang.ledger_ref; the tasks get the same reference."""
     register_prefect_secrets()
+    ledger_ref = ledger_reference(ledger_url)  # a password given anyway goes no further
+    ledger_url = resolve_ledger(ledger_url)
     location_task = dispatching.location_task(dispatching.dispatch_mode(dispatch))
     if run_id is None:
         if not inventory:
@@ -40,12 +46,12 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
     session = RunSession.attach(run_id, ledger_url)
     plan = session.plan
 
-    pre = rollout.prechecks.submit(run_id, ledger_url)
+    pre = rollout.prechecks.submit(run_id, ledger_ref)
     waves = []
     previous = pre
     for index in range(len(plan.waves)):
         previous = rollout.server_wave.with_options(task_run_name=f"servers-wave-{index + 1}").submit(
-            run_id, ledger_url, index, wait_for=[previous])  # type: ignore[call-overload]
+            run_id, ledger_ref, index, wait_for=[previous])  # type: ignore[call-overload]
         waves.append(previous)
 
     futures: dict[str, Any] = {}
@@ -54,7 +60,7 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
         if loc.after_location:
             upstream.append(futures[loc.after_location])
         futures[loc.id] = location_task.with_options(task_run_name=f"location-{loc.id}").submit(
-            run_id, ledger_url, loc.id, wait_for=upstream)
+            run_id, ledger_ref, loc.id, wait_for=upstream)
 
     crashed: dict[str, str] = {}
     for loc_id, future in futures.items():
@@ -122,4 +128,4 @@ def run_weekend(session: RunSession, dispatch: str | None = None) -> dict[str, A
     flow_dispatch = "deployments" if mode == "deployments" else "local"  # dask: the task runner does it
     if mode == "local":
         session.play_here()  # every unit in this process: they agree on the order of events
-    return weekend.with_options(task_runner=runner)(session.run_id, session.ledger.url, flow_dispatch)
+    return weekend.with_options(task_runner=runner)(session.run_id, ledger_reference(session.ledger.url), flow_dispatch)

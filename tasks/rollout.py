@@ -13,20 +13,21 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from bigbang.ledger_ref import resolve_ledger
 from bigbang.runner import Runner
 from bigbang.session import RunSession
 
 
 @task(name="prechecks", cache_policy=NO_CACHE, persist_result=False)
 def prechecks(run_id: str, ledger_url: str | None) -> dict[str, Any]:
-    return asdict(Runner(RunSession.attach(run_id, ledger_url)).run_prechecks())
+    return asdict(Runner(RunSession.attach(run_id, resolve_ledger(ledger_url))).run_prechecks())
 
 
 @task(name="server-wave", cache_policy=NO_CACHE, persist_result=False)
 def server_wave(run_id: str, ledger_url: str | None, index: int) -> dict[str, Any]:
-    return asdict(Runner(RunSession.attach(run_id, ledger_url)).run_wave(index))
+    return asdict(Runner(RunSession.attach(run_id, resolve_ledger(ledger_url))).run_wave(index))
 
 
 @task(name="location", cache_policy=NO_CACHE, persist_result=False)
 def location(run_id: str, ledger_url: str | None, location_id: str) -> dict[str, Any]:
-    return asdict(Runner(RunSession.attach(run_id, ledger_url)).run_location(location_id))
+    return asdict(Runner(RunSession.attach(run_id, resolve_ledger(ledger_url))).run_location(location_id))

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from sqlalchemy import create_engine, text
 
 from bigbang.inventory import load_inventory
@@ -28,7 +27,7 @@ from bigbang.plan import build_plan
 from tests.conftest import DEMO
 from tests.peers import free_port
 from tests.peers.postgres import postgres  # noqa: F401 - fixture
-from tests.peers.prefect_server import prefect_server, stop_group  # noqa: F401 - fixture
+from tests.peers.prefect_server import api_post, prefect_server, stop_group  # noqa: F401 - fixture
 from tests.peers.redis import redis  # noqa: F401 - fixture
 
 REGIONS = {"HST-001": "nord", "HST-014": "syd", "HST-027": "syd"}
@@ -70,10 +69,8 @@ def descendants(pid: int) -> list[int]:
 
 def flow_runs(api_url: str, name_like: str) -> list[dict]:
     """Flow runs read straight from the server's REST API (a second client beside Prefect's own)."""
-    response = requests.post(f"{api_url}/flow_runs/filter", timeout=10, json={
+    return api_post(api_url, "/flow_runs/filter", {  # type: ignore[return-value]
         "flow_runs": {"name": {"like_": name_like}}, "limit": 200, "offset": 0, "sort": "START_TIME_ASC"})
-    response.raise_for_status()
-    return response.json()
 
 
 @pytest.mark.timeout(480)  # ~150 s alone; several times that on a machine busy with other suites

@@ -244,6 +244,7 @@ def test_pages_are_translated(field):
 
 def test_cli_check_problem_and_signoff_release_the_gate(field, bigbang, bb_env):
     inventory, ledger_url, session = field
+    bb_env.update(BIGBANG_OPS_LEAD="ops", BIGBANG_OPS_LEAD_PASSWORD="demo-ops")  # changes from the shell need one
     runner = servers_ready(session)
     results = []
     worker = threading.Thread(target=lambda: results.append(runner.run_location(LOCATION)), daemon=True)
@@ -293,7 +294,7 @@ def test_hash_password_command_makes_a_hash_the_inventory_accepts(bigbang):
     stored = r.stdout.strip()
     assert verify_password("a-long-secret", stored)
     r = bigbang("hash-password", input="short\n")
-    assert r.returncode == 1 and "at least 8" in r.stderr
+    assert r.returncode == 1 and "at least 12" in r.stderr
 
 
 def _wait_for(predicate, timeout: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import secrets
 import socket
 import sys
@@ -11,6 +12,10 @@ from pathlib import Path
 from rich.console import Console
 
 from bigbang.errors import ConfigError, RunError, UserError
+
+LEAD_ENV = "BIGBANG_OPS_LEAD"
+LEAD_PASSWORD_ENV = "BIGBANG_OPS_LEAD_PASSWORD"
+MIN_PASSWORD = 12
 
 
 def register(sub) -> None:
@@ -36,6 +41,13 @@ def register(sub) -> None:
     s.add_argument("--url", metavar="BASE_URL", help="public address of the app (for QR codes in PDFs)")
     s.add_argument("--session-hours", type=float, default=12.0, help="sign-in lasts this long")
     s.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: send cookies over HTTPS only")
+    s.add_argument("--idle-minutes", type=float, default=120.0,
+                   help="a session ends after this long without a request (default: 120)")
+    s.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain) file")
+    s.add_argument("--tls-key", metavar="PEM", help="the certificate's private key file")
+    s.add_argument("--trust-proxy", metavar="ADDRESS", action="append",
+                   help="a reverse proxy's address whose X-Forwarded-For/-Proto are believed (repeatable); "
+                        "without it proxy headers are ignored")
     s.set_defaults(func=serve)
 
     c = sub.add_parser("check", help="check off one checklist item (without the app)")
@@ -68,6 +80,9 @@ def register(sub) -> None:
 def _run_args(p) -> None:
     p.add_argument("--run", required=True, metavar="RUN_ID")
     p.add_argument("--by", required=True, metavar="PERSON", help="technician or staff id from the inventory")
+    p.add_argument("--lead", metavar="OPS_LEAD", default=os.environ.get(LEAD_ENV),
+                   help=f"the ops lead entering this (default: ${LEAD_ENV}, or --by when that is an ops lead); "
+                        f"their password is asked, or read from ${LEAD_PASSWORD_ENV}")
     p.add_argument("--ledger", metavar="URL")
     p.add_argument("--key", help="request key (idempotency); repeat a command with the same key to retry it safely")
 
@@ -105,11 +120,26 @@ def serve(args) -> int:
     import uvicorn
 
     from bigbang.web.app import create_app
+    from bigbang.web.security import plain_http_warning
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for path in filter(None, (args.tls_cert, args.tls_key)):
+        if not Path(path).is_file():
+            raise ConfigError(f"TLS file {path} does not exist")
+    tls = bool(args.tls_cert)
     app = create_app(args.path, args.ledger, args.run, lang=args.lang, base_url=args.url,
-                     session_hours=args.session_hours, secure_cookies=args.secure_cookies)
-    Console(stderr=True, highlight=False).print(f"Field app on http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
+                     session_hours=args.session_hours, secure_cookies=args.secure_cookies or tls,
+                     idle_minutes=args.idle_minutes)
+    err = Console(stderr=True, highlight=False)
+    warning = plain_http_warning(args.host, tls)
+    if warning:
+        err.print(f"[bold red]{warning}[/]")
+    err.print(f"Field app on {'https' if tls else 'http'}://{args.host}:{args.port}"
+              + (f" (proxy headers from {', '.join(args.trust_proxy)})" if args.trust_proxy else ""))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                proxy_headers=bool(args.trust_proxy), forwarded_allow_ips=",".join(args.trust_proxy or []) or None,
+                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
     return 0
 
 
@@ -128,7 +158,8 @@ def _context(args):
     if args.location not in inventory.location_by_id:
         raise UserError(f"unknown location {args.location}",
                         hint="locations: " + ", ".join(inventory.location_by_id))
-    users = {a.user.id: a.user for a in accounts_from_inventory(inventory).values()}
+    accounts = {a.user.id: a for a in accounts_from_inventory(inventory).values()}
+    users = {uid: a.user for uid, a in accounts.items()}
     user = users.get(args.by)
     if user is None:
         raise UserError(f"unknown person '{args.by}'", hint="use a technician's or staff member's id from the inventory")
@@ -136,8 +167,32 @@ def _context(args):
     if not user.can_change(team):
         raise UserError(f"{user.id} is not in {team}, the team of {args.location}",
                         hint="only that team's technicians or an ops lead may change it")
-    source = f"cli {getpass.getuser()}@{socket.gethostname()}"
+    lead = _ops_lead(args, accounts, user.id)
+    source = f"cli {getpass.getuser()}@{socket.gethostname()} entered by ops lead {lead}"
     return inventory, run.plan, ledger, FieldStore(ledger), Actor(user.id, user.role, source)
+
+
+def _ops_lead(args, accounts, by: str) -> str:
+    """The ops lead whose credential vouches for a change made from the shell on someone's behalf."""
+    from bigbang.web.passwords import verify_password
+
+    lead_id = args.lead or (by if accounts[by].user.role == "ops_lead" else None)
+    if not lead_id:
+        raise UserError(f"changing a run from the shell as {by} needs an ops lead's credential",
+                        hint=f"give --lead OPS_LEAD_ID (or set {LEAD_ENV}); the password is asked, "
+                             f"or read from {LEAD_PASSWORD_ENV}")
+    account = accounts.get(lead_id)
+    if account is None or account.user.role != "ops_lead":
+        raise UserError(f"'{lead_id}' is not an ops lead of this run's inventory")
+    if os.environ.get(LEAD_PASSWORD_ENV) is not None:
+        password = os.environ[LEAD_PASSWORD_ENV]
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"Password of ops lead {lead_id}: ")
+    else:
+        raise UserError(f"no password for ops lead {lead_id}", hint=f"run it in a terminal, or set {LEAD_PASSWORD_ENV}")
+    if not verify_password(password, account.password_hash):
+        raise UserError(f"wrong password for ops lead {lead_id}")
+    return lead_id
 
 
 def _key(args) -> str:
@@ -192,8 +247,8 @@ def hash_password(args) -> int:
             raise UserError("the two passwords differ")
     else:
         password = sys.stdin.readline().rstrip("\n")
-    if len(password) < 8:
-        raise UserError("use at least 8 characters")
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"use at least {MIN_PASSWORD} characters")
     print(make_hash(password))
     return 0
 

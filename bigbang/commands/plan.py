@@ -27,8 +27,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from bigbang.cli import console as make_console
+    from bigbang.cli import plain
+    from bigbang.insecure import warning_lines
+
     inventory = load_inventory(args.path)
     plan = inventory_plan(inventory, args.path, args.mode)  # as `run` would: with a stored schedule
+    for line in warning_lines(inventory):
+        make_console(stderr=True).print(plain(line))
     if args.json:
         sys.stdout.write(plan.to_json() + "\n")
         return 0

@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
                              failure_rate=args.failure_rate, zero_duration=args.zero_duration)
         session = RunSession.start(args.path, options, ledger_url=args.ledger, run_id=args.run_id)
     plan = session.plan
+    from bigbang.insecure import warning_lines
+
+    for line in warning_lines(session.inventory):
+        console.print(line, style="bold yellow", markup=False)
     console.print(f"[bold]{plan.rollout}[/] · {session.mode} · run [bold]{session.run_id}[/] · "
                   f"{plan.step_count} steps in {len(plan.locations)} locations and {len(plan.servers)} servers")
     console.print(f"ledger {session.ledger.safe_url}" + (f" · Prefect {warm_url} (warm)" if warm_url else ""),

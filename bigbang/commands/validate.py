@@ -11,6 +11,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from bigbang.insecure import warning_lines
+
     inventory = load_inventory(args.path)
     console().print(plain(f"ok: {inventory.summary()}"))
+    for line in warning_lines(inventory):
+        console(stderr=True).print(plain(line))
     return 0

@@ -21,9 +21,46 @@ from bigbang.errors import ConfigError, ConnectorError
 DEFAULT_COMMANDS_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "commands"
 
 
-def ps_quote(value: Any) -> str:
-    """A PowerShell single-quoted string literal."""
-    return "'" + ("" if value is None else str(value)).replace("'", "''") + "'"
+# PowerShell opens and ends a single-quoted string at any of these, and reads two in a row as the second one
+# (its tokenizer's IsSingleQuote: ' and the typographic U+2018-U+201B), so each is doubled, never only '.
+PS_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
+# Characters that end a line for some reader of a rendered file: POSIX, Windows, Python's splitlines, Unicode.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+class Quoted(str):
+    """The output of a quoting filter (`sh`, `ps`): a complete literal, safe to place anywhere in a command."""
+
+
+def _text(value: Any, how: str) -> str:
+    text = "" if value is None else str(value)
+    if "\0" in text:
+        raise ConnectorError(f"a value for a {how} command contains a NUL character, which no command can carry",
+                             transient=False)
+    return text
+
+
+def ps_quote(value: Any) -> Quoted:
+    """A PowerShell single-quoted string literal that reads back as exactly `value`."""
+    text = _text(value, "PowerShell")
+    return Quoted("'" + "".join(c + c if c in PS_SINGLE_QUOTES else c for c in text) + "'")
+
+
+def sh_quote(value: Any) -> Quoted:
+    """A POSIX shell word that reads back as exactly `value`."""
+    return Quoted(shlex.quote(_text(value, "shell")))
+
+
+def unquoted_line(value: Any) -> Any:
+    """Every `{{ value }}` not passed through a quoting filter: refused when it holds a line break or a control
+    character, so an inventory value can never add a line to a profile or a command."""
+    if isinstance(value, str) and not isinstance(value, Quoted):
+        bad = next((c for c in value if c in LINE_BREAKS or (ord(c) < 32 and c != "\t") or ord(c) == 127), None)
+        if bad is not None:
+            raise ConnectorError(f"the value {value[:40]!r} contains U+{ord(bad):04X} (a line break or control "
+                                 "character), which would change the rendered file's lines", transient=False,
+                                 hint="fix the value in the inventory, or quote it with | sh or | ps in the template")
+    return value
 
 
 class CommandTemplates:
@@ -37,8 +74,9 @@ class CommandTemplates:
             dirs.append(str(path))
         dirs.append(str(DEFAULT_COMMANDS_DIR))
         self.env = Environment(loader=ChoiceLoader([FileSystemLoader(d) for d in dirs]), undefined=StrictUndefined,
-                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-        self.env.filters["sh"] = lambda v: shlex.quote("" if v is None else str(v))
+                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
+                               finalize=unquoted_line)
+        self.env.filters["sh"] = sh_quote
         self.env.filters["ps"] = ps_quote
 
     def find(self, *names: str) -> str:

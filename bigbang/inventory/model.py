@@ -364,6 +364,11 @@ _PASSWORD_HASH = re.compile(r"^(scrypt\$\d+\$\d+\$\d+|pbkdf2_sha256\$\d+)\$[A-Za
 def _password_hash(value: Any) -> str:
     if not isinstance(value, str) or not _PASSWORD_HASH.match(value.strip()):
         raise ValueError("not a password hash (never put a password here); make one with `bigbang hash-password`")
+    from bigbang.web.passwords import cost_problem
+
+    problem = cost_problem(value.strip())
+    if problem:
+        raise ValueError(f"{problem}: make a new hash with `bigbang hash-password`")
     return value.strip()
 
 

@@ -4,21 +4,27 @@ Own tables in their own MetaData, created on the ledger's engine (SQLite or
 PostgreSQL), so they live beside the run they belong to. Every change is one
 request with a client request key: the audit row is inserted first and its key
 is unique, so a retried request (a flaky phone connection, a double tap) finds
-its row and changes nothing. Sign-offs and problems go through the ledger
+its row and changes nothing. The audit rows form a hash chain: each row's `hash`
+covers its content and the previous row's hash (`prev_hash`), so `verify_chain`
+finds the first row that was altered, removed or slipped in. Sign-offs and problems go through the ledger
 (`Ledger.sign_off`, `Ledger.add_problem`): the sign-off gate and the defect
 tracking read them there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     and_,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -30,6 +36,28 @@ REQUEST_KEY = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 PROBLEM_CATEGORIES = ("hardware", "image", "network", "peripheral", "access", "user", "other")
 MAX_TEXT = 2000
 MAX_VALUE = 120
+CHAINED = ("id", "request_key", "at", "actor", "role", "source", "action", "run_id", "location_id", "subject",
+           "detail")
+
+
+def row_hash(row: Mapping[str, Any], prev_hash: str | None) -> str:
+    """The chain hash of one audit row: its content and the previous row's hash."""
+    content = json.dumps({k: row[k] for k in CHAINED}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(f"{prev_hash or ''}\n{content}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    rows: int  # rows checked
+    unchained: int  # rows written before the chain existed (at the start only)
+    last_hash: str | None
+    broken_at: int | None = None  # the first row whose link is broken
+    reason: str = ""
+    row: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
 
 
 class FieldInputError(UserError):
@@ -60,6 +88,51 @@ class FieldStore:
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
         self.engine = ledger.engine  # the ledger created every table of the schema
+        self._add_chain_columns()
+
+    def _add_chain_columns(self) -> None:
+        """A ledger made before the audit chain gets its two columns (its old rows stay unchained)."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns("field_audit")}
+        for name in ("prev_hash", "hash"):
+            if name not in columns:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(text(f"ALTER TABLE field_audit ADD COLUMN {name} VARCHAR(64)"))
+                except Exception:  # noqa: BLE001 - another process added it at the same moment
+                    if name not in {c["name"] for c in inspect(self.engine).get_columns("field_audit")}:
+                        raise
+
+    def verify_chain(self) -> ChainReport:
+        """Walk the audit trail in order; the first row whose hash or link does not hold is reported."""
+        prev: str | None = None
+        rows = unchained = 0
+        chained = False
+        last_id = 0
+        while True:
+            with self.engine.connect() as conn:
+                batch = conn.execute(select(field_audit).where(field_audit.c.id > last_id)
+                                     .order_by(field_audit.c.id).limit(1000)).mappings().all()
+            if not batch:
+                return ChainReport(rows, unchained, prev)
+            for row in batch:
+                rows += 1
+                last_id = row["id"]
+                broken = None
+                if row["hash"] is None:
+                    if chained:
+                        broken = "it has no hash, but rows before it do (inserted outside bigbang?)"
+                    else:
+                        unchained += 1
+                        continue
+                elif row["prev_hash"] != prev:
+                    broken = ("its link to the previous row does not match (a row before it was removed or "
+                              "changed, or this one was inserted)")
+                elif row_hash(dict(row), prev) != row["hash"]:
+                    broken = "its content does not match its hash (changed after it was written)"
+                if broken:
+                    return ChainReport(rows, unchained, prev, row["id"], broken, dict(row))
+                chained = True
+                prev = row["hash"]
 
     # ------------------------------------------------------------ reads
     def checks(self, run_id: str, location_id: str | None = None) -> dict[tuple[str, str], CheckState]:
@@ -141,10 +214,16 @@ class FieldStore:
         _check_key(request_key)
         if conn.execute(select(field_audit.c.id).where(field_audit.c.request_key == request_key)).first():
             return False
-        conn.execute(field_audit.insert().values(
-            request_key=request_key, at=now(), actor=actor.id, role=actor.role, source=actor.source[:200],
-            action=action, run_id=run_id, location_id=location_id, subject=subject[:200],
-            detail=json.dumps(detail, sort_keys=True, ensure_ascii=False)))
+        if conn.dialect.name == "postgresql":  # one chain: appends take turns (SQLite: the insert's write lock)
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('bigbang_field_audit_chain'))"))
+        values = dict(request_key=request_key, at=now(), actor=actor.id, role=actor.role, source=actor.source[:200],
+                      action=action, run_id=run_id, location_id=location_id, subject=subject[:200],
+                      detail=json.dumps(detail, sort_keys=True, ensure_ascii=False))
+        row_id = conn.execute(field_audit.insert().values(**values)).inserted_primary_key[0]
+        prev = conn.execute(select(field_audit.c.hash).where(field_audit.c.id < row_id)
+                            .order_by(field_audit.c.id.desc()).limit(1)).scalar()
+        conn.execute(field_audit.update().where(field_audit.c.id == row_id).values(
+            prev_hash=prev, hash=row_hash({**values, "id": row_id}, prev)))
         return True
 
 

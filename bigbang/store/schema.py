@@ -158,6 +158,22 @@ field_audit = Table(
     Column("location_id", String(80), nullable=False),
     Column("subject", String(200), nullable=False, default=""),
     Column("detail", Text, nullable=False, default="{}"),
+    # The hash chain (bigbang.store.field): each row's hash covers its content and the previous row's hash.
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
+)
+
+# Signed-in field-app sessions, server-side so sign-out revokes them (bigbang.store.sessions).
+field_sessions = Table(
+    "field_sessions", metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the cookie's random token, never the token
+    Column("uid", String(120), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("lang", String(10)),
+    Column("source", String(200), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("revoked_at", Float),
 )
 
 

@@ -45,6 +45,7 @@ from bigbang.store.field import (
     FieldStore,
 )
 from bigbang.store.ledger import Ledger
+from bigbang.store.sessions import SessionStore
 from bigbang.web.auth import (
     NotSignedIn,
     Sessions,
@@ -57,6 +58,7 @@ from bigbang.web.auth import (
     start_session,
     verify_csrf,
 )
+from bigbang.web.security import SecurityHeaders
 
 log = logging.getLogger("bigbang.web")
 
@@ -123,11 +125,13 @@ class FieldApp:
 
 def create_app(inventory_path: str | Path, ledger_url: str | None = None, run_id: str | None = None, *,
                lang: str = "en", base_url: str | None = None, secret: str | None = None,
-               session_hours: float = 12.0, secure_cookies: bool = False) -> FastAPI:
+               session_hours: float = 12.0, secure_cookies: bool = False,
+               idle_minutes: float = 120.0) -> FastAPI:
     """The field app for one inventory and ledger; `run_id` None shows the inventory's newest run."""
     field = FieldApp(inventory_path, ledger_url, run_id, lang, base_url)
+    store = SessionStore(field.ledger.engine, absolute=session_hours * 3600, idle=idle_minutes * 60)
     sessions = Sessions(secret or os.environ.get("BIGBANG_WEB_SECRET") or secrets.token_urlsafe(32),
-                        session_hours * 3600, secure_cookies)
+                        session_hours * 3600, secure_cookies, store=store, idle=idle_minutes * 60)
     app = FastAPI(title="bigbang field app", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.field = field
     app.state.render = page  # the defect pages render with the field app's layout without importing it
@@ -144,6 +148,7 @@ def create_app(inventory_path: str | Path, ledger_url: str | None = None, run_id
 
     app.middleware("http")(session_middleware(sessions))  # added last: runs first, so error pages have a session
     app.add_middleware(_CompressPages)
+    app.add_middleware(SecurityHeaders)  # outermost: every response, error pages included
 
     _errors(app)
     _routes(app, field)

@@ -2,9 +2,10 @@
 
 Accounts come from the inventory: technicians under `teams[].technicians`
 (role technician, bound to their team) and `rollout.staff` (ops_lead, support),
-each with a `password_hash` from `bigbang hash-password`. A session is a signed,
-timestamped cookie (itsdangerous): it expires `session_hours` after sign-in and
-cannot be forged or altered without the server's key. Every form carries the
+each with a `password_hash` from `bigbang hash-password`. A signed-in session is
+a row in the ledger database named by a signed random token in the cookie
+(itsdangerous): sign-out revokes it, and it ends `session_hours` after sign-in or
+after `idle` without a request, however often the cookie is sent back. Every form carries the
 session's CSRF token; `verify_csrf` refuses a POST without it.
 
 For other routers (e.g. the defects pages): depend on `current_user` or
@@ -23,9 +24,11 @@ from typing import Any
 
 from fastapi import Depends, HTTPException, Request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from starlette.concurrency import run_in_threadpool
 
 from bigbang.errors import ConfigError
 from bigbang.inventory.model import Inventory
+from bigbang.store.sessions import SessionStore
 from bigbang.web.passwords import verify_password
 
 ROLES = ("technician", "ops_lead", "support")
@@ -85,12 +88,21 @@ class NotSignedIn(Exception):
 
 
 class Sessions:
-    """Signed session cookies that expire `lifetime` seconds after they were issued."""
+    """Session cookies: a signed random token for a signed-in user (the session itself is a row in the
+    ledger's `field_sessions`, see bigbang.store.sessions), a signed dict before sign-in (CSRF token, language).
 
-    def __init__(self, secret: str, lifetime: float, secure: bool = False):
+    Signed in, a session ends at sign-out, `lifetime` seconds after sign-in, or `idle` seconds without a
+    request; re-signing the cookie never extends it. Without a store (tests of the cookie alone) sessions
+    live only in the signed cookie, as before.
+    """
+
+    def __init__(self, secret: str, lifetime: float, secure: bool = False, *, store: SessionStore | None = None,
+                 idle: float | None = None):
         self.serializer = URLSafeTimedSerializer(secret, salt="bigbang-field-session")
         self.lifetime = lifetime
+        self.idle = min(idle or lifetime, lifetime)
         self.secure = secure
+        self.store = store
 
     def load(self, cookie: str | None) -> tuple[dict[str, Any] | None, bool]:
         """(session, expired)."""
@@ -102,7 +114,22 @@ class Sessions:
             return None, True
         except BadSignature:
             return None, False
-        return (data, False) if isinstance(data, dict) else (None, False)
+        if not isinstance(data, dict):
+            return None, False
+        if "sid" in data:
+            if self.store is None or not isinstance(data["sid"], str):
+                return None, False
+            stored, timed_out = self.store.load(data["sid"])
+            if stored is None:
+                return None, timed_out
+            return {"uid": stored.uid, "csrf": stored.csrf, "lang": stored.lang, "iat": stored.created_at,
+                    "sid": stored.id}, False
+        if data.get("uid") and self.store is not None:
+            return None, False  # a signed-in session must be a stored one
+        iat = data.get("iat")
+        if not isinstance(iat, (int, float)) or time.time() - iat > self.lifetime:
+            return None, True  # the first issue counts, however often the cookie was re-signed since
+        return data, False
 
     def dump(self, session: dict[str, Any]) -> str:
         return self.serializer.dumps(session)
@@ -116,14 +143,26 @@ def session_middleware(sessions: Sessions):
     """Loads the session into request.state; writes the cookie back only when it changed."""
 
     async def middleware(request: Request, call_next):
-        data, expired = sessions.load(request.cookies.get(COOKIE))
+        data, expired = await run_in_threadpool(sessions.load, request.cookies.get(COOKIE))
         request.state.session_expired = expired
         request.state.session = data if data is not None else Sessions.new()
         request.state.session_changed = data is None
+        request.state.sessions = sessions
         response = await call_next(request)
         if request.state.session_changed:
-            # The cookie outlives the signature by an hour so an expired session is told apart from none.
-            response.set_cookie(COOKIE, sessions.dump(request.state.session), max_age=int(sessions.lifetime) + 3600,
+            session = request.state.session
+            if sessions.store is not None and session.get("uid"):
+                if session.get("sid"):  # the same signed-in session (a new language): the cookie stays
+                    await run_in_threadpool(sessions.store.set_lang, session["sid"], session.get("lang"))
+                    return response
+                client = request.client.host if request.client else ""
+                token = await run_in_threadpool(sessions.store.create, session["uid"], session["csrf"],
+                                                session.get("lang"), f"web {client}")
+                value = sessions.dump({"sid": token})
+            else:
+                value = sessions.dump(session)
+            # The cookie outlives the session by an hour so an expired session is told apart from none.
+            response.set_cookie(COOKIE, value, max_age=int(sessions.lifetime) + 3600,
                                 httponly=True, samesite="lax", secure=sessions.secure, path="/")
         return response
 
@@ -131,9 +170,12 @@ def session_middleware(sessions: Sessions):
 
 
 def start_session(request: Request, uid: str | None) -> None:
-    """A new session (and a new CSRF token) at sign-in and sign-out."""
-    lang = request.state.session.get("lang")
-    request.state.session = Sessions.new(uid, lang)
+    """A new session (and a new CSRF token) at sign-in and sign-out; the old one is revoked."""
+    old = request.state.session
+    sessions: Sessions | None = getattr(request.state, "sessions", None)
+    if old.get("sid") and sessions is not None and sessions.store is not None:
+        sessions.store.revoke(old["sid"])
+    request.state.session = Sessions.new(uid, old.get("lang"))
     request.state.session_changed = True
 
 
@@ -183,4 +225,4 @@ def require_role(*roles: str) -> Callable[..., User]:
     return dependency
 
 
-_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+_DUMMY_HASH = "scrypt$16384$8$5$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -82,6 +83,30 @@ class PrefectServer:
     def stop(self) -> None:
         stop_group(self.process)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def api_post(api_url: str, path: str, body: dict, auth: str | None = None) -> object:
+    """POST to the REST API as a second client beside Prefect's own: with a CSRF token (bigbang's server
+    turns Prefect's CSRF protection on) and the basic-auth string when the server needs one."""
+    import base64
+    import json
+    import uuid
+
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    client = "bigbang-tests-" + uuid.uuid4().hex[:8]
+    req = urllib.request.Request(f"{api_url}/csrf-token?client={client}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            token = json.loads(response.read())["token"]
+        headers.update({"Prefect-Csrf-Token": token, "Prefect-Csrf-Client": client})
+    except urllib.error.HTTPError as exc:
+        if exc.code != 422:  # 422: CSRF protection is off on this server
+            raise
+    req = urllib.request.Request(api_url + path, data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def stop_group(process: subprocess.Popen | None, grace: float = 10) -> None:
