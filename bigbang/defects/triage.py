@@ -195,3 +195,13 @@ def unit_sample(target: str, round_no: int) -> float:
     """A deterministic number in [0, 1) per target and probe round (which healthy devices to probe)."""
     digest = hashlib.blake2b(f"{target}\x1f{round_no}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def support_accounts(inventory: Inventory) -> set[str]:
+    """Who may be assigned defects: the rollout's support staff and ops leads (ids and sign-in names)."""
+    out: set[str] = set()
+    for member in inventory.rollout.staff:
+        out.add(member.id)
+        if member.username:
+            out.add(member.username)
+    return out

@@ -528,16 +528,22 @@ class DefectQueue:
                 values["resolved_at"] = now
             elif to_state in OPEN_STATES:
                 values["resolved_at"] = None
+            if row["responded_at"] is None and not actor.startswith(MACHINE_ACTORS):
+                values["responded_at"] = now  # the SLA's first response
             conn.execute(update(defects).where(defects.c.key == key).values(
                 updated_at=now, version=defects.c.version + 1, **values))
             conn.execute(insert(history).values(self._hist(key, now, actor, action, row["state"],
                                                            to_state or row["state"], note[:MAX_TEXT])))
         return self.require(key)
 
-    def assign(self, key: str, assignee: str, actor: str) -> dict[str, Any]:
+    def assign(self, key: str, assignee: str, actor: str, accounts: Collection[str] | None = None) -> dict[str, Any]:
+        """Assign to a support account; with `accounts` (the rollout's support staff) any other name is refused."""
         assignee = assignee.strip()[:120]
         if not assignee:
             raise DefectError("give the assignee's name")
+        if accounts is not None and assignee not in accounts:
+            known = ", ".join(sorted(accounts)) or "none (add them to rollout.staff with role support)"
+            raise DefectError(f"'{assignee}' is not a support account", hint=f"support accounts: {known}")
         row = self.require(key)
         state = "triaged" if row["state"] == "new" else row["state"]
         return self._change(key, actor, "assigned", f"assigned to {assignee}", assignee=assignee, state=state)
@@ -565,6 +571,58 @@ class DefectQueue:
 
     def resolve(self, key: str, note: str, actor: str) -> dict[str, Any]:
         return self.set_state(key, "resolved", actor, note or "resolved")
+
+    def bulk(self, keys: Sequence[str], action: str, value: str, actor: str,
+             accounts: Collection[str] | None = None) -> tuple[builtins.list[str], builtins.list[str]]:
+        """assign / state / comment on many defects; returns (done keys, 'KEY: why not' lines)."""
+        done: builtins.list[str] = []
+        refused: builtins.list[str] = []
+        for key in dict.fromkeys(k.strip() for k in keys if k.strip()):
+            try:
+                if action == "assign":
+                    self.assign(key, value, actor, accounts)
+                elif action == "state":
+                    self.set_state(key, value, actor)
+                elif action == "comment":
+                    self.comment(key, value, actor)
+                else:
+                    raise DefectError(f"unknown bulk action '{action}'", hint="use assign, state or comment")
+                done.append(key)
+            except DefectError as exc:
+                refused.append(f"{key}: {exc}")
+        return done, refused
+
+    def link(self, key: str, other: str, actor: str) -> None:
+        """Say two defects are related (both keep their own state); shown in both histories."""
+        a, b = self.require(key), self.require(other)
+        if a["key"] == b["key"]:
+            raise DefectError("a defect cannot be linked to itself")
+        if a["run_id"] != b["run_id"]:
+            raise DefectError(f"{key} and {other} belong to different runs; a queue never mixes runs")
+        self._change(key, actor, "linked", f"related to {other}")
+        self._change(other, actor, "linked", f"related to {key}")
+
+    def merge(self, duplicate: str, into: str, actor: str) -> dict[str, Any]:
+        """Close `duplicate` as a duplicate of `into` (its sightings keep counting there)."""
+        dup, main = self.require(duplicate), self.require(into)
+        if dup["key"] == main["key"]:
+            raise DefectError("a defect cannot be merged into itself")
+        if dup["run_id"] != main["run_id"]:
+            raise DefectError(f"{duplicate} and {into} belong to different runs; a queue never mixes runs")
+        if main.get("duplicate_of"):
+            raise DefectError(f"{into} is itself a duplicate of {main['duplicate_of']}; merge into that one")
+        state = "closed" if dup["state"] != "closed" else None
+        values: dict[str, Any] = {"duplicate_of": main["key"]}
+        if state:
+            values["state"] = state
+        self._change(duplicate, actor, "merged", f"duplicate of {into}", **values)
+        with self.engine.begin() as conn:
+            conn.execute(update(defects).where(defects.c.key == into).values(
+                occurrences=defects.c.occurrences + dup["occurrences"], version=defects.c.version + 1,
+                updated_at=time.time()))
+            conn.execute(insert(history).values(self._hist(into, time.time(), actor, "merged", None, None,
+                                                           f"{duplicate} merged into this defect")))
+        return self.require(into)
 
     # ------------------------------------------------------------ end-user reports
     def add_reports(self, rows: Sequence[dict[str, Any]], run_id: str | None = None) -> int:
