@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -256,7 +257,9 @@ def test_cli(bigbang, tmp_path):
     rows = json.loads(bigbang("defects", "list", "--json", "--location", "HST-001", check=True).stdout)
     assert {r["target"] for r in rows} == {"hst-ws-101", "hst-ws-102", "hst-tc-203"}
     key = next(r["key"] for r in rows if r["target"] == "hst-tc-203")
-    assert "assigned to sune (triaged)" in bigbang("defects", "assign", key, "sune", check=True).stdout
+    refused = bigbang("defects", "assign", key, "sune")
+    assert refused.returncode == 1 and "'sune' is not a support account" in refused.stderr
+    assert "assigned to support (triaged)" in bigbang("defects", "assign", key, "support", check=True).stdout
     bigbang("defects", "resolve", key, "--note", "replaced", "--as", "sune", check=True)
     shown = json.loads(bigbang("defects", "show", key, "--json", check=True).stdout)
     assert shown["defect"]["state"] == "resolved" and shown["history"][-1]["actor"] == "sune"
@@ -268,6 +271,10 @@ def test_cli(bigbang, tmp_path):
     bigbang("defects", "export", "--out", tmp_path / "d.csv", check=True)
     exported = list(csv.DictReader(open(tmp_path / "d.csv", encoding="utf-8")))
     assert len(exported) == 5 and {r["state"] for r in exported} == {"new", "resolved"}
+    # ISO 8601 times, the run and its rollout on every row, no "None" anywhere.
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", r["first_seen"]) for r in exported)
+    assert {r["run_id"] for r in exported} == {session.run_id} and exported[0]["rollout"]
+    assert "None" not in (tmp_path / "d.csv").read_text(encoding="utf-8")
 
     (tmp_path / "r.csv").write_text("device,text,category\nhst-ws-103,no sound,audio\nnope,broken,audio\n",
                                     encoding="utf-8")

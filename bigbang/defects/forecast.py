@@ -194,8 +194,8 @@ def format_table(result: Forecast) -> str:
     """The per-day table, 80 columns wide."""
     lines = [f"Hypercare forecast for run {result.run_id} ({result.rollout}, {result.mode or 'unknown mode'})",
              f"{result.devices} devices, {result.users} users; {result.failed_devices} devices failed, "
-             f"{result.unfinished_devices} not done, {result.failed_servers} servers down; "
-             f"observed scale {result.scale:g}",
+             f"{result.unfinished_devices} not done, {result.failed_servers} servers down",
+             f"{result.observed_total} reports observed so far (fallout scaled x{result.scale:g})",
              "",
              f"{'day':>3}  {'date':10}  {'known':>6}  {'new':>6}  {'expect':>6}  {'staff':>5}  {'capac':>6}  "
              f"{'backlog':>7}  note"]

@@ -6,7 +6,7 @@ device's inventory data, the affected user, rollout history and probe results; a
 support account), comment, fix, link, merge, state changes and resolve as POST forms with the
 session's CSRF token, answered by a redirect (post/redirect/get).
 
-`public_router` (no sign-in): `/r/HOSTNAME` (the short URL on a desk's sticker) and `/defects/report`,
+`public_router` (no sign-in): `/r/HOSTNAME` (the short URL on a desk's sticker) and `/r`,
 a small form with the device pre-filled. The report goes into the run's queue at once (deduplicated
 against what is there) and the reporter gets a reference number; it is CSRF-safe (the anonymous
 session's token), rate-limited per device and per address, and shows nothing of other reports.
@@ -297,23 +297,23 @@ def _self_service(request: Request, device: str, status: int = 200, **context: A
     inventory = _inventory(request, run_id)
     found = inventory.device_by_hostname.get(device.strip().lower()) if device else None
     values = {"device": found[1].hostname if found else "", "location": found[0] if found else None,
-              "errors": None, "reference": None, "form": {}, "max_text": MAX_TEXT, "max_field": MAX_FIELD}
+              "errors": None, "reference": None, "form": {"category": "general", "text": "", "name": "", "contact": ""}, "max_text": MAX_TEXT, "max_field": MAX_FIELD}
     values.update(context)
     return _page(request, "defects/self_service.html.j2", status=status, **values)
+
+
+@public_router.get("/r", response_class=HTMLResponse)
+def report_form(request: Request, device: str = ""):
+    return _self_service(request, device[:MAX_FIELD])
 
 
 @public_router.get("/r/{device}", response_class=HTMLResponse)
 def short_url(request: Request, device: str):
     """The short URL on a desk's sticker (`/r/HOSTNAME`): the report form with the device filled in."""
-    return RedirectResponse("/defects/report?" + urlencode({"device": device[:MAX_FIELD]}), status_code=303)
-
-
-@public_router.get("/defects/report", response_class=HTMLResponse)
-def report_form(request: Request, device: str = ""):
     return _self_service(request, device[:MAX_FIELD])
 
 
-@public_router.post("/defects/report", response_class=HTMLResponse, dependencies=[Depends(verify_csrf)])
+@public_router.post("/r", response_class=HTMLResponse, dependencies=[Depends(verify_csrf)])
 def report_submit(request: Request, device: str = Form("", max_length=MAX_FIELD),
                   category: str = Form("general", max_length=60), text: str = Form("", max_length=MAX_TEXT),
                   name: str = Form("", max_length=MAX_FIELD), contact: str = Form("", max_length=MAX_FIELD),
