@@ -185,7 +185,7 @@ def forecast(ledger: Ledger, queue: DefectQueue, run_id: str, inventory: Invento
     return Forecast(run_id=run_id, rollout=inventory.rollout.name, mode=str((run or {}).get("mode") or ""),
                     days=out, total_expected=round(sum(d.expected for d in out), 1),
                     total_capacity=round(sum(d.capacity for d in out), 1),
-                    failed_devices=len((failed - servers)), unfinished_devices=len(unfinished - servers),
+                    failed_devices=len(failed - servers), unfinished_devices=len(unfinished - servers),
                     failed_servers=len(failed_servers), devices=devices, users=users, scale=round(scale, 3),
                     observed_total=sum(observed.values()), per_location=per_location)
 

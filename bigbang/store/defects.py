@@ -18,17 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    String,
     and_,
-    inspect,
     bindparam,
     delete,
     func,
     insert,
+    inspect,
     or_,
     select,
-    true,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -232,9 +231,9 @@ class DefectQueue:
             failing = sorted((o for o in fresh if o.failing), key=lambda o: o.observed_at)
             passing = sorted((o for o in fresh if not o.failing), key=lambda o: o.observed_at)
             technical: dict[str, list[dict[str, Any]]] = defaultdict(list)  # target -> its technical defects
-            for row in existing.values():
-                if row["source"] in TECHNICAL_SOURCES and not row.get("duplicate_of"):
-                    technical[row["target"]].append(row)
+            for known in existing.values():
+                if known["source"] in TECHNICAL_SOURCES and not known.get("duplicate_of"):
+                    technical[known["target"]].append(known)
             for obs in failing:
                 target = targets.resolve(obs.target, obs.location_id)
                 sig = signature(obs)
