@@ -649,6 +649,9 @@ class TicketSystemSettings(_Model):
     timeout: Duration = 15.0
     priorities: dict[int, int] = Field(default_factory=lambda: {1: 90, 2: 70, 3: 50, 4: 30},
                                        description="RT priority for each bigbang priority")
+    fields: dict[Literal["run_id", "rollout", "mode", "priority_name", "response_due", "resolve_due", "user",
+                         "reporter"], str] = Field(
+        default_factory=dict, description="more ticket custom fields: bigbang field -> RT custom field name")
 
     @model_validator(mode="after")
     def _complete(self) -> TicketSystemSettings:
