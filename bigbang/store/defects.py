@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal_column,
     or_,
     select,
     text,
@@ -31,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from bigbang.defects.triage import (
     PRIORITY_NAMES,
@@ -50,7 +51,17 @@ from bigbang.defects.triage import (
 )
 from bigbang.errors import UserError
 from bigbang.inventory.model import Inventory
-from bigbang.store.schema import collections, defects, history, lock, metadata, observations, reports, tickets
+from bigbang.store.schema import (
+    SQLITE_SEARCH_DDL,
+    collections,
+    defects,
+    history,
+    lock,
+    metadata,
+    observations,
+    reports,
+    tickets,
+)
 from bigbang.store.schema import defect_problems as problems
 
 STATES = ("new", "triaged", "in_progress", "resolved", "closed")
@@ -160,9 +171,11 @@ class DefectQueue:
                     pass
 
     def _add_missing_columns(self) -> None:
-        """Columns schema.py added to the defect tables since a database was made (ALTER TABLE ... ADD)."""
+        """Columns schema.py added to the defect tables since a database was made (ALTER TABLE ... ADD),
+        and the search index (FTS5 on SQLite, trigram GIN on PostgreSQL) of databases made before it."""
         names = {t.name: t for t in (defects, problems, reports)}
         found = inspect(self.engine)
+        tables = set(found.get_table_names())
         for name, table in names.items():
             have = {c["name"] for c in found.get_columns(name)}
             for col in table.columns:
@@ -171,8 +184,21 @@ class DefectQueue:
                     with self.engine.begin() as conn:
                         try:
                             conn.execute(text(f'ALTER TABLE {name} ADD COLUMN "{col.name}" {kind}'))
-                        except OperationalError:  # another process added it at the same moment
+                        except (OperationalError, ProgrammingError):  # another process added it just now
                             pass
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "sqlite" and "defects_fts" not in tables:
+                    for statement in SQLITE_SEARCH_DDL:
+                        conn.exec_driver_sql(statement)
+                    conn.exec_driver_sql("INSERT INTO defects_fts(defects_fts) VALUES ('rebuild')")
+                elif self.dialect == "postgresql" and "ix_defects_search_trgm" not in {
+                        i["name"] for i in found.get_indexes("defects")}:
+                    conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+                    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_defects_search_trgm ON defects "
+                                         "USING gin (search gin_trgm_ops)")
+        except (OperationalError, ProgrammingError):  # another process made it at the same moment
+            pass
 
     @classmethod
     def open(cls, ledger_url: str | None = None) -> DefectQueue:
@@ -441,7 +467,13 @@ class DefectQueue:
             query = query.where(defects.c.assignee == assignee)
         if problem:
             query = query.where(defects.c.problem_key == problem)
-        for term in search_terms(search or ""):
+        terms = search_terms(search or "")
+        indexed = [t for t in terms if len(t) >= 3]
+        if indexed and self.dialect == "sqlite":  # the FTS5 trigram index narrows, LIKE below is exact
+            match = " AND ".join('"' + t.replace('"', '""') + '"' for t in indexed)
+            query = query.where(literal_column("defects.rowid").in_(
+                text("SELECT rowid FROM defects_fts WHERE defects_fts MATCH :match").bindparams(match=match)))
+        for term in terms:
             like = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             query = query.where(defects.c.search.like(like, escape="\\"))
         if breached:

@@ -212,6 +212,21 @@ event.listen(defects, "before_create", DDL("CREATE EXTENSION IF NOT EXISTS pg_tr
 Index("ix_defects_search_trgm", defects.c.search, postgresql_using="gin",
       postgresql_ops={"search": "gin_trgm_ops"}).ddl_if(dialect="postgresql")
 Index("ix_defects_run_state", defects.c.run_id, defects.c.state)
+# Search on SQLite: an FTS5 trigram index of the same column (substring matches of 3+ characters),
+# kept in step with `defects` by triggers. DefectQueue creates it for databases made before it existed.
+SQLITE_SEARCH_DDL = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS defects_fts USING fts5(search, content='defects', content_rowid='rowid', "
+    "tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS defects_fts_ai AFTER INSERT ON defects BEGIN "
+    "INSERT INTO defects_fts(rowid, search) VALUES (new.rowid, coalesce(new.search, '')); END",
+    "CREATE TRIGGER IF NOT EXISTS defects_fts_ad AFTER DELETE ON defects BEGIN "
+    "INSERT INTO defects_fts(defects_fts, rowid, search) VALUES ('delete', old.rowid, coalesce(old.search, '')); END",
+    "CREATE TRIGGER IF NOT EXISTS defects_fts_au AFTER UPDATE OF search ON defects BEGIN "
+    "INSERT INTO defects_fts(defects_fts, rowid, search) VALUES ('delete', old.rowid, coalesce(old.search, '')); "
+    "INSERT INTO defects_fts(rowid, search) VALUES (new.rowid, coalesce(new.search, '')); END",
+)
+for _statement in SQLITE_SEARCH_DDL:
+    event.listen(defects, "after_create", DDL(_statement).execute_if(dialect="sqlite"))
 
 observations = Table(
     "defect_observations", metadata,
