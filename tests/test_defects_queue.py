@@ -77,6 +77,12 @@ def test_search_by_hostname_serial_user_phone_location_key_and_words(two_runs, b
     assert found(key.lower()) == {"hst-tc-203"}
     assert found("flash space") == {"hst-tc-203"}  # free text of the failure
     assert found("no such thing") == set() and found("100%") == set()
+    # The index (FTS5 trigram on SQLite) finds exactly what a scan of the search column finds.
+    from bigbang.store.defects import search_terms
+    every = queue.list(run_id=run, state="all", limit=None)
+    for q in ("hst", "ws-10", "madsen 11", "pf4", "image", "boot did", "97 42", "hst-001 lenovo", "ab"):
+        scan = {d["key"] for d in every if all(t in d["search"] for t in search_terms(q))}
+        assert {d["key"] for d in queue.list(run_id=run, search=q, state="all", limit=None)} == scan, q
 
     out = bigbang("defects", "list", "--run", run, "--search", "Karen Madsen", check=True).stdout
     assert f"run {run}" in out and "hst-ws-102" in out and "Karen Madsen" in out and "hst-ws-101" not in out
