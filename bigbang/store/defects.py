@@ -590,7 +590,7 @@ class DefectQueue:
         if self.require(key)["state"] == state:
             raise DefectError(f"defect {key} is already {state}")
         action = "resolved" if state == "resolved" else "state"
-        return self._change(key, actor, action, note.strip() or f"-> {state}", state=state)
+        return self._change(key, actor, action, note.strip(), state=state)  # the history row has the states
 
     def mark_fixed(self, key: str, note: str, actor: str) -> dict[str, Any]:
         """A technician fixed it by hand: in progress until a passing probe verifies the fix (then resolved)."""
