@@ -30,7 +30,7 @@ def collect_task(run_id: str, ledger_url: str | None, probe: bool) -> dict[str, 
 @task(name="defect-report", persist_result=False)
 def report_task(run_id: str, ledger_url: str | None) -> dict[str, str]:
     session = RunSession.attach(run_id, ledger_url)
-    report = render_daily_report(DefectQueue(session.ledger.engine), session.inventory)
+    report = render_daily_report(DefectQueue(session.ledger.engine), session.inventory, run_id=run_id)
     return {"html": str(report.html), "markdown_file": str(report.markdown), "markdown": report.markdown_text}
 
 

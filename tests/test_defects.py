@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -59,7 +60,8 @@ def test_ledger_failures_become_defects_once_and_recurring_ones_one_problem(rehe
 
 
 def test_priority_follows_the_inventory_rule(tmp_path):
-    rule = {"priority": {"criticality": {"normal": 1, "high": 10, "critical": 50}, "levels": [40, 15, 5]}}
+    rule = {"priority": {"criticality": {"normal": 1, "high": 10, "critical": 50}, "levels": [40, 15, 5],
+                         "kinds": {"unusable": 1, "degraded": 1}}}
     session = rehearse(demo_inventory(tmp_path, support=rule), f"sqlite:///{tmp_path / 'ledger.db'}")
     try:
         collect(session=session, with_probe=False)
@@ -84,30 +86,38 @@ def test_priority_follows_the_inventory_rule(tmp_path):
     # Age counts: two days later (age_step 1 day) the factor is 3, and the school's problem rises to P3.
     queue = DefectQueue(session.ledger.engine)
     later = max(d["first_seen"] for d in got.values()) + 2 * 86400
-    queue.apply([], session.inventory, now=later)
+    queue.apply([], session.inventory, now=later, run_id=session.run_id)
     aged = queue.get(got["nor-ws-101"]["key"])
     assert aged["score"] == pytest.approx(9, rel=0.01) and aged["priority"] == 3
     assert [h["action"] for h in queue.history(aged["key"])][-1] == "priority"
 
 
-def test_probe_resolves_what_passes_now_and_a_new_failure_reopens(rehearsed):
+def test_probe_resolves_only_on_evidence_and_a_new_failure_reopens(rehearsed):
     queue = DefectQueue(rehearsed.ledger.engine)
     first = collect(session=rehearsed)  # probe round 1: hst-ws-102 still fails (attempt 101)
-    assert first.probed >= 5 and first.errors == []
+    assert first.probed >= 5 and first.errors == [] and first.filed["created"] == 5
     d = by_target(queue, state="all")["hst-ws-102"][0]
     assert d["state"] == "new" and d["occurrences"] == 2  # the rollout's failure + the probe's
     assert DOMAIN in d["message"]
-    # The image failures' verification passes in the simulator: resolved with the probe's note.
-    resolved = by_target(queue, state="resolved")
-    assert {"hst-ws-101", "lys-ws-101", "nor-ws-101"} <= set(resolved)
-    notes = [h["text"] for h in queue.history(resolved["hst-ws-101"][0]["key"]) if h["action"] == "resolved"]
-    assert notes and notes[0].startswith("probe ws.verify passed")
+    # The image failures never succeeded: the simulated devices are still on their old image, the probe
+    # says so, and the probe's failure counts on the same defect (no second defect per device).
+    assert by_target(queue, state="resolved") == {}
+    pxe = by_target(queue, state="all")["hst-ws-101"]
+    assert len(pxe) == 1 and pxe[0]["state"] == "new" and pxe[0]["occurrences"] == 2
+    probes = queue.observations(target="hst-ws-101", source="probe")
+    assert probes and probes[0]["failing"] == 1 and "ws.image never succeeded" in probes[0]["message"]
+    tc = by_target(queue, state="all")["hst-tc-203"][0]
+    assert tc["state"] == "new"  # its firmware update failed: no passing probe resolves it
 
-    second = collect(session=rehearsed)  # round 2: attempt 102 passes
-    assert second.filed["resolved"] >= 1
+    second = collect(session=rehearsed)  # round 2: attempt 102 passes, and ws.image had succeeded
+    assert second.filed["resolved"] == 1
     d = queue.get(d["key"])
     assert d["state"] == "resolved" and d["resolved_at"] is not None
     assert [o["failing"] for o in queue.observations(target="hst-ws-102", source="probe")] == [0, 1]
+    notes = [h["text"] for h in queue.history(d["key"]) if h["action"] == "resolved"]
+    assert notes and notes[0].startswith("probe ws.verify passed") and "succeeded since" in notes[0]
+    assert {x["target"] for x in queue.list(state="open", limit=None)} == {
+        "hst-ws-101", "lys-ws-101", "nor-ws-101", "hst-tc-203"}
 
     # It fails again later (e.g. a user's report of the same check, or the next probe): reopened, same key.
     later = Observation("probe:manual:hst-ws-102", "probe", "hst-ws-102", "ws.verify", DOMAIN,
@@ -212,12 +222,12 @@ def test_queue_on_postgresql(tmp_path, postgres):  # noqa: F811
         assert queue.dialect == "postgresql"
         assert first.filed["created"] == 5 and second.filed["created"] == 0
         key = by_target(queue, state="all")["hst-tc-203"][0]["key"]
-        assert queue.get(key)["state"] == "resolved"  # its verification passes in the probe
+        assert queue.get(key)["state"] == "new"  # its firmware update failed: the probe cannot resolve it
         queue.set_state(key, "in_progress", "sune", "the user says the firmware is still old")
         queue.assign(key, "sune", "support")
         queue.resolve(key, "fixed", "sune")
         assert queue.get(key)["state"] == "resolved" and queue.get(key)["assignee"] == "sune"
-        assert len(queue.problems()) == 0  # the probe resolved the image failures
+        assert len(queue.problems()) == 1  # the image failures stay open: one problem
         assert queue.collection_count() == 2
         first, second = concurrent_apply(queue, session.inventory, session.run_id)
         assert first.created + second.created == 30 and first.observations + second.observations == 300
@@ -247,7 +257,9 @@ def test_cli(bigbang, tmp_path):
     rows = json.loads(bigbang("defects", "list", "--json", "--location", "HST-001", check=True).stdout)
     assert {r["target"] for r in rows} == {"hst-ws-101", "hst-ws-102", "hst-tc-203"}
     key = next(r["key"] for r in rows if r["target"] == "hst-tc-203")
-    assert "assigned to sune (triaged)" in bigbang("defects", "assign", key, "sune", check=True).stdout
+    refused = bigbang("defects", "assign", key, "sune")
+    assert refused.returncode == 1 and "'sune' is not a support account" in refused.stderr
+    assert "assigned to support (triaged)" in bigbang("defects", "assign", key, "support", check=True).stdout
     bigbang("defects", "resolve", key, "--note", "replaced", "--as", "sune", check=True)
     shown = json.loads(bigbang("defects", "show", key, "--json", check=True).stdout)
     assert shown["defect"]["state"] == "resolved" and shown["history"][-1]["actor"] == "sune"
@@ -259,6 +271,10 @@ def test_cli(bigbang, tmp_path):
     bigbang("defects", "export", "--out", tmp_path / "d.csv", check=True)
     exported = list(csv.DictReader(open(tmp_path / "d.csv", encoding="utf-8")))
     assert len(exported) == 5 and {r["state"] for r in exported} == {"new", "resolved"}
+    # ISO 8601 times, the run and its rollout on every row, no "None" anywhere.
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", r["first_seen"]) for r in exported)
+    assert {r["run_id"] for r in exported} == {session.run_id} and exported[0]["rollout"]
+    assert "None" not in (tmp_path / "d.csv").read_text(encoding="utf-8")
 
     (tmp_path / "r.csv").write_text("device,text,category\nhst-ws-103,no sound,audio\nnope,broken,audio\n",
                                     encoding="utf-8")

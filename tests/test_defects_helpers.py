@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "inventories" / "demo"
 PXE = "PXE boot did not start within 10 min"
 DOMAIN = "device not joined to the domain"
+USERS = [{"id": "lbe", "name": "Lise Bech", "phone": "+45 97 42 11 01"},
+         {"id": "kma", "name": "Karen Madsen", "phone": "+45 97 42 11 02", "email": "kma@demo-kommune.dk"},
+         {"id": "pda", "name": "Peter Dahl", "phone": "+45 97 42 27 01"}]
 
 
 def demo_inventory(tmp: Path, *, support: dict[str, Any] | None = None) -> Path:
@@ -30,7 +33,7 @@ def demo_inventory(tmp: Path, *, support: dict[str, Any] | None = None) -> Path:
     data["rehearsal"]["inject"] += [
         {"target": host, "step": "ws.image", "message": PXE} for host in ("hst-ws-101", "lys-ws-101", "nor-ws-101")
     ] + [{"target": "hst-ws-102", "step": "ws.verify", "attempts": 101, "message": DOMAIN}]
-    data["support"] = {"probe_sample_percent": 0, **(support or {})}
+    data["support"] = {"probe_sample_percent": 0, "users": USERS, **(support or {})}
     rollout_file.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return target
 

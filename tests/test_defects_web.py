@@ -65,13 +65,16 @@ def test_assign_comment_resolve_with_csrf(site):
     client, queue, _ = site
     token = sign_in(client, "support", "demo-support")
     key = next(x["key"] for x in queue.list() if x["target"] == "hst-tc-203")
-    r = client.post(f"/defects/{key}/assign", data={"assignee": "sune", "csrf_token": token}, follow_redirects=False)
+    unknown = client.post(f"/defects/{key}/assign", data={"assignee": "sune", "csrf_token": token})
+    assert unknown.status_code == 409 and "&#39;sune&#39; is not a support account" in unknown.text
+    r = client.post(f"/defects/{key}/assign", data={"assignee": "support", "csrf_token": token},
+                    follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/defects/{key}?msg=assigned"
     client.post(f"/defects/{key}/comment", data={"text": "flash module ordered", "csrf_token": token})
     r = client.post(f"/defects/{key}/resolve", data={"note": "module replaced", "csrf_token": token})
     assert r.status_code == 200 and 'id="state">resolved' in r.text
     d = queue.get(key)
-    assert d["state"] == "resolved" and d["assignee"] == "sune"
+    assert d["state"] == "resolved" and d["assignee"] == "support"
     assert [(h["action"], h["actor"]) for h in queue.history(key)][1:] == [
         ("assigned", "support"), ("comment", "support"), ("resolved", "support")]
 
@@ -102,10 +105,13 @@ def test_user_report_intake(site):
     good = {"device": "hst-ws-103", "category": "printer", "text": "printer offline", "reporter": "pso",
             "request_key": "k2", "csrf_token": token}
     r = client.post("/defects/reports", data=good, follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"] == "/defects?msg=reported"
+    run = session.run_id
+    assert r.status_code == 303 and r.headers["location"] == f"/defects?msg=reported&run={run}"
     again = client.post("/defects/reports", data=good, follow_redirects=False)  # a retried POST
-    assert again.headers["location"] == "/defects?msg=already"
-    assert len(queue.pending_reports()) == 1
+    assert again.headers["location"] == f"/defects?msg=already&run={run}"
+    # In the run's queue at once (no waiting for the next collection), counted once.
+    assert queue.pending_reports() == []
+    d = next(x for x in queue.list(run_id=run) if x["target"] == "hst-ws-103")
+    assert d["category"] == "printer" and d["source"] == "user" and d["occurrences"] == 1 and d["run_id"] == run
     collect(session=session, with_probe=False)
-    d = next(x for x in queue.list() if x["target"] == "hst-ws-103")
-    assert d["category"] == "printer" and d["source"] == "user" and d["occurrences"] == 1
+    assert queue.get(d["key"])["occurrences"] == 1

@@ -77,6 +77,13 @@ DEFAULT_DURATIONS = {  # simulated seconds per attempt, when the inventory gives
 }
 
 
+# What a verification reads back depends on the changes that really happened: the steps whose
+# simulated effect must be applied before a device (or server) shows its target state.
+VERIFIED_CHANGES: dict[str, tuple[str, ...]] = {
+    "ws.verify": ("ws.prestage", "ws.image"), "tc.verify": ("tc.reassign",), "srv.verify": ("srv.provision",),
+}
+
+
 def unit(*parts: Any) -> float:
     """A deterministic number in [0, 1) from its parts."""
     digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
@@ -137,6 +144,10 @@ class SimulatedConnector:
         reason = self.failure(action)
         if reason is not None:
             return Outcome(ok=False, message=reason, transient=True)
+        missing = self._missing_changes(action)
+        if missing:  # the device is still in its old state: what verification reads says so
+            return Outcome(ok=False, message=f"not in its target state: {', '.join(missing)} never succeeded",
+                           facts=self._old_facts(action), transient=False)
         changed = self._apply(action)
         return Outcome(ok=True, changed=changed, facts=self._facts(action),
                        message="changed" if changed else "already as planned")
@@ -157,6 +168,21 @@ class SimulatedConnector:
         if self.ledger is None:
             return True
         return self.ledger.apply_sim_effect(self.run_id, action.step_id)
+
+    def _missing_changes(self, action: Action) -> list[str]:
+        """The changes a verification needs that were never applied in this run's simulated state."""
+        if self.ledger is None:
+            return []
+        return [kind for kind in VERIFIED_CHANGES.get(action.kind, ())
+                if not self.ledger.sim_effect_applied(self.run_id, f"{action.target}:{kind}")]
+
+    def _old_facts(self, action: Action) -> dict[str, Any]:
+        p = action.params
+        if action.kind == "ws.verify":
+            return {"image_version": p.get("current_image"), "hostname": action.target}
+        if action.kind == "tc.verify":
+            return {"profile": p.get("current_profile"), "hostname": action.target}
+        return {"guest_tools": "not running"}
 
     def _facts(self, action: Action) -> dict[str, Any]:
         p = action.params

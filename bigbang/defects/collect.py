@@ -16,8 +16,10 @@ from bigbang.defects.sources import (
     choose_probe_targets,
     field_observations,
     probe,
+    recovered_locations,
     report_observations,
     rollout_observations,
+    settled_targets,
 )
 from bigbang.defects.tickets import SyncResult, sync_tickets, ticket_system
 from bigbang.defects.triage import TECHNICAL_SOURCES
@@ -64,21 +66,25 @@ def collect(ledger_url: str | None = None, run_id: str | None = None, *, with_pr
     run_id = session.run_id if session is not None else (run_id or latest_run(ledger))
     if session is None:
         session = RunSession.attach(run_id, ledger.url)
-    inventory = session.inventory
+    inventory = session.inventory  # the run's frozen inventory: scoring never reads the YAML
+    mode = str(getattr(session.options, "mode", "") or (ledger.get_run(run_id) or {}).get("mode") or "")
     queue = DefectQueue(ledger.engine)
     result = CollectResult(queue.start_collection(run_id), run_id)
     round_no = queue.collection_count()
     try:
-        gathered = rollout_observations(ledger, run_id) + field_observations(ledger, run_id)
-        pending = queue.pending_reports()
+        gathered = (rollout_observations(ledger, run_id) + recovered_locations(ledger, run_id)
+                    + field_observations(ledger, run_id))
+        pending = queue.pending_reports(run_id)
         gathered += report_observations(pending)
         for obs in gathered:
             result.gathered[obs.source] = result.gathered.get(obs.source, 0) + 1
-        _add(result.filed, queue.apply(gathered, inventory, now=now, actor=actor, run_id=run_id).to_dict())
+        settled = settled_targets(ledger, run_id)
+        _add(result.filed, queue.apply(gathered, inventory, now=now, actor=actor, run_id=run_id, mode=mode,
+                                       settled=settled).to_dict())
         queue.mark_reports_processed([r["report_id"] for r in pending])
 
         if with_probe:
-            affected = {d["target"] for d in queue.list(state=OPEN_STATES, limit=None)
+            affected = {d["target"] for d in queue.list(run_id=run_id, state=OPEN_STATES, limit=None)
                         if d["source"] in TECHNICAL_SOURCES}
             targets = choose_probe_targets(session.plan, affected, inventory.support.probe_sample_percent, round_no)
 
@@ -92,7 +98,7 @@ def collect(ledger_url: str | None = None, run_id: str | None = None, *, with_pr
             result.errors += probed.errors
             result.gathered["probe"] = len(probed.observations)
             _add(result.filed, queue.apply(probed.observations, inventory, now=now, actor="probe",
-                                           run_id=run_id).to_dict())
+                                           run_id=run_id, mode=mode, settled=settled).to_dict())
 
         try:
             system = ticket_system(inventory.support.ticket_system, queue, resolve)

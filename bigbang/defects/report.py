@@ -43,9 +43,10 @@ def _columns(items: list[tuple[str, int]], *, height: int = 160, col: int = 34) 
 
 
 def report_data(queue: DefectQueue, inventory: Inventory | None = None, *, now: float | None = None,
-                days: int = 14) -> dict[str, Any]:
+                days: int = 14, run_id: str | None = None) -> dict[str, Any]:
+    """One run's report (`run_id`; its frozen inventory names locations and the rollout)."""
     now_dt = datetime.fromtimestamp(now, tz=UTC) if now else datetime.now(UTC)
-    every = queue.list(limit=None)
+    every = queue.list(run_id=run_id, limit=None)
     open_ = [d for d in every if d["state"] in OPEN_STATES]
     names = {loc.id: loc.name for loc in inventory.locations} if inventory else {}
 
@@ -60,11 +61,16 @@ def report_data(queue: DefectQueue, inventory: Inventory | None = None, *, now: 
     by_location = Counter(d["location_id"] or "servers" for d in open_).most_common(15)
     by_category = Counter(d["category"] for d in open_).most_common(15)
     by_priority = Counter(d["priority"] for d in open_)
-    problems = queue.problems()[:10]
-    collections = queue.collections(1)
+    problems = queue.problems(run_id)[:10]
+    collections = [c for c in queue.collections(20) if run_id is None or c["run_id"] == run_id][:1]
+    mode = next((d["mode"] for d in every if d.get("mode")), "")
     return {
         "generated_at": now_dt.strftime("%Y-%m-%d %H:%M UTC"),
         "rollout": inventory.rollout.name if inventory else "",
+        "run_id": run_id or "",
+        "priority_names": PRIORITY_NAMES,
+        "forecast": None,
+        "mode": mode or "",
         "totals": {"open": len(open_), "all": len(every), "states": dict(Counter(d["state"] for d in every))},
         "priorities": [{"level": p, "name": PRIORITY_NAMES[p], "count": by_priority.get(p, 0)} for p in (1, 2, 3, 4)],
         "per_day": per_day,
@@ -79,11 +85,39 @@ def report_data(queue: DefectQueue, inventory: Inventory | None = None, *, now: 
     }
 
 
+def _forecast(queue: DefectQueue, inventory: Inventory, run_id: str, data: dict[str, Any],
+              directory: Path) -> Path | None:
+    """The hypercare forecast for the report (its table in Markdown, its chart beside the HTML)."""
+    from bigbang.defects.forecast import forecast, write_chart
+    from bigbang.store.ledger import Ledger
+
+    ledger = Ledger(queue.engine.url.render_as_string(hide_password=False))
+    try:
+        result = forecast(ledger, queue, run_id, inventory)
+    except Exception:  # noqa: BLE001 - the report is still written without its forecast
+        return None
+    finally:
+        ledger.close()
+    data["forecast"] = result.to_dict()
+    return write_chart(result, directory / "forecast.png")
+
+
 def render_daily_report(queue: DefectQueue, inventory: Inventory | None = None, out_dir: Path | None = None, *,
-                        now: float | None = None) -> DefectReport:
-    data = report_data(queue, inventory, now=now)
+                        now: float | None = None, run_id: str | None = None,
+                        forecast_chart: Path | None = None) -> DefectReport:
+    data = report_data(queue, inventory, now=now, run_id=run_id)
     day = data["generated_at"][:10]
-    directory = (out_dir or reports_dir()) / "defects" / day
+    directory = (out_dir or reports_dir()) / "defects" / (run_id or "all-runs") / day
+    directory.mkdir(parents=True, exist_ok=True)
+    data["forecast_chart"] = None
+    if run_id is not None and inventory is not None and forecast_chart is None:
+        made = _forecast(queue, inventory, run_id, data, directory)
+        data["forecast_chart"] = made.name if made else None
+    elif forecast_chart is not None and forecast_chart.exists():
+        import shutil
+
+        shutil.copyfile(forecast_chart, directory / "forecast.png")
+        data["forecast_chart"] = "forecast.png"
     directory.mkdir(parents=True, exist_ok=True)
     env = jinja_env()
     markdown = env.get_template("defects/daily.md.j2").render(**data)

@@ -59,10 +59,45 @@ def rollout_observations(ledger: Ledger, run_id: str) -> list[Observation]:
             message = f"not done: {rec.message or 'skipped'}"
         else:
             continue
+        # The step's own time is part of the sighting: the same failure again after a resume is a new sighting.
         out.append(Observation(
-            obs_id=f"rollout:{run_id}:{rec.step_id}:{rec.status}", source="rollout", target=rec.target,
+            obs_id=f"rollout:{run_id}:{rec.step_id}:{rec.status}:{round(at * 1000)}", source="rollout", target=rec.target,
             check=rec.kind, message=message, observed_at=at, location_id=loc,
             details={"run_id": run_id, "step_id": rec.step_id, "status": rec.status, "attempts": rec.attempts}))
+    return out
+
+
+def settled_targets(ledger: Ledger, run_id: str) -> set[str]:
+    """Targets whose every change step has succeeded in the ledger (the evidence a passing probe needs).
+
+    Verification steps do not count: the probe runs them again. A target with a failed, skipped,
+    blocked or never-started change step is not settled.
+    """
+    status: dict[str, list[str]] = {}
+    for rec in ledger.step_results(run_id).values():
+        if rec.kind in PROBE_KINDS:
+            continue
+        status.setdefault(rec.target, []).append(rec.status)
+    return {t for t, states in status.items() if states and all(s == "succeeded" for s in states)}
+
+
+def recovered_locations(ledger: Ledger, run_id: str) -> list[Observation]:
+    """A passing sighting for each location whose every step (precheck, sign-off, verdict) has succeeded.
+
+    A location has no probe of its own: its verdict step (`loc.verify`, which sums up its devices'
+    verifications) succeeding is the evidence that a blocked or halted location is done now.
+    """
+    by_loc: dict[str, list[Any]] = {}
+    for rec in ledger.step_results(run_id).values():
+        if rec.kind.startswith("loc."):
+            by_loc.setdefault(rec.target, []).append(rec)
+    out = []
+    for loc_id, recs in sorted(by_loc.items()):
+        if recs and all(r.status == "succeeded" for r in recs):
+            at = max((r.finished_at or 0.0) for r in recs)
+            out.append(Observation(obs_id=f"rollout:{run_id}:{loc_id}:done:{round(at * 1000)}", source="rollout",
+                                   target=loc_id, check="loc.verify", message="every step of the location succeeded",
+                                   observed_at=at, failing=False, location_id=loc_id))
     return out
 
 
@@ -263,6 +298,8 @@ def report_observations(rows: Iterable[dict[str, Any]]) -> list[Observation]:
     return [
         Observation(obs_id=f"user:{r['report_id']}", source="user", target=r["device"] or r["location_id"],
                     check=f"user.{r['category']}", message=r["text"], observed_at=r["reported_at"],
-                    location_id=r["location_id"], category=r["category"], reporter=r["reporter"])
+                    location_id=r["location_id"], category=r["category"], reporter=r["reporter"],
+                    details={"contact": r.get("contact") or "", "channel": r.get("channel") or "",
+                             "reference": r.get("reference") or ""})
         for r in rows
     ]

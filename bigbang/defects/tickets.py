@@ -36,6 +36,7 @@ class TicketDraft:
     body: str
     priority: int  # bigbang's 1 (highest) .. 4
     status: str  # bigbang's state, or "reopened" for a new one that was resolved before
+    fields: dict[str, str] = field(default_factory=dict)  # run, rollout, SLA times...: see ticket_fields
 
 
 @runtime_checkable
@@ -48,8 +49,9 @@ class TicketSystem(Protocol):
     def create(self, draft: TicketDraft) -> str:
         """File a new ticket; returns its id."""
 
-    def update(self, ticket_id: str, *, status: str, priority: int, comment: str | None) -> None:
-        """Bring the ticket to the defect's state and priority, adding a comment when given."""
+    def update(self, ticket_id: str, *, status: str, priority: int, comment: str | None,
+               fields: dict[str, str] | None = None) -> None:
+        """Bring the ticket to the defect's state, priority and fields, adding a comment when given."""
 
     def close(self) -> None: ...
 
@@ -68,7 +70,8 @@ class EmbeddedTickets:
     def create(self, draft: TicketDraft) -> str:
         return draft.defect_key
 
-    def update(self, ticket_id: str, *, status: str, priority: int, comment: str | None) -> None:
+    def update(self, ticket_id: str, *, status: str, priority: int, comment: str | None,
+               fields: dict[str, str] | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -125,18 +128,25 @@ class RequestTracker:
             "Queue": self.settings.queue, "Subject": draft.subject, "Content": draft.body,
             "ContentType": "text/plain", "Priority": self._priority(draft.priority),
             "Status": RT_STATUS.get(draft.status, "new"),
-            "CustomFields": {self.settings.key_field: draft.defect_key},
+            "CustomFields": {**self._fields(draft.fields), self.settings.key_field: draft.defect_key},
         })
         if not isinstance(data, dict) or "id" not in data:
             raise TicketRefused(f"RT did not return a ticket id: {str(data)[:200]}")
         return str(data["id"])
 
-    def update(self, ticket_id: str, *, status: str, priority: int, comment: str | None) -> None:
+    def _fields(self, values: dict[str, str]) -> dict[str, str]:
+        """bigbang's values under the RT custom field names the settings give (`fields`)."""
+        return {cf: values.get(name, "") for name, cf in self.settings.fields.items()}
+
+    def update(self, ticket_id: str, *, status: str, priority: int, comment: str | None,
+               fields: dict[str, str] | None = None) -> None:
         if comment:
             self._call("POST", f"ticket/{ticket_id}/comment", data=comment.encode("utf-8"),
                        headers={"Content-Type": "text/plain; charset=utf-8"})
-        self._call("PUT", f"ticket/{ticket_id}", json={"Status": RT_STATUS.get(status, "open"),
-                                                       "Priority": self._priority(priority)})
+        body: dict[str, Any] = {"Status": RT_STATUS.get(status, "open"), "Priority": self._priority(priority)}
+        if fields is not None and self.settings.fields:
+            body["CustomFields"] = self._fields(fields)
+        self._call("PUT", f"ticket/{ticket_id}", json=body)
 
     def status(self, ticket_id: str) -> dict[str, Any]:
         return self._call("GET", f"ticket/{ticket_id}")
@@ -167,28 +177,51 @@ class SyncResult:
         return dict(self.__dict__)
 
 
+def _iso(value: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "" if value is None else datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ticket_fields(defect: dict[str, Any]) -> dict[str, str]:
+    """What may go into ticket custom fields (`ticket_system.fields`); times in UTC, RT's format."""
+    return {"run_id": defect.get("run_id") or "", "rollout": defect.get("rollout") or "",
+            "mode": defect.get("mode") or "", "priority_name": PRIORITY_NAMES.get(defect["priority"], ""),
+            "response_due": _iso(defect.get("response_due")), "resolve_due": _iso(defect.get("resolve_due")),
+            "user": " ".join(x for x in (defect.get("user_name") or "", defect.get("user_phone") or "") if x)
+            or (defect.get("user_id") or ""),
+            "reporter": " ".join(x for x in (defect.get("reporter") or "", defect.get("reporter_contact") or "")
+                                 if x)}
+
+
 def draft_of(defect: dict[str, Any]) -> TicketDraft:
+    f = ticket_fields(defect)
     body = "\n".join([
         defect["title"],
         "",
         f"Defect key: {defect['key']}",
+        f"Run: {f['run_id'] or '-'} ({f['rollout'] or '-'}, {f['mode'] or '-'})",
+        f"User: {f['user'] or '-'}",
+        f"Reported by: {f['reporter'] or '-'}",
+        f"SLA: respond by {f['response_due'] or '-'} UTC, resolve by {f['resolve_due'] or '-'} UTC",
         f"Target: {defect['target']} ({defect['target_kind']}, {defect['model']})",
         f"Location: {defect['location_id'] or '-'}",
         f"Category: {defect['category']}",
         f"Check: {defect['check_name']}",
-        f"Priority: {PRIORITY_NAMES.get(defect['priority'], defect['priority'])} (score {defect['score']:g}, "
-        f"{defect['affected']} affected)",
+        f"Priority: {PRIORITY_NAMES.get(defect['priority'], defect['priority'])}: "
+        f"{defect.get('priority_reason') or defect['score']}",
         f"Problem: {defect['problem_key'] or '-'}",
         f"Seen: {defect['occurrences']} time(s)",
         "",
         defect["message"],
     ])
     return TicketDraft(defect["key"], f"[{defect['key']}] {defect['title']}"[:200], body, defect["priority"],
-                       status_of(defect))
+                       status_of(defect), f)
 
 
 def _note(entry: dict[str, Any]) -> str:
-    states = f" ({entry['from_state']} -> {entry['to_state']})" if entry["from_state"] != entry["to_state"] else ""
+    moved = entry["from_state"] and entry["to_state"] and entry["from_state"] != entry["to_state"]
+    states = f" ({entry['from_state']} -> {entry['to_state']})" if moved else ""
     return f"[{entry['action']}{states} by {entry['actor']}] {entry['text']}".strip()
 
 
@@ -220,7 +253,7 @@ def sync_tickets(queue: DefectQueue, system: TicketSystem) -> SyncResult:
             notes = [_note(e) for e in entries if e["action"] != "created"]
             if notes or not created:
                 system.update(ticket_id, status=status_of(defect), priority=defect["priority"],
-                              comment="\n".join(notes) or None)
+                              comment="\n".join(notes) or None, fields=ticket_fields(defect))
                 if not created:
                     result.updated += 1
             queue.record_ticket(key, system.name, external_id=ticket_id, synced_version=defect["version"],

@@ -18,7 +18,10 @@ from bigbang.inventory.model import Inventory, PriorityRule
 
 SOURCES = ("rollout", "field", "probe", "user")
 TECHNICAL_SOURCES = ("rollout", "probe")  # defects a passing probe may resolve
-PRIORITY_NAMES = {1: "P1 critical", 2: "P2 high", 3: "P3 normal", 4: "P4 low"}
+# Named by how fast support acts, so they never read like a site's criticality (normal/high/critical).
+PRIORITY_NAMES = {1: "P1 immediate", 2: "P2 urgent", 3: "P3 soon", 4: "P4 planned"}
+KIND_WORDS = {"unusable": "device unusable", "degraded": "works partly", "report": "reported by people"}
+_CHANGE_CHECKS = ("ws.prestage", "ws.image", "tc.reassign", "srv.precheck", "srv.snapshot", "srv.provision")
 
 _DIGITS = re.compile(r"\d+")
 _SPACE = re.compile(r"\s+")
@@ -51,6 +54,12 @@ class Target:
     model: str
     criticality: str
     users: int  # people working on it (a device with a user, or the devices a server serves)
+    serial: str = ""
+    mac: str = ""
+    user_id: str = ""  # the device's user (inventory `user`), with the name and phone from support.users
+    user_name: str = ""
+    user_phone: str = ""
+    location_name: str = ""
 
 
 def normalise(message: str) -> str:
@@ -92,17 +101,22 @@ class TargetIndex:
     def __init__(self, inventory: Inventory):
         self.inventory = inventory
         self._targets: dict[str, Target] = {}
+        people = {u.id.lower(): u for u in inventory.support.users}
         served: dict[str, list[Any]] = {}
         for loc in inventory.locations:
             for req in loc.requires:
                 served.setdefault(req.lower(), []).append(loc)
-            for ws in loc.workstations:
-                self._targets[ws.hostname] = Target(ws.hostname, "workstation", loc.id, ws.model, loc.criticality, 1)
-            for tc in loc.thin_clients:
-                self._targets[tc.hostname] = Target(tc.hostname, "thin_client", loc.id, tc.model or "thin client",
-                                                    loc.criticality, 1)
+            for dev in loc.devices:
+                uid = getattr(dev, "user", None) or ""
+                person = people.get(uid.lower()) if uid else None
+                model = getattr(dev, "model", None) or ("thin client" if dev.kind == "thin_client" else "")
+                self._targets[dev.hostname] = Target(
+                    dev.hostname, dev.kind, loc.id, model, loc.criticality, 1,
+                    serial=getattr(dev, "serial", None) or "", mac=getattr(dev, "mac", "") or "", user_id=uid,
+                    user_name=person.name if person else "", user_phone=(person.phone or "") if person else "",
+                    location_name=loc.name)
             self._targets[loc.id] = Target(loc.id, "location", loc.id, "location", loc.criticality,
-                                           max(1, len(loc.devices)))
+                                           max(1, len(loc.devices)), location_name=loc.name)
         order = ("normal", "high", "critical")
         for srv in inventory.servers:
             locs = served.get(srv.name, [])
@@ -127,10 +141,20 @@ def age_factor(rule: PriorityRule, age_seconds: float) -> float:
     return min(1.0 + max(0.0, age_seconds) / rule.age_step, rule.max_age_factor) if rule.age_step else 1.0
 
 
-def score(rule: PriorityRule, *, criticality: str, affected: int, age_seconds: float, category: str) -> float:
-    """Criticality x affected x age (x an optional category weight)."""
+def failure_kind(source: str, check: str, message: str) -> str:
+    """unusable (the change never happened), degraded (a check failed), report (people's words)."""
+    if source in ("user", "field"):
+        return "report"
+    if check in _CHANGE_CHECKS or message.startswith(("not done", "not in its target state")) or "never finished" in message:
+        return "unusable"
+    return "degraded"
+
+
+def score(rule: PriorityRule, *, criticality: str, affected: int, age_seconds: float, category: str,
+          kind: str = "degraded") -> float:
+    """Criticality x people affected x kind of failure x age (x an optional category weight)."""
     return (rule.criticality.get(criticality, 1.0) * max(1, affected) * age_factor(rule, age_seconds)
-            * rule.categories.get(category, 1.0))
+            * rule.categories.get(category, 1.0) * rule.kinds.get(kind, 1.0))
 
 
 def priority(rule: PriorityRule, value: float) -> int:
@@ -140,11 +164,28 @@ def priority(rule: PriorityRule, value: float) -> int:
     return 4
 
 
+def explain(rule: PriorityRule, *, criticality: str, affected: int, age_seconds: float, category: str,
+            kind: str) -> str:
+    """The score in words, e.g. 'critical site x10 · 1 person x1 · device unusable x2 · open 3 h x1.1 = 22 -> P1'."""
+    value = score(rule, criticality=criticality, affected=affected, age_seconds=age_seconds, category=category,
+                  kind=kind)
+    parts = [f"{criticality} site x{rule.criticality.get(criticality, 1.0):g}",
+             f"{max(1, affected)} {'person' if max(1, affected) == 1 else 'people'} affected x{max(1, affected)}",
+             f"{KIND_WORDS.get(kind, kind)} x{rule.kinds.get(kind, 1.0):g}",
+             f"open {max(0.0, age_seconds) / 3600:.0f} h x{age_factor(rule, age_seconds):.2f}"]
+    if category in rule.categories:
+        parts.append(f"category {category} x{rule.categories[category]:g}")
+    level = priority(rule, value)
+    return f"{' * '.join(parts)} = {value:.3g} -> {PRIORITY_NAMES[level]}"
+
+
 def group_problems(defects: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Problem key -> its open defects, for signatures that recur on two or more targets."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for d in defects:
         if d["state"] in ("resolved", "closed"):
+            continue
+        if d.get("duplicate_of"):
             continue
         groups.setdefault(problem_key(d["model"], d["signature"], d["run_id"] or ""), []).append(d)
     return {k: v for k, v in groups.items() if len({d["target"] for d in v}) >= 2}
@@ -154,3 +195,13 @@ def unit_sample(target: str, round_no: int) -> float:
     """A deterministic number in [0, 1) per target and probe round (which healthy devices to probe)."""
     digest = hashlib.blake2b(f"{target}\x1f{round_no}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def support_accounts(inventory: Inventory) -> set[str]:
+    """Who may be assigned defects: the rollout's support staff and ops leads (ids and sign-in names)."""
+    out: set[str] = set()
+    for member in inventory.rollout.staff:
+        out.add(member.id)
+        if member.username:
+            out.add(member.username)
+    return out

@@ -623,8 +623,11 @@ class PriorityRule(_Model):
     """How a defect's priority is computed: criticality x affected x age (see docs/defects.md)."""
 
     criticality: dict[str, float] = Field(
-        default_factory=lambda: {"normal": 1.0, "high": 2.0, "critical": 5.0},
-        description="weight of a location's criticality")
+        default_factory=lambda: {"normal": 1.0, "high": 3.0, "critical": 10.0},
+        description="weight of a location's criticality (critical: one unusable device there is P1)")
+    kinds: dict[str, float] = Field(
+        default_factory=lambda: {"unusable": 2.0, "degraded": 1.0, "report": 1.0},
+        description="weight of the kind of failure: device unusable (not imaged/reassigned), degraded, a report")
     categories: dict[str, float] = Field(default_factory=dict, description="extra weight per defect category")
     age_step: Duration = Field(24 * 3600.0, description="the age factor grows by 1 per this much age")
     max_age_factor: float = Field(3.0, ge=1, description="the age factor never exceeds this")
@@ -653,6 +656,9 @@ class TicketSystemSettings(_Model):
     timeout: Duration = 15.0
     priorities: dict[int, int] = Field(default_factory=lambda: {1: 90, 2: 70, 3: 50, 4: 30},
                                        description="RT priority for each bigbang priority")
+    fields: dict[Literal["run_id", "rollout", "mode", "priority_name", "response_due", "resolve_due", "user",
+                         "reporter"], str] = Field(
+        default_factory=dict, description="more ticket custom fields: bigbang field -> RT custom field name")
 
     @model_validator(mode="after")
     def _complete(self) -> TicketSystemSettings:
@@ -663,8 +669,36 @@ class TicketSystemSettings(_Model):
         return self
 
 
+class EndUser(_Model):
+    """A person who works on a device (`user:` on a workstation or thin client names their id)."""
+
+    id: str
+    name: str
+    phone: str | None = None
+    email: str | None = None
+
+
+class SlaTarget(_Model):
+    response: Duration = Field(description="first response by support staff within this")
+    resolve: Duration = Field(description="resolved within this")
+
+
+def _default_sla() -> dict[int, SlaTarget]:
+    hours = {1: (0.25, 4), 2: (1, 24), 3: (4, 72), 4: (24, 240)}
+    return {level: SlaTarget(response=r * 3600, resolve=f * 3600) for level, (r, f) in hours.items()}
+
+
 class Support(_Model):
-    """The post-rollout support queue: priority rule, ticket system and probing."""
+    """The post-rollout support queue: priority rule, SLA, ticket system, probing, staff on duty."""
+
+    users: list[EndUser] = Field(default_factory=list, description="end users: names and phones shown on defects")
+    sla: dict[int, SlaTarget] = Field(default_factory=_default_sla,
+                                      description="response and resolve targets per priority (1-4)")
+    on_duty: list[int] = Field(default_factory=list,
+                               description="support staff on duty per day after the weekend (the last value repeats); "
+                                           "default: the rollout's support staff every day")
+    defects_per_person_day: float = Field(20.0, gt=0, description="defects one support person handles a day")
+    report_rate_limit: int = Field(10, ge=1, description="self-service reports per device (and per address) an hour")
 
     priority: PriorityRule = Field(default_factory=lambda: PriorityRule.model_validate({}))
     ticket_system: TicketSystemSettings = Field(default_factory=lambda: TicketSystemSettings.model_validate({}))

@@ -6,7 +6,7 @@ methods. SQLite by default, PostgreSQL for shared use (the same schema on both).
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import DDL, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, event
 
 metadata = MetaData()
 
@@ -206,8 +206,43 @@ defects = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("version", Integer, nullable=False),
-    Column("run_id", String(80)),
+    Column("run_id", String(80), index=True),
+    # Added for the support week (issue 14); DefectQueue adds missing columns to older databases.
+    Column("rollout", String(200)),  # the rollout's name, from the run's frozen inventory
+    Column("mode", String(20)),  # rehearsal | live: the run's mode
+    Column("user_id", String(120)),  # the device's user (inventory `user`)
+    Column("user_name", String(200)),
+    Column("user_phone", String(60)),
+    Column("reporter", String(200)),  # who reported it (a user report / a technician), with a contact
+    Column("reporter_contact", String(200)),
+    Column("search", Text),  # lower-case text of everything one may search by (see DefectQueue.search)
+    Column("priority_reason", Text),  # how the score was made, in words
+    Column("response_due", Float),  # SLA targets (support.sla), from first_seen
+    Column("resolve_due", Float),
+    Column("responded_at", Float),  # first human action
+    Column("duplicate_of", String(16), index=True),  # merged into this defect
 )
+
+# Search on PostgreSQL: a trigram index answers `search LIKE '%term%'` without reading every row.
+event.listen(defects, "before_create", DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"))
+Index("ix_defects_search_trgm", defects.c.search, postgresql_using="gin",
+      postgresql_ops={"search": "gin_trgm_ops"}).ddl_if(dialect="postgresql")
+Index("ix_defects_run_state", defects.c.run_id, defects.c.state)
+# Search on SQLite: an FTS5 trigram index of the same column (substring matches of 3+ characters),
+# kept in step with `defects` by triggers. DefectQueue creates it for databases made before it existed.
+SQLITE_SEARCH_DDL = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS defects_fts USING fts5(search, content='defects', content_rowid='rowid', "
+    "tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS defects_fts_ai AFTER INSERT ON defects BEGIN "
+    "INSERT INTO defects_fts(rowid, search) VALUES (new.rowid, coalesce(new.search, '')); END",
+    "CREATE TRIGGER IF NOT EXISTS defects_fts_ad AFTER DELETE ON defects BEGIN "
+    "INSERT INTO defects_fts(defects_fts, rowid, search) VALUES ('delete', old.rowid, coalesce(old.search, '')); END",
+    "CREATE TRIGGER IF NOT EXISTS defects_fts_au AFTER UPDATE OF search ON defects BEGIN "
+    "INSERT INTO defects_fts(defects_fts, rowid, search) VALUES ('delete', old.rowid, coalesce(old.search, '')); "
+    "INSERT INTO defects_fts(rowid, search) VALUES (new.rowid, coalesce(new.search, '')); END",
+)
+for _statement in SQLITE_SEARCH_DDL:
+    event.listen(defects, "after_create", DDL(_statement).execute_if(dialect="sqlite"))
 
 observations = Table(
     "defect_observations", metadata,
@@ -237,6 +272,7 @@ history = Table(
 defect_problems = Table(
     "defect_problems", metadata,
     Column("key", String(16), primary_key=True),
+    Column("run_id", String(80), index=True),
     Column("signature", String(300), nullable=False),
     Column("model", String(120), nullable=False),
     Column("category", String(60), nullable=False),
@@ -261,6 +297,9 @@ reports = Table(
     Column("reporter", String(200), nullable=False, default=""),
     Column("channel", String(20), nullable=False),
     Column("processed_at", Float, index=True),
+    Column("run_id", String(80), index=True),  # the run whose queue it belongs to
+    Column("contact", String(200)),  # the reporter's phone or e-mail
+    Column("reference", String(20)),  # what the reporter is told (self-service form)
 )
 
 # One row per defect and external ticket system: what was pushed there, and the last failure.

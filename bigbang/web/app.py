@@ -306,8 +306,10 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
 
     @app.get("/", response_class=HTMLResponse)
     def home(request: Request, user: User = Depends(technician_or_lead)):
-        if user.role != "technician":
-            return RedirectResponse("/board", status_code=303)
+        if user.role != "technician":  # support staff land on their queue, ops leads on the board
+            landing = "/defects" if user.role == "support" and getattr(request.app.state, "has_defects", False) \
+                else "/board"
+            return RedirectResponse(landing, status_code=303)
         run_id = field.run_id()
         rows = _location_rows(field, run_id, [lid for lid, (_, lp) in field.schedule.items() if lp.team == user.team])
         return page(request, "web/home.html.j2", rows=rows, run_id=run_id)
@@ -445,5 +447,8 @@ def _include_defects(app: FastAPI) -> None:
         log.warning("defect pages unavailable: %s", exc)
         return
     app.include_router(router, dependencies=[Depends(current_user)])
+    from bigbang.defects.web import public_router  # end users' self-service report form: no sign-in
+
+    app.include_router(public_router)
     app.state.has_defects = True
 

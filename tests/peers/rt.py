@@ -70,7 +70,11 @@ Set($BcryptCost, 4);
         (self.dir / "initialdata").write_text(f"""
 @Queues = ({{ Name => '{QUEUE}', Description => 'bigbang post-rollout defects' }});
 @CustomFields = ({{ Name => '{KEY_FIELD}', Type => 'FreeformSingle', LookupType => 'RT::Queue-RT::Ticket',
-                   ApplyTo => 0, Description => 'bigbang defect key' }});
+                   ApplyTo => 0, Description => 'bigbang defect key' }},
+                 {{ Name => 'BigBang Run', Type => 'FreeformSingle', LookupType => 'RT::Queue-RT::Ticket',
+                   ApplyTo => 0, Description => 'bigbang run id' }},
+                 {{ Name => 'BigBang Resolve By', Type => 'FreeformSingle', LookupType => 'RT::Queue-RT::Ticket',
+                   ApplyTo => 0, Description => 'bigbang SLA resolve target (UTC)' }});
 1;
 """)
         for args in (["--action", "init", "--skip-create"],
