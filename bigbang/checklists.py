@@ -87,6 +87,15 @@ def translator(lang: str = "en") -> Callable[..., str]:
     return t
 
 
+def plural(t: Callable[..., str]) -> Callable[..., str]:
+    """t_n(key, n): `key.one` for n == 1, else `key.other`, with {n} filled in (every language here has two forms)."""
+
+    def t_n(key: str, n: int, **values: Any) -> str:
+        return t(f"{key}.{'one' if n == 1 else 'other'}", n=n, **values)
+
+    return t_n
+
+
 # ---------------------------------------------------------------- the data
 
 @dataclass
@@ -325,7 +334,7 @@ def template_env(lang: str = "en") -> Environment:
         lstrip_blocks=True,
     )
     t = translator(lang)
-    env.globals.update(t=t, lang=lang, qr_data_uri=qr_data_uri, languages=languages())
+    env.globals.update(t=t, t_n=plural(t), lang=lang, qr_data_uri=qr_data_uri, languages=languages())
     env.filters["clock"] = lambda ts: datetime.fromtimestamp(ts).strftime("%a %H:%M") if ts else "–"
     env.filters["local"] = lambda dt: dt.strftime("%a %d %b %H:%M") if dt else "–"
     env.filters["day_names"] = lambda days: ", ".join(t(f"day.{d}") for d in days.split(","))

@@ -1,5 +1,9 @@
 """The field app end to end in a real browser (Debian's Chromium via Playwright), on phone-sized pages.
 
+Also offline: ticks and a problem made without a network are queued on the phone, shown as
+"not sent yet (N)" and sent once (each) when the connection returns; and a sign-off with open work
+needs a reason, which reaches the audit trail and the defect queue.
+
 A rehearsal of the demo waits at HST-014's sign-off gate in a background thread; a technician
 signs in, checks items off, notes a problem and signs off in Chromium, and the waiting location
 resumes, runs its verification and shows the result on the page.
@@ -9,13 +13,14 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from bigbang.checklists import item_ids
-from bigbang.store.field import FieldStore
 from bigbang.session import RunOptions, RunSession
+from bigbang.store.field import FieldStore
 from bigbang.web.app import create_app
-from tests.peers.browser import OUTPUT, PHONE, AppServer, chromium, gated_inventory  # noqa: F401
 from tests.helpers import servers_ready
+from tests.peers.browser import OUTPUT, PHONE, AppServer, chromium, gated_inventory  # noqa: F401
 
 LOCATION = "HST-014"  # team-syd: aha, sni; team-nord's mkr may not see it
 
@@ -146,7 +151,8 @@ def test_technician_signs_off_and_the_gated_location_resumes(tmp_path, chromium)
         assert page.locator('meta[http-equiv="refresh"]').count() == 1
         row = page.inner_text(f"#row-{LOCATION}")
         assert "aha" in row  # who signed off
-        assert page.inner_text(f"#row-{LOCATION} .problems") == "1"
+        # the problem noted, and the sign-off with open work (its reason goes to the defect queue)
+        assert page.inner_text(f"#row-{LOCATION} .problems") == "2"
         items = len(item_ids(session.inventory.location_by_id[LOCATION]))
         assert page.inner_text(f"#row-{LOCATION} .checked") == f"3/{items}"
         assert page.locator("#board tr").count() == 1 + 3
@@ -154,4 +160,140 @@ def test_technician_signs_off_and_the_gated_location_resumes(tmp_path, chromium)
         page.set_viewport_size({"width": 1280, "height": 800})
         page.screenshot(path=str(shots / "board-desktop.png"), full_page=True)
         lead.close()
+    session.close()
+
+
+# ---------------------------------------------------------------- offline, and a sign-off that says what it signs
+
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+
+
+def test_offline_ticks_and_problem_are_queued_and_sent_once(tmp_path, chromium):  # noqa: F811
+    SHOTS.mkdir(exist_ok=True)
+    inventory = gated_inventory(tmp_path / "inventory")
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = RunSession.start(inventory, RunOptions(mode="rehearsal", zero_duration=True, failure_rate=0.0),
+                               ledger_url=ledger_url)
+    store = FieldStore(session.ledger)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
+    with AppServer(app) as server:
+        context = chromium.new_context(**PHONE)
+        page = context.new_page()
+        _sign_in(page, server.url, f"/l/{LOCATION}", "aha", "demo-aha")
+        assert page.url.endswith(f"/l/{LOCATION}")
+        # The service worker takes the page into the phone's cache
+        page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.ready.then(() => true)")
+        page.wait_for_function(f"caches.open('bigbang-pages-v1').then(c => c.match(location.origin + "
+                               f"'/l/{LOCATION}')).then(r => !!r)")
+
+        # Online, a tap changes one item without reloading the page
+        page.evaluate("window.__marker = 1")
+        page.click('[id="location.arrive"] button')
+        page.wait_for_selector('[id="location.arrive"] .done')
+        assert page.evaluate("window.__marker") == 1, "the page reloaded"
+        assert ("location.arrive" in {k[1] for k, c in store.checks(session.run_id, LOCATION).items() if c.checked})
+
+        context.set_offline(True)
+        page.click('[id="lys-tc-201.cabled"] button')
+        page.fill('[id="lys-ws-101.serial"] input[name=value]', "PF4B1401")
+        page.click('[id="lys-ws-101.serial"] button')
+        page.click('[id="lys-ws-102.cabled"] button')
+        page.select_option("#device", "lys-tc-203")
+        page.select_option("#category", "hardware")
+        page.fill("#text", "Screen flickers after the reboot")
+        page.click("#problem-form button")
+        assert page.inner_text("#queue") == "Not sent yet (4)"
+        assert page.locator(".queued").count() == 4
+        assert page.evaluate("window.__marker") == 1
+        # A reload without a network comes from the phone's cache and still shows what is queued
+        page.reload()
+        page.wait_for_selector("#queue:not([hidden])")
+        assert page.inner_text("#queue") == "Not sent yet (4)"
+        assert "Plejecenter Lystoftevej" in page.content()
+        page.screenshot(path=str(SHOTS / "offline-queued.png"), full_page=False)
+        time.sleep(1.0)
+        checked = {k[1] for k, c in store.checks(session.run_id, LOCATION).items() if c.checked}
+        assert checked == {"location.arrive"}, "nothing can arrive while offline"
+        assert session.ledger.problems(session.run_id, LOCATION) == []
+
+        context.set_offline(False)
+        page.wait_for_selector("#queue[hidden]", state="attached", timeout=20000)
+        page.wait_for_selector('[id="lys-ws-101.serial"] .done')
+        page.screenshot(path=str(SHOTS / "offline-sent.png"), full_page=False)
+        checks = store.checks(session.run_id, LOCATION)
+        ticked = {k[1] for k, c in checks.items() if c.checked}
+        assert ticked == {"location.arrive", "lys-tc-201.cabled", "lys-ws-101.serial", "lys-ws-102.cabled"}
+        assert checks[(LOCATION, "lys-ws-101.serial")].value == "PF4B1401"
+        problems = session.ledger.problems(session.run_id, LOCATION)
+        assert [(p["device"], p["category"], p["text"]) for p in problems] == [
+            ("lys-tc-203", "hardware", "Screen flickers after the reboot")]
+        audit = store.audit(session.run_id, LOCATION)
+        assert sorted(a["action"] for a in audit) == ["check"] * 4 + ["problem"]
+
+        # Sending again (a flaky link resends) changes nothing: the server knows the request keys
+        page.evaluate(f"fetch('/l/{LOCATION}', {{cache: 'no-store'}})")
+        page.reload()
+        page.wait_for_load_state()
+        time.sleep(0.5)
+        assert len(store.audit(session.run_id, LOCATION)) == 5
+        assert len(session.ledger.problems(session.run_id, LOCATION)) == 1
+        assert page.locator(".problem").count() == 1
+        context.close()
+    session.close()
+
+
+def test_signoff_with_open_items_requires_a_reason_that_reaches_the_audit_trail(tmp_path, chromium):  # noqa: F811
+    SHOTS.mkdir(exist_ok=True)
+    inventory = gated_inventory(tmp_path / "inventory")
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = RunSession.start(inventory, RunOptions(mode="rehearsal", zero_duration=True, failure_rate=0.0),
+                               ledger_url=ledger_url)
+    runner = servers_ready(session)
+    worker = threading.Thread(target=lambda: runner.run_location(LOCATION), daemon=True)
+    worker.start()
+    ledger = session.ledger
+    work = [s.id for s in session.plan.location(LOCATION).steps() if s.kind not in ("loc.signoff", "loc.verify")]
+    _wait(lambda: all((r := ledger.step_results(session.run_id, step_ids=work).get(s)) and r.final for s in work),
+          60, "the location's device work")
+    store = FieldStore(ledger)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
+    with AppServer(app) as server:
+        context = chromium.new_context(**PHONE)
+        page = context.new_page()
+        _sign_in(page, server.url, f"/l/{LOCATION}", "aha", "demo-aha")
+        page.click('[id="location.arrive"] button')
+        page.wait_for_selector('[id="location.arrive"] .done')
+        page.reload()
+        summary = page.inner_text("#signoff-summary")
+        total = len(session.plan.location(LOCATION).devices)
+        assert total > 1
+        items = sum(1 for _ in store.checks(session.run_id, LOCATION))
+        assert items == 1
+        assert "items not ticked, 0 devices failed" in summary, summary
+        # The reason is required: the browser refuses the empty form, and so does the server
+        assert page.get_attribute("#note", "required") is not None
+        page.click("#signoff-form button")
+        assert page.evaluate("document.querySelector('#note').validity.valueMissing")
+        assert ledger.signoff(session.run_id, LOCATION) is None
+        token = page.get_attribute("#signoff-form input[name=csrf_token]", "value")
+        response = page.request.post(f"{server.url}/l/{LOCATION}/signoff",
+                                     form={"csrf_token": token, "request_key": "emptyreason1", "note": ""})
+        assert response.status == 422
+        assert ledger.signoff(session.run_id, LOCATION) is None
+        page.screenshot(path=str(SHOTS / "signoff-open-work.png"), full_page=False)
+
+        page.fill("#note", "Room 2 locked; caretaker has the key on Monday")
+        page.click("#signoff-form button")
+        page.wait_for_selector("#signed-off")
+        signoff = ledger.signoff(session.run_id, LOCATION)
+        assert signoff["note"] == "Room 2 locked; caretaker has the key on Monday"
+        audit = [a for a in store.audit(session.run_id, LOCATION) if a["action"] == "signoff"]
+        assert len(audit) == 1
+        assert audit[0]["detail"]["reason"] == "Room 2 locked; caretaker has the key on Monday"
+        assert audit[0]["detail"]["open_items"] == int(summary.split()[0])
+        assert audit[0]["detail"]["failed_devices"] == 0
+        queue = [p for p in ledger.problems(session.run_id, LOCATION) if p["source"] == "signoff"]
+        assert len(queue) == 1 and "Room 2 locked" in queue[0]["text"]
+        context.close()
+    worker.join(timeout=60)
     session.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bigbang.checklists import (
@@ -59,6 +59,7 @@ from bigbang.web.auth import (
 )
 
 log = logging.getLogger("bigbang.web")
+STATIC = Path(__file__).resolve().parent / "static"
 
 MAX_BODY = 64 * 1024  # a form here is a few hundred bytes; anything larger is refused before parsing
 BOARD_REFRESH = 15
@@ -203,6 +204,19 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
+def wants_json(request: Request) -> bool:
+    """A request sent by field.js (fetch) gets a small JSON answer instead of a redirect or a page."""
+    return request.headers.get("x-bigbang-fetch") == "1"
+
+
+def error_page(request: Request, status: int, message: str, detail: str | None = None) -> Response:
+    if wants_json(request):
+        t = _env(request_lang(request)).globals["t"]
+        return JSONResponse({"ok": False, "status": status, "error": t(message), "detail": detail},
+                            status_code=status, headers={"Cache-Control": "no-store"})
+    return page(request, "web/error.html.j2", status=status, message=message, detail=detail)
+
+
 def _errors(app: FastAPI) -> None:
     messages = {400: "error.bad_request", 403: "error.forbidden", 404: "error.not_found", 413: "error.too_large",
                 422: "error.bad_request"}
@@ -212,30 +226,28 @@ def _errors(app: FastAPI) -> None:
         if request.method == "GET":
             target = "/login?next=" + _quote(request.url.path) + ("&expired=1" if exc.expired else "")
             return RedirectResponse(target, status_code=303)
-        return page(request, "web/error.html.j2", status=401,
-                    message="web.session_expired" if exc.expired else "error.forbidden")
+        return error_page(request, 401, "web.session_expired" if exc.expired else "error.forbidden")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         key = "error.csrf" if exc.detail == "csrf" else messages.get(exc.status_code, "error.bad_request")
-        return page(request, "web/error.html.j2", status=exc.status_code, message=key,
-                    detail=exc.detail if exc.detail not in ("csrf", "not_found", "forbidden", "Not Found") else None)
+        return error_page(request, exc.status_code, key,
+                          exc.detail if exc.detail not in ("csrf", "not_found", "forbidden", "Not Found") else None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         fields = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
-        return page(request, "web/error.html.j2", status=422, message="error.bad_request",
-                    detail="check: " + ", ".join(fields) if fields else None)
+        return error_page(request, 422, "error.bad_request", "check: " + ", ".join(fields) if fields else None)
 
     @app.exception_handler(FieldInputError)
     async def bad_field(request: Request, exc: FieldInputError):
-        return page(request, "web/error.html.j2", status=422, message="error.bad_request", detail=str(exc))
+        return error_page(request, 422, "error.bad_request", str(exc))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
         ref = secrets.token_hex(4)
         log.exception("field app error %s on %s %s", ref, request.method, request.url.path)
-        return page(request, "web/error.html.j2", status=500, message="error.internal", detail=f"ref {ref}")
+        return error_page(request, 500, "error.internal", f"ref {ref}")
 
 
 def _quote(path: str) -> str:
@@ -261,6 +273,21 @@ def _source(request: Request) -> str:
 
 def _routes(app: FastAPI, field: FieldApp) -> None:
     technician_or_lead = require_role("technician", "ops_lead", "support")
+
+    @app.get("/sw.js", include_in_schema=False)
+    def service_worker():
+        # At the site's root so that its scope covers every page; never cached by HTTP (updates reach phones).
+        return FileResponse(STATIC / "sw.js", media_type="text/javascript",
+                            headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str):
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise HTTPException(status_code=404, detail="not_found")
+        kinds = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+        return FileResponse(path, media_type=kinds.get(path.suffix, "application/octet-stream"),
+                            headers={"Cache-Control": "no-cache"})
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -320,9 +347,11 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
         run_id = field.run_id()
         checklist = field.checklist(location_id, run_id)
         verifying = checklist.signoff is not None and (checklist.verify is None or not checklist.verify.final)
+        open_items, failed_devices = open_work(checklist)
         return page(request, "web/location.html.j2", c=checklist, run_id=run_id, can_change=user.can_change(team),
                     categories=PROBLEM_CATEGORIES, msg=msg if msg in ("saved", "already", "problem") else None,
-                    refresh=VERIFY_REFRESH if verifying else None, max_text=MAX_TEXT, max_value=MAX_VALUE)
+                    refresh=VERIFY_REFRESH if verifying else None, max_text=MAX_TEXT, max_value=MAX_VALUE,
+                    loc_id=location_id, rendered=time.time(), open_items=open_items, failed_devices=failed_devices)
 
     @app.get("/l/{location_id}/checklist.pdf")
     def location_pdf(request: Request, location_id: str, user: User = Depends(technician_or_lead)):
@@ -362,6 +391,11 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
             raise HTTPException(status_code=422, detail="type or scan the serial number first")
         done = field.store.set_check(run_id, location_id, item, action == "check", actor(request, user), request_key,
                                      value=value if it.needs_value else None)
+        if wants_json(request):  # one item's new HTML (a few hundred bytes), not the whole location
+            after = field.checklist(location_id, run_id)
+            t = _env(request_lang(request)).globals["t"]
+            return _small(request, done, item=item, it=after.item(item), loc_id=location_id,
+                          checked=t("web.checked", done=after.checked_count, total=len(after.items)))
         return _back(location_id, "saved" if done else "already", item)
 
     @app.post("/l/{location_id}/problem", dependencies=[Depends(verify_csrf)])
@@ -373,6 +407,9 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
             raise HTTPException(status_code=404, detail=f"no device '{device[:60]}' at this location")
         done = field.store.add_problem(run_id, location_id, category, text, actor(request, user), request_key,
                                        device=device or None)
+        if wants_json(request):
+            saved = [p for p in field.ledger.problems(run_id, location_id) if p["problem_id"] == request_key]
+            return _small(request, done, problem=request_key, p=saved[0] if saved else None, loc_id=location_id)
         return _back(location_id, "problem" if done else "already", "problems")
 
     @app.post("/l/{location_id}/signoff", dependencies=[Depends(verify_csrf)])
@@ -381,8 +418,37 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
         run_id, checklist = changing(request, location_id, user)
         if checklist.signoff is None and checklist.status in ("planned", "in_progress"):
             raise HTTPException(status_code=409, detail="the location's work is not finished yet; sign off after it")
-        done = field.store.sign_off(run_id, location_id, actor(request, user), request_key, note)
+        open_items, failed_devices = open_work(checklist)
+        if checklist.signoff is None and (open_items or failed_devices) and not note.strip():
+            raise HTTPException(status_code=422, detail=f"{_n(open_items, 'item')} not ticked, "
+                                f"{_n(failed_devices, 'device')} failed: give the reason to sign off anyway")
+        done = field.store.sign_off(run_id, location_id, actor(request, user), request_key, note,
+                                    open_items=open_items, failed_devices=failed_devices)
+        if wants_json(request):
+            return _small(request, done, reload=True)
         return _back(location_id, "saved" if done else "already", "signoff")
+
+
+def open_work(checklist: Checklist) -> tuple[int, int]:
+    """What a sign-off signs: (items not ticked, devices failed)."""
+    return (len(checklist.items) - checklist.checked_count,
+            sum(1 for d in checklist.devices if d.status == DeviceStatus.FAILED))
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _small(request: Request, done: bool, **context: Any) -> JSONResponse:
+    """The answer to one small action: whether it changed anything and the HTML of what it changed."""
+    body: dict[str, Any] = {"ok": True, "saved": done, "at": time.time()}
+    if context.get("it") is not None or context.get("p") is not None:
+        session = request.state.session
+        body["html"] = _env(request_lang(request)).get_template("web/fragment.html.j2").render(
+            can_change=True, run_id=True, csrf=session.get("csrf", ""), max_value=MAX_VALUE,
+            new_key=lambda: secrets.token_urlsafe(12), **{"it": None, "p": None, **context}).strip()
+    body.update({k: v for k, v in context.items() if k in ("item", "problem", "checked", "reload")})
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 def _back(location_id: str, msg: str, anchor: str) -> RedirectResponse:
