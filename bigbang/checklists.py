@@ -191,14 +191,35 @@ def item_ids(location: Location) -> list[str]:
     return ids
 
 
+def dispatch_order(plan: Plan) -> list[LocationPlan]:
+    """The locations in the order their teams take them: by team, then planned start (the stored schedule),
+    then place in the team's chain (`after_location`), then id."""
+    by_id = {loc.id: loc for loc in plan.locations}
+    depth: dict[str, int] = {}
+
+    def place(loc: LocationPlan) -> int:
+        seen = 0
+        cur: LocationPlan | None = loc
+        while cur is not None and cur.after_location and seen < len(by_id):
+            cur = by_id.get(cur.after_location)
+            seen += 1
+        return seen
+
+    for loc in plan.locations:
+        depth[loc.id] = place(loc)
+    never = float("inf")
+    return sorted(plan.locations, key=lambda loc: (loc.team, loc.start_offset if loc.start_offset is not None
+                                                   else never, depth[loc.id], loc.chain, loc.id))
+
+
 def schedule(plan: Plan) -> dict[str, tuple[int, LocationPlan]]:
-    """location id -> (1-based place in its team's schedule, its plan)."""
+    """location id -> (1-based place in its team's dispatch order, its plan)."""
     counters: dict[str, int] = {}
     out = {}
-    for loc in plan.locations:
+    for loc in dispatch_order(plan):
         counters[loc.team] = counters.get(loc.team, 0) + 1
         out[loc.id] = (counters[loc.team], loc)
-    return out
+    return {loc.id: out[loc.id] for loc in plan.locations}
 
 
 def build_checklist(inventory: Inventory, plan: Plan, location_id: str, *, ledger: Ledger | None = None,
