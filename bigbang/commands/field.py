@@ -84,6 +84,9 @@ def checklists(args) -> int:
         raise ConfigError(f"no translation '{args.lang}'", hint="available: " + ", ".join(languages()))
     ledger = Ledger(args.ledger) if args.run else None
     if ledger is not None:  # a run's checklists follow its frozen plan
+        from bigbang.run_ids import resolve_run_id
+
+        args.run = resolve_run_id(ledger, args.run)
         run = frozen_run(ledger, args.run)
         inventory, plan = run.inventory, run.plan
     else:
@@ -117,12 +120,14 @@ def serve(args) -> int:
 
 def _context(args):
     """(inventory, plan, ledger, store, actor) for a run, checking the location and the person."""
+    from bigbang.run_ids import resolve_run_id
     from bigbang.session import frozen_run
     from bigbang.store.field import Actor, FieldStore
     from bigbang.store.ledger import Ledger
     from bigbang.web.auth import accounts_from_inventory
 
     ledger = Ledger(args.ledger)
+    args.run = resolve_run_id(ledger, args.run)
     run = frozen_run(ledger, args.run)  # the run's own plan and inventory, whatever the YAML says now
     inventory = run.inventory
     if args.location not in inventory.location_by_id:

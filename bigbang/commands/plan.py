@@ -15,6 +15,7 @@ from bigbang.plan import PHASES, STEP_KINDS, LocationPlan, Plan
 from bigbang.session import inventory_plan
 
 DETAIL_LIMIT = 200  # devices; above this the device tables need --all or --location
+SMALL_LOCATIONS, SMALL_SERVERS = 10, 20  # an inventory this small is listed whole without --verbose
 
 
 def register(sub) -> None:
@@ -77,6 +78,7 @@ def show(console: Console, plan: Plan, inventory, only: list[str] | None, everyt
     """A summary by phase, server wave and team's locations; every server and location with `verbose`,
     device steps with `only` (location ids) or `everything`."""
     devices = sum(len(loc.devices) for loc in plan.locations)
+    verbose = verbose or (len(plan.locations) <= SMALL_LOCATIONS and len(plan.servers) <= SMALL_SERVERS)
     console.print(Text.assemble((plan.rollout, "bold"), f" — {plan.mode} plan: {plural(plan.step_count, 'step')}, "
                                 f"{plural(len(plan.servers), 'server')}, {plural(len(plan.locations), 'location')}, "
                                 f"{plural(devices, 'device')}; retries {plan.retries}; "
@@ -92,7 +94,7 @@ def show(console: Console, plan: Plan, inventory, only: list[str] | None, everyt
     for srv in plan.servers:
         waves.setdefault(srv.wave, []).append(srv)
     if verbose:
-        servers = _table("Servers, by dependency wave", "wave", "server", "depends on", "steps", "connector")
+        servers = _table("Servers, in dependency waves", "wave", "server", "depends on", "steps", "connector")
         for srv in sorted(plan.servers, key=lambda s: (s.wave, s.name)):
             steps = [s.kind for s in (*srv.prechecks, *srv.steps)]
             servers.add_row(str(srv.wave + 1), srv.name, ", ".join(srv.depends_on) or "–", " → ".join(steps),

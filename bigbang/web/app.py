@@ -75,6 +75,9 @@ class FieldApp:
         self.inventory_path = Path(inventory_path)
         self.ledger = Ledger(ledger_url)
         if run_id is not None:  # a run's pages follow its frozen plan and inventory, never the YAML
+            from bigbang.run_ids import resolve_run_id
+
+            run_id = resolve_run_id(self.ledger, run_id)  # also `latest`
             run = frozen_run(self.ledger, run_id)
             self.inventory, self.plan = run.inventory, run.plan
         else:
