@@ -70,7 +70,7 @@ LOCK_AFTER, LOCK_WINDOW = 5, 300.0  # failed sign-ins per user name, seconds: th
 class FieldApp:
     """What the pages need: inventory, plan, ledger, check-offs, accounts; shared by all requests."""
 
-    def __init__(self, inventory_path: str | Path, ledger_url: str | None, run_id: str | None, lang: str,
+    def __init__(self, inventory_path: str | Path, ledger_url: str | None, run_id: str | None, lang: str | None,
                  base_url: str | None):
         self.inventory_path = Path(inventory_path)
         self.ledger = Ledger(ledger_url)
@@ -85,7 +85,8 @@ class FieldApp:
             self.plan = inventory_plan(self.inventory, self.inventory_path)
         self.store = FieldStore(self.ledger)
         self.fixed_run_id = run_id
-        self.lang = lang
+        self.lang = lang or inventory_language(self.inventory)
+        self.zone = self.inventory.rollout.window.zone
         self.base_url = base_url
         self.accounts = accounts_from_inventory(self.inventory)
         self.users_by_id = {a.user.id: a.user for a in self.accounts.values()}
@@ -125,11 +126,21 @@ class FieldApp:
                                run_id=run_id, base_url=self.base_url or base_url)
 
 
+ZONE_LANGUAGES = {"Europe/Copenhagen": "da", "Europe/Stockholm": "sv", "Europe/Oslo": "nb",
+                  "Atlantic/Faroe": "da", "America/Nuuk": "da", "Europe/Mariehamn": "sv"}
+
+
+def inventory_language(inventory) -> str:
+    """The app's default language: the inventory's `rollout.language` if it has one, else its window's zone."""
+    lang = getattr(inventory.rollout, "language", None) or ZONE_LANGUAGES.get(inventory.rollout.window.timezone)
+    return lang if lang in languages() else "en"
+
+
 def create_app(inventory_path: str | Path, ledger_url: str | None = None, run_id: str | None = None, *,
-               lang: str = "en", base_url: str | None = None, secret: str | None = None,
+               lang: str | None = None, base_url: str | None = None, secret: str | None = None,
                session_hours: float = 12.0, secure_cookies: bool = False) -> FastAPI:
     """The field app for one inventory and ledger; `run_id` None shows the inventory's newest run."""
-    field = FieldApp(inventory_path, ledger_url, run_id, lang, base_url)
+    field = FieldApp(inventory_path, ledger_url, run_id, lang, base_url)  # lang None: the inventory's
     sessions = Sessions(secret or os.environ.get("BIGBANG_WEB_SECRET") or secrets.token_urlsafe(32),
                         session_hours * 3600, secure_cookies)
     app = FastAPI(title="bigbang field app", docs_url=None, redoc_url=None, openapi_url=None)
@@ -176,9 +187,29 @@ class _CompressPages:
 
 # ---------------------------------------------------------------- rendering
 
-@lru_cache(maxsize=8)
-def _env(lang: str):
-    return template_env(lang)
+@lru_cache(maxsize=16)
+def _env(lang: str, zone: str = "UTC"):
+    """Templates in `lang`; times shown in the rollout's zone with the language's day names."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    env = template_env(lang)
+    t, tz = env.globals["t"], ZoneInfo(zone)
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+    def clock(ts: float | None) -> str:
+        if not ts:
+            return "–"
+        local = datetime.fromtimestamp(ts, tz)
+        return f"{t('day.' + days[local.weekday()])} {local:%H:%M}"
+
+    env.filters["clock"] = clock
+    env.filters["hhmm"] = lambda ts: datetime.fromtimestamp(ts, tz).strftime("%H:%M") if ts else "–"
+    return env
+
+
+def env_for(request: Request):
+    return _env(request_lang(request), request.app.state.field.inventory.rollout.window.timezone)
 
 
 def request_lang(request: Request) -> str:
@@ -191,11 +222,11 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     lang = request_lang(request)
     session = getattr(request.state, "session", None) or {}
     user = request.app.state.field.users_by_id.get(session.get("uid")) if session.get("uid") else None
-    values: dict[str, Any] = {"refresh": None, "detail": None, "error": None, "msg": None,
+    values: dict[str, Any] = {"refresh": None, "detail": None, "error": None, "msg": None, "wide": False,
                               "has_defects": getattr(request.app.state, "has_defects", False)}
     values.update(context)
     try:
-        html = _env(lang).get_template(template).render(
+        html = _env(lang, request.app.state.field.inventory.rollout.window.timezone).get_template(template).render(
             request=request, user=user, csrf=session.get("csrf", ""),
             rollout=request.app.state.field.inventory.rollout, new_key=lambda: secrets.token_urlsafe(12), **values)
     except Exception:  # noqa: BLE001 - an error page must never fail into a traceback
@@ -214,7 +245,7 @@ def wants_json(request: Request) -> bool:
 
 def error_page(request: Request, status: int, message: str, detail: str | None = None) -> Response:
     if wants_json(request):
-        t = _env(request_lang(request)).globals["t"]
+        t = env_for(request).globals["t"]
         return JSONResponse({"ok": False, "status": status, "error": t(message), "detail": detail},
                             status_code=status, headers={"Cache-Control": "no-store"})
     return page(request, "web/error.html.j2", status=status, message=message, detail=detail)
@@ -338,10 +369,17 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
         return page(request, "web/home.html.j2", rows=rows, run_id=run_id)
 
     @app.get("/board", response_class=HTMLResponse)
-    def board(request: Request, user: User = Depends(require_role("ops_lead", "support"))):
+    def board(request: Request, team: str = "", region: str = "", status: str = "", problems: int = 0,
+              q: str = "", sort: str = "planned", desc: int = 0,
+              user: User = Depends(require_role("ops_lead", "support"))):
+        from bigbang.web.board import board_view
+
         run_id = field.run_id()
         rows = _location_rows(field, run_id, list(field.schedule))
-        return page(request, "web/board.html.j2", rows=rows, run_id=run_id, refresh=BOARD_REFRESH)
+        view = board_view(field, run_id, rows, team=team[:80], region=region[:80], status=status[:40],
+                          problems=bool(problems), q=q[:100], sort=sort[:20], desc=bool(desc))
+        return page(request, "web/board.html.j2", rows=view.rows, run_id=run_id, refresh=BOARD_REFRESH, v=view,
+                    wide=True)
 
     @app.get("/l/{location_id}", response_class=HTMLResponse)
     def location(request: Request, location_id: str, msg: str | None = None,
@@ -396,7 +434,7 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
                                      value=value if it.needs_value else None)
         if wants_json(request):  # one item's new HTML (a few hundred bytes), not the whole location
             after = field.checklist(location_id, run_id)
-            t = _env(request_lang(request)).globals["t"]
+            t = env_for(request).globals["t"]
             return _small(request, done, item=item, it=after.item(item), loc_id=location_id,
                           checked=t("web.checked", done=after.checked_count, total=len(after.items)))
         return _back(location_id, "saved" if done else "already", item)
@@ -447,7 +485,7 @@ def _small(request: Request, done: bool, **context: Any) -> JSONResponse:
     body: dict[str, Any] = {"ok": True, "saved": done, "at": time.time()}
     if context.get("it") is not None or context.get("p") is not None:
         session = request.state.session
-        body["html"] = _env(request_lang(request)).get_template("web/fragment.html.j2").render(
+        body["html"] = env_for(request).get_template("web/fragment.html.j2").render(
             can_change=True, run_id=True, csrf=session.get("csrf", ""), max_value=MAX_VALUE,
             new_key=lambda: secrets.token_urlsafe(12), **{"it": None, "p": None, **context}).strip()
     body.update({k: v for k, v in context.items() if k in ("item", "problem", "checked", "reload")})
@@ -467,7 +505,9 @@ def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str])
     steps = ledger.step_results(run_id) if run_id else {}
     signoffs = _signoffs(ledger, run_id) if run_id else {}
     rows = []
-    window = field.inventory.rollout.window
+    from bigbang.web.board import Timeline
+
+    line = Timeline.of(field, run_id)
     for location_id in location_ids:
         position, loc_plan = field.schedule[location_id]
         loc = field.inventory.location_by_id[location_id]
@@ -479,8 +519,12 @@ def _location_rows(field: FieldApp, run_id: str | None, location_ids: list[str])
         rows.append({
             "id": location_id, "name": loc.name, "address": loc.address, "team": loc_plan.team,
             "position": position, "criticality": loc.criticality,
-            "planned": (window.start.timestamp() + loc_plan.start_offset) if loc_plan.start_offset is not None else None,
-            "started": row["started_at"] if row else None, "finished": row["finished_at"] if row else None,
+            "region": loc.region or "", "crew": line.crew(location_id, loc_plan),
+            "plan_start": line.planned(location_id, loc_plan)[0], "plan_end": line.planned(location_id, loc_plan)[1],
+            "actual_start": line.actual(row, "start"), "actual_end": line.actual(row, "end"),
+            "planned": line.at(line.planned(location_id, loc_plan)[0]),
+            "planned_end": line.at(line.planned(location_id, loc_plan)[1]),
+            "started": line.at(line.actual(row, "start")), "finished": line.at(line.actual(row, "end")),
             "status": status, "reason": row["reason"] if row else "",
             "devices": len(loc_plan.devices),
             "devices_done": devices.count(DeviceStatus.SUCCEEDED),
