@@ -31,6 +31,7 @@ from bigbang.checklists import (
     render_checklist_html,
     schedule,
     template_env,
+    translator,
 )
 from bigbang.errors import UserError
 from bigbang.inventory import load_inventory
@@ -194,7 +195,7 @@ def _env(lang: str, zone: str = "UTC"):
     from zoneinfo import ZoneInfo
 
     env = template_env(lang)
-    t, tz = env.globals["t"], ZoneInfo(zone)
+    t, tz = translator(lang), ZoneInfo(zone)
     days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
     def clock(ts: float | None) -> str:
