@@ -11,6 +11,7 @@ resumes, runs its verification and shows the result on the page.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -297,3 +298,79 @@ def test_signoff_with_open_items_requires_a_reason_that_reaches_the_audit_trail(
         context.close()
     worker.join(timeout=60)
     session.close()
+
+
+# ---------------------------------------------------------------- the ops board at 150 locations
+
+def test_board_at_150_locations_desktop_and_phone(tmp_path, chromium):  # noqa: F811
+    """Holstebro (150 locations) with its schedule, part-way through a rehearsal: totals, filters, sorting,
+    the plan-vs-actual timeline; screenshots under tests/screenshots/ for people to look at."""
+    from bigbang.cli import main
+    from bigbang.store.field import Actor
+
+    SHOTS.mkdir(exist_ok=True)
+    inventory = tmp_path / "holstebro"
+    assert main(["inventory", "generate", "--preset", "holstebro", "--out", str(inventory)]) == 0
+    (inventory / "zz-staff.yaml").write_text(  # the demo's ops lead (password demo-ops)
+        "rollout:\n  staff:\n    - id: ops\n      name: Lone Ops-Lead\n      role: ops_lead\n      password_hash: "
+        "scrypt$16384$8$1$3RUv2aIQSn0dQuh56zdX8Q$Nq2Xcj88CZpMf2BGPZ9NuJ5rrvnPjHodizPqhzHQA64\n")
+    assert main(["schedule", str(inventory), "--time-limit", "3", "--out", str(tmp_path / "charts")]) == 0
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = RunSession.start(inventory, RunOptions(mode="rehearsal", failure_rate=0.02, seed=3),
+                               ledger_url=ledger_url)
+    assert session.ledger.run_schedule(session.run_id) is not None, "the run follows the stored schedule"
+    runner = servers_ready(session)
+    done = [loc.id for loc in session.plan.locations[::3]]  # a third of the weekend has happened
+    for lid in done:
+        runner.run_location(lid)
+    session.ledger.flush()
+    FieldStore(session.ledger).add_problem(session.run_id, done[0], "network", "Switch in room 3 dead",
+                                           Actor("ops", "ops_lead", "test"), "boardproblem1")
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
+    with AppServer(app) as server:
+        lead = chromium.new_context(viewport={"width": 1920, "height": 1080})
+        page = lead.new_page()
+        _sign_in(page, server.url, "/board", "ops", "demo-ops")
+        assert page.url.endswith("/board")
+        assert page.locator("#board tr").count() == 1 + 150
+        totals = page.inner_text("#totals")
+        assert "150" in totals
+        assert sum(int(n) for n in page.locator("#totals a[id^=total-] b").all_inner_texts()) == 150
+        # The timeline: one row per crew, planned and actual bars, a now-line
+        assert page.locator("#timeline rect.plan").count() == 150
+        assert page.locator("#timeline rect.ok, #timeline rect.slip, #timeline rect.bad").count() == len(done)
+        assert page.locator("#now-line").count() == 1
+        # Full width: the table is not squeezed into a column
+        assert page.evaluate("document.querySelector('main').getBoundingClientRect().width") > 1800
+        # Planned times are local times on the simulated weekend, not "Tue 07:49–Tue 07:49"
+        planned = page.inner_text(f"#row-{done[0]} .planned")
+        assert re.fullmatch(r"(Fri|Sat|Sun|Mon) \d\d:\d\d–\d\d:\d\d", planned), planned
+        page.screenshot(path=str(SHOTS / "board-150-desktop.png"), full_page=False)
+        page.screenshot(path=str(SHOTS / "board-150-desktop-full.png"), full_page=True)
+
+        # Filters: problems only; a team; search; sort by a column
+        page.check("#f-problems")
+        page.click("#filters button")
+        assert f"row-{done[0]}" in page.inner_html("#board")
+        assert page.locator("#board tr").count() - 1 < 150
+        page.goto(f"{server.url}/board?team=team-03")
+        teams = page.locator("#board tr td:nth-child(9)").all_inner_texts()
+        assert teams and set(teams) == {"team-03"}
+        page.goto(f"{server.url}/board?q={done[1]}")
+        assert page.locator("#board tr").count() == 2
+        page.goto(f"{server.url}/board?sort=problems&desc=1")
+        assert page.locator("#board tr").nth(1).get_attribute("id") == f"row-{done[0]}"
+        page.goto(f"{server.url}/board?sort=id")
+        ids = [r.replace("row-", "") for r in page.locator("#board tr[id]").evaluate_all("rs => rs.map(r => r.id)")]
+        assert ids == sorted(ids)
+        lead.close()
+
+        phone = chromium.new_context(**PHONE)
+        page = phone.new_page()
+        _sign_in(page, server.url, "/board", "ops", "demo-ops")
+        page.screenshot(path=str(SHOTS / "board-150-phone.png"), full_page=False)
+        # On a phone the page itself does not scroll sideways; the chart and the table scroll in their boxes
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+        phone.close()
+    session.close()
+
