@@ -356,8 +356,13 @@ def template_env(lang: str = "en") -> Environment:
     )
     t = translator(lang)
     env.globals.update(t=t, t_n=plural(t), lang=lang, qr_data_uri=qr_data_uri, languages=languages())
-    env.filters["clock"] = lambda ts: datetime.fromtimestamp(ts).strftime("%a %H:%M") if ts else "–"
-    env.filters["local"] = lambda dt: dt.strftime("%a %d %b %H:%M") if dt else "–"
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+    def day(dt: datetime) -> str:  # the language's day name, never the machine locale's English
+        return t(f"day.{days[dt.weekday()]}")
+
+    env.filters["clock"] = lambda ts: f"{day(datetime.fromtimestamp(ts))} {datetime.fromtimestamp(ts):%H:%M}" if ts else "–"
+    env.filters["local"] = lambda dt: f"{day(dt)} {dt.day}.{dt.month}. {dt:%H:%M}" if dt else "–"
     env.filters["day_names"] = lambda days: ", ".join(t(f"day.{d}") for d in days.split(","))
     return env
 
