@@ -383,3 +383,46 @@ def test_the_default_language_comes_from_the_inventory(field):
     assert '<html lang="da">' in page and "Log ind" in page or "Brugernavn" in page
     english = TestClient(create_app(inventory, ledger_url, session.run_id, lang="en"))
     assert '<html lang="en">' in english.get("/login").text
+
+
+def test_lockout_pauses_the_guesser_not_the_technician_and_a_lead_can_lift_it(field):
+    inventory, ledger_url, session = field
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
+    phone = TestClient(app, raise_server_exceptions=False, client=("10.0.0.7", 5000))
+    signed_in_phone = _token(phone.get("/login").text)
+    r = phone.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": signed_in_phone},
+                   follow_redirects=False)
+    assert r.status_code == 303 and "bb_device" in phone.cookies  # this phone is now known for aha
+    phone.post("/logout", data={"csrf_token": _token(phone.get("/login").text)})
+
+    guesser = TestClient(app, raise_server_exceptions=False, client=("10.0.0.99", 6000))
+    token = _token(guesser.get("/login").text)
+    for _ in range(5):
+        assert guesser.post("/login", data={"username": "aha", "password": "guess", "csrf_token": token}
+                            ).status_code == 401
+    r = guesser.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": token})
+    assert r.status_code == 429 and re.search(r"Try again at \w+ \d\d:\d\d \(in [45] minutes\)", r.text), r.text
+    assert int(r.headers["Retry-After"]) > 200
+
+    # The technician's own phone still signs in with the right password
+    token = _token(phone.get("/login").text)
+    r = phone.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": token},
+                   follow_redirects=False)
+    assert r.status_code == 303
+
+    # A device from the same address as the guesser, never signed in as aha, is paused too; the lead unlocks
+    lead, lead_token = signed_in(app, "ops")
+    board = lead.get("/board").text
+    assert 'id="locks"' in board and "aha" in board and "10.0.0.99" in board
+    key = re.search(r'name="key" value="([^"]+)"', board).group(1)
+    assert key.startswith("aha|")
+    r = lead.post("/board/unlock", data={"csrf_token": lead_token, "key": key}, follow_redirects=False)
+    assert r.status_code == 303
+    assert 'id="locks"' not in lead.get("/board").text
+    token = _token(guesser.get("/login").text)
+    r = guesser.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": token},
+                     follow_redirects=False)
+    assert r.status_code == 303
+    # Only an ops lead may unlock
+    tech, tech_token = signed_in(app, "sni")
+    assert tech.post("/board/unlock", data={"csrf_token": tech_token, "key": key}).status_code == 403

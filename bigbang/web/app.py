@@ -65,7 +65,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 64 * 1024  # a form here is a few hundred bytes; anything larger is refused before parsing
 BOARD_REFRESH = 15
 VERIFY_REFRESH = 5
-LOCK_AFTER, LOCK_WINDOW = 5, 300.0  # failed sign-ins per user name, seconds: then a pause (guessing passwords)
+LOCK_AFTER, LOCK_WINDOW = 5, 300.0  # failed sign-ins per user name and source, seconds: then a pause
+LOCK_USER_ANYWHERE = 50  # failures for one user from all unknown sources in the window: unknown devices pause too
+LOCK_SOURCE = 30  # failures from one address for any users in the window (someone trying many names)
+DEVICE_COOKIE = "bb_device"  # a phone that signed in as a user before: its own failures only count for it
 
 
 class FieldApp:
@@ -92,19 +95,84 @@ class FieldApp:
         self.accounts = accounts_from_inventory(self.inventory)
         self.users_by_id = {a.user.id: a.user for a in self.accounts.values()}
         self.schedule = schedule(self.plan)
-        self._failures: dict[str, list[float]] = {}  # username -> times of recent failed sign-ins
+        self._failures: dict[tuple[str, str], list[float]] = {}  # (user, source) -> times of recent failures
+        self.known_devices: dict[str, str] = {}  # device cookie -> the user who signed in with it
         if run_id is not None and self.ledger.get_run(run_id) is None:
             raise UserError(f"no run {run_id} in the ledger {self.ledger.safe_url}")
 
-    def sign_in_locked(self, username: str) -> bool:
-        recent = [t for t in self._failures.get(username, []) if t > time.monotonic() - LOCK_WINDOW]
-        self._failures[username] = recent
-        return len(recent) >= LOCK_AFTER
+    # ------------------------------------------------------------ sign-in lockout
+    # Failures count per (user, source): a source is a known device (a cookie from an earlier sign-in as
+    # this user) or else the address. Someone typing a technician's id from elsewhere pauses only
+    # themselves; the technician's own phone still signs in. An ops lead can lift a lock from the board.
 
-    def sign_in_failed(self, username: str) -> None:
+    def _recent(self, key: tuple[str, str]) -> list[float]:
+        cut = time.monotonic() - LOCK_WINDOW
+        recent = [t for t in self._failures.get(key, []) if t > cut]
+        if recent:
+            self._failures[key] = recent
+        else:
+            self._failures.pop(key, None)
+        return recent
+
+    def lock_until(self, username: str, address: str, device: str | None) -> float | None:
+        """Seconds (monotonic) until which this sign-in is paused, or None."""
+        known = device is not None and self.known_devices.get(device) == username
+        keys = [(username, "device:" + device)] if known and device else [(username, "addr:" + address),
+                                                                              ("*", "addr:" + address)]
+        limits = {"*": LOCK_SOURCE}
+        until = None
+        for key in keys:
+            recent = self._recent(key)
+            if len(recent) >= limits.get(key[0], LOCK_AFTER):
+                until = max(until or 0.0, recent[-limits.get(key[0], LOCK_AFTER)] + LOCK_WINDOW)
+        if not known:
+            anywhere = [t for k, ts in list(self._failures.items()) if k[0] == username and not
+                        k[1].startswith("device:") for t in ts if t > time.monotonic() - LOCK_WINDOW]
+            if len(anywhere) >= LOCK_USER_ANYWHERE:
+                until = max(until or 0.0, sorted(anywhere)[-LOCK_USER_ANYWHERE] + LOCK_WINDOW)
+        return until
+
+    def sign_in_failed(self, username: str, address: str, device: str | None) -> None:
         if len(self._failures) > 10_000:  # bounded memory under a flood of made-up names
             self._failures.clear()
-        self._failures.setdefault(username, []).append(time.monotonic())
+        known = device is not None and self.known_devices.get(device) == username
+        now = time.monotonic()
+        if known and device:
+            self._failures.setdefault((username, "device:" + device), []).append(now)
+        else:
+            self._failures.setdefault((username, "addr:" + address), []).append(now)
+            self._failures.setdefault(("*", "addr:" + address), []).append(now)
+
+    def signed_in(self, username: str, device: str | None) -> str:
+        """A successful sign-in: this device is now known for `username`; returns its token."""
+        if device is None or self.known_devices.get(device) != username:
+            device = secrets.token_urlsafe(18)
+            if len(self.known_devices) > 50_000:
+                self.known_devices.clear()
+            self.known_devices[device] = username
+        return device
+
+    def locks(self) -> list[dict[str, Any]]:
+        """Current locks for the board: user, source, until (epoch seconds)."""
+        out = []
+        for (user, source), _ in list(self._failures.items()):
+            limit = LOCK_SOURCE if user == "*" else LOCK_AFTER
+            recent = self._recent((user, source))
+            if len(recent) >= limit:
+                until = recent[-limit] + LOCK_WINDOW
+                out.append({"user": user, "source": source.split(":", 1)[1] if source.startswith("addr:")
+                            else "known device", "until": time.time() + (until - time.monotonic()),
+                            "key": f"{user}|{source}"})
+        return sorted(out, key=lambda lock: lock["user"])
+
+    def unlock(self, key: str) -> bool:
+        user, _, source = key.partition("|")
+        found = self._failures.pop((user, source), None) is not None
+        if user != "*":  # the user's failures from everywhere: a lead vouched for them
+            for k in [k for k in self._failures if k[0] == user]:
+                self._failures.pop(k, None)
+                found = True
+        return found
 
     def run_id(self) -> str | None:
         """The run the pages show: the one given, else the newest run of this inventory."""
@@ -162,7 +230,7 @@ def create_app(inventory_path: str | Path, ledger_url: str | None = None, run_id
     app.add_middleware(_CompressPages)
 
     _errors(app)
-    _routes(app, field)
+    _routes(app, field, secure_cookies)
     _include_defects(app)
     return app
 
@@ -218,7 +286,8 @@ def request_lang(request: Request) -> str:
     return lang if lang in languages() else request.app.state.field.lang
 
 
-def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+def page(request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None,
+         **context: Any) -> HTMLResponse:
     """Render templates/<template> with the request's language, user and CSRF token."""
     lang = request_lang(request)
     session = getattr(request.state, "session", None) or {}
@@ -236,7 +305,7 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
             return HTMLResponse("<!doctype html><title>Error</title><p>Error " + str(status) + "</p>",
                                 status_code=status)
         raise
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def wants_json(request: Request) -> bool:
@@ -306,7 +375,7 @@ def _source(request: Request) -> str:
 
 # ---------------------------------------------------------------- routes
 
-def _routes(app: FastAPI, field: FieldApp) -> None:
+def _routes(app: FastAPI, field: FieldApp, secure_cookies: bool = False) -> None:
     technician_or_lead = require_role("technician", "ops_lead", "support")
 
     @app.get("/sw.js", include_in_schema=False)
@@ -336,17 +405,33 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
     def login(request: Request, username: str = Form(..., max_length=64), password: str = Form(..., max_length=256),
               next: str = Form("/", max_length=300)):
         name = username.strip().lower()
-        if field.sign_in_locked(name):
+        address = request.client.host if request.client else "?"
+        device = request.cookies.get(DEVICE_COOKIE)
+        until = field.lock_until(name, address, device)
+        if until is not None:
+            wait = max(1, int(until - time.monotonic() + 59) // 60)
+            log.warning("locked sign-in for %r from %s", username[:64], _source(request))
             return page(request, "web/login.html.j2", status=429, next=_safe_next(next), error="web.locked",
-                        username=username)
+                        username=username, wait_minutes=wait, retry_at=time.time() + (until - time.monotonic()),
+                        headers={"Retry-After": str(int(until - time.monotonic()) + 1)})
         user = authenticate(field.accounts, username, password)
         if user is None:
-            field.sign_in_failed(name)
+            field.sign_in_failed(name, address, device)
             log.warning("failed sign-in for %r from %s", username[:64], _source(request))
             return page(request, "web/login.html.j2", status=401, next=_safe_next(next), error="web.bad_login",
                         username=username)
         start_session(request, user.id)
-        return RedirectResponse(_safe_next(next), status_code=303)
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(DEVICE_COOKIE, field.signed_in(name, device), max_age=365 * 86400, httponly=True,
+                            samesite="lax", secure=secure_cookies, path="/login")
+        return response
+
+    @app.post("/board/unlock", dependencies=[Depends(verify_csrf)])
+    def unlock(request: Request, key: str = Form(..., max_length=300),
+               user: User = Depends(require_role("ops_lead"))):
+        if field.unlock(key):
+            log.warning("sign-in lock %r lifted by %s", key[:100], user.id)
+        return RedirectResponse("/board#locks", status_code=303)
 
     @app.post("/logout", dependencies=[Depends(verify_csrf)])
     def logout(request: Request):
@@ -380,7 +465,7 @@ def _routes(app: FastAPI, field: FieldApp) -> None:
         view = board_view(field, run_id, rows, team=team[:80], region=region[:80], status=status[:40],
                           problems=bool(problems), q=q[:100], sort=sort[:20], desc=bool(desc))
         return page(request, "web/board.html.j2", rows=view.rows, run_id=run_id, refresh=BOARD_REFRESH, v=view,
-                    wide=True)
+                    wide=True, locks=field.locks() if user.role == "ops_lead" else [])
 
     @app.get("/l/{location_id}", response_class=HTMLResponse)
     def location(request: Request, location_id: str, msg: str | None = None,
