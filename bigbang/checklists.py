@@ -120,6 +120,9 @@ class StepView:
     kind: str
     status: str  # planned | running | succeeded | failed | skipped
     message: str = ""
+    start: float | None = None  # seconds on the run's timeline
+    end: float | None = None
+    attempts: int = 0
 
 
 @dataclass
@@ -254,7 +257,9 @@ def build_checklist(inventory: Inventory, plan: Plan, location_id: str, *, ledge
         views = []
         for step in device_plan.steps:
             rec = steps.get(step.id)
-            views.append(StepView(step.kind, rec.status if rec else "planned", rec.message if rec else ""))
+            views.append(StepView(step.kind, rec.status if rec else "planned", rec.message if rec else "",
+                                  rec.clock_start if rec else None, rec.clock_end if rec else None,
+                                  rec.attempts if rec else 0))
         if isinstance(dev, Workstation):
             image = inventory.rollout.images.get(dev.target_image)
             new = f"{dev.target_image} ({image.version})" if image else dev.target_image

@@ -475,7 +475,10 @@ def _routes(app: FastAPI, field: FieldApp, secure_cookies: bool = False) -> None
         checklist = field.checklist(location_id, run_id)
         verifying = checklist.signoff is not None and (checklist.verify is None or not checklist.verify.final)
         open_items, failed_devices = open_work(checklist)
-        return page(request, "web/location.html.j2", c=checklist, run_id=run_id, can_change=user.can_change(team),
+        from bigbang.web.board import Timeline
+
+        line = Timeline.of(field, run_id)
+        return page(request, "web/location.html.j2", at=line.at, c=checklist, run_id=run_id, can_change=user.can_change(team),
                     categories=PROBLEM_CATEGORIES, msg=msg if msg in ("saved", "already", "problem") else None,
                     refresh=VERIFY_REFRESH if verifying else None, max_text=MAX_TEXT, max_value=MAX_VALUE,
                     loc_id=location_id, rendered=time.time(), open_items=open_items, failed_devices=failed_devices)
