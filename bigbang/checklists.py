@@ -172,6 +172,11 @@ class Checklist:
     def items(self) -> list[Item]:
         return [*self.start_items, *(i for d in self.devices for i in d.items), *self.end_items]
 
+    @property
+    def open_work(self) -> tuple[int, int]:
+        """What a sign-off signs: (items not ticked, devices failed)."""
+        return (len(self.items) - self.checked_count, sum(1 for d in self.devices if d.status == DeviceStatus.FAILED))
+
     def item(self, item_id: str) -> Item | None:
         return next((i for i in self.items if i.id == item_id), None)
 

@@ -271,6 +271,8 @@ def test_cli_check_problem_and_signoff_release_the_gate(field, bigbang, bb_env):
     _wait_for(lambda: len([s for s in session.ledger.step_results(session.run_id, scope=LOCATION).values()
                            if s.final]) >= work_steps, 60)
     assert worker.is_alive()
+    r = bigbang("signoff", LOCATION, *run, "--by", "sni")  # open work: a reason is required
+    assert r.returncode == 1 and "items not ticked" in r.stderr and "--note" in r.stderr
     r = bigbang("signoff", LOCATION, *run, "--by", "sni", "--note", "done from the shell")
     assert r.returncode == 0 and "signed off by sni" in r.stdout, r.stderr
     worker.join(timeout=30)

@@ -172,7 +172,13 @@ def signoff(args) -> int:
     if checklist.signoff is None and checklist.status in ("planned", "in_progress") and not args.force:
         raise RunError(f"{args.location}'s work is not finished yet ({checklist.status.replace('_', ' ')})",
                        hint="sign off when it waits for sign-off, or add --force")
-    done = store.sign_off(args.run, args.location, actor, _key(args), args.note)
+    open_items, failed_devices = checklist.open_work
+    if checklist.signoff is None and (open_items or failed_devices) and not (args.note or "").strip():
+        raise UserError(f"{args.location}: {open_items} item{'' if open_items == 1 else 's'} not ticked, "
+                        f"{failed_devices} device{'' if failed_devices == 1 else 's'} failed",
+                        hint="give the reason to sign off anyway with --note \"...\"")
+    done = store.sign_off(args.run, args.location, actor, _key(args), args.note or "",
+                          open_items=open_items, failed_devices=failed_devices)
     Console(highlight=False).print(f"{args.location} signed off by {actor.id}" if done
                                    else f"{args.location} was signed off already")
     return 0

@@ -561,8 +561,7 @@ def _routes(app: FastAPI, field: FieldApp, secure_cookies: bool = False) -> None
 
 def open_work(checklist: Checklist) -> tuple[int, int]:
     """What a sign-off signs: (items not ticked, devices failed)."""
-    return (len(checklist.items) - checklist.checked_count,
-            sum(1 for d in checklist.devices if d.status == DeviceStatus.FAILED))
+    return checklist.open_work
 
 
 def _n(n: int, word: str) -> str:
