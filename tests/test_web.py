@@ -428,3 +428,16 @@ def test_lockout_pauses_the_guesser_not_the_technician_and_a_lead_can_lift_it(fi
     # Only an ops lead may unlock
     tech, tech_token = signed_in(app, "sni")
     assert tech.post("/board/unlock", data={"csrf_token": tech_token, "key": key}).status_code == 403
+
+
+def test_web_times_and_names_are_in_the_page_language():
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from bigbang.web.app import _env
+
+    env = _env("da", "Europe/Copenhagen")
+    assert env.filters["who"]("simulated technician") == "simuleret tekniker"
+    saturday = datetime(2026, 11, 28, 7, 49, tzinfo=ZoneInfo("Europe/Copenhagen")).timestamp()
+    assert env.filters["clock"](saturday) == "lør 07:49"
+    assert _env("sv", "Europe/Stockholm").filters["clock"](saturday) == "lör 07:49"

@@ -273,6 +273,8 @@ def _env(lang: str, zone: str = "UTC"):
         return f"{t('day.' + days[local.weekday()])} {local:%H:%M}"
 
     env.filters["clock"] = clock
+    # who did it: the rehearsal's simulated technician in the page's language
+    env.filters["who"] = lambda name: t("web.simulated_technician") if name == "simulated technician" else name
     env.filters["hhmm"] = lambda ts: datetime.fromtimestamp(ts, tz).strftime("%H:%M") if ts else "–"
     return env
 

@@ -69,6 +69,7 @@
       p.textContent = "⏳ " + label + ": " + entry.fields.text;
       var form2 = byId("problem-form");
       list.insertBefore(p, form2 || null);
+      if (byId("no-problems")) byId("no-problems").hidden = true;
     } else if (entry.kind === "signoff") {
       var f = byId("signoff-form");
       if (f && !byId("pending-signoff")) {
