@@ -42,6 +42,10 @@ def timed(client: TestClient, path: str, n: int = 20) -> tuple[float, int]:
     return statistics.median(times) * 1000, size
 
 
+def token_of(client: TestClient) -> str:
+    return client.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="holstebro", choices=sorted(PRESETS))
@@ -54,7 +58,7 @@ def main() -> None:
             f"rollout:\n  staff:\n    - {{id: bench-ops, name: Bench, role: ops_lead, "
             f"password_hash: '{hash_password('bench-pass')}'}}\n")
         session = RunSession.start(inv, RunOptions(mode="rehearsal"), ledger_url=f"sqlite:///{tmp}/l.db")
-        app = create_app(inv, session.ledger.url, session.run_id)
+        app = create_app(inv, session.ledger.url, session.run_id, lang="en")
         client = TestClient(app)
         token = client.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]
         client.post("/login", data={"username": "bench-ops", "password": "bench-pass", "csrf_token": token})
@@ -65,6 +69,22 @@ def main() -> None:
         ms, size = timed(client, f"/l/{largest.id}")
         print(json.dumps({"bench": "field.location_page", "size": args.size, "devices": len(largest.devices),
                           "median_ms": round(ms, 1), "bytes": size}))
+        # One tap: the small JSON answer field.js gets (the no-JavaScript form gets a redirect and the page)
+        page = client.get(f"/l/{largest.id}").text
+        item = page.split('name="item" value="')[1].split('"')[0]
+        times, sizes = [], []
+        for i in range(20):
+            t0 = time.perf_counter()
+            r = client.post(f"/l/{largest.id}/check", headers={"X-Bigbang-Fetch": "1"},
+                            data={"csrf_token": token_of(client), "request_key": f"benchtap{i:04d}", "item": item,
+                                  "action": "check" if i % 2 == 0 else "uncheck"})
+            times.append((time.perf_counter() - t0) * 1000)
+            assert r.status_code == 200 and r.json()["ok"], r.text
+            sizes.append(len(r.content))
+        times.sort()
+        print(json.dumps({"bench": "field.tap_answer", "size": args.size, "devices": len(largest.devices),
+                          "median_ms": round(times[len(times) // 2], 1), "bytes": max(sizes),
+                          "page_bytes": len(page.encode())}))
         ids = [loc.id for loc in session.inventory.locations[: args.pdfs]]
         t = time.perf_counter()
         files = write_checklists(session.inventory, session.plan, Path(tmp) / "print", lang="da",

@@ -87,6 +87,15 @@ def translator(lang: str = "en") -> Callable[..., str]:
     return t
 
 
+def plural(t: Callable[..., str]) -> Callable[..., str]:
+    """t_n(key, n): `key.one` for n == 1, else `key.other`, with {n} filled in (every language here has two forms)."""
+
+    def t_n(key: str, n: int, **values: Any) -> str:
+        return t(f"{key}.{'one' if n == 1 else 'other'}", n=n, **values)
+
+    return t_n
+
+
 # ---------------------------------------------------------------- the data
 
 @dataclass
@@ -111,6 +120,9 @@ class StepView:
     kind: str
     status: str  # planned | running | succeeded | failed | skipped
     message: str = ""
+    start: float | None = None  # seconds on the run's timeline
+    end: float | None = None
+    attempts: int = 0
 
 
 @dataclass
@@ -160,6 +172,11 @@ class Checklist:
     def items(self) -> list[Item]:
         return [*self.start_items, *(i for d in self.devices for i in d.items), *self.end_items]
 
+    @property
+    def open_work(self) -> tuple[int, int]:
+        """What a sign-off signs: (items not ticked, devices failed)."""
+        return (len(self.items) - self.checked_count, sum(1 for d in self.devices if d.status == DeviceStatus.FAILED))
+
     def item(self, item_id: str) -> Item | None:
         return next((i for i in self.items if i.id == item_id), None)
 
@@ -182,14 +199,35 @@ def item_ids(location: Location) -> list[str]:
     return ids
 
 
+def dispatch_order(plan: Plan) -> list[LocationPlan]:
+    """The locations in the order their teams take them: by team, then planned start (the stored schedule),
+    then place in the team's chain (`after_location`), then id."""
+    by_id = {loc.id: loc for loc in plan.locations}
+    depth: dict[str, int] = {}
+
+    def place(loc: LocationPlan) -> int:
+        seen = 0
+        cur: LocationPlan | None = loc
+        while cur is not None and cur.after_location and seen < len(by_id):
+            cur = by_id.get(cur.after_location)
+            seen += 1
+        return seen
+
+    for loc in plan.locations:
+        depth[loc.id] = place(loc)
+    never = float("inf")
+    return sorted(plan.locations, key=lambda loc: (loc.team, loc.start_offset if loc.start_offset is not None
+                                                   else never, depth[loc.id], loc.chain, loc.id))
+
+
 def schedule(plan: Plan) -> dict[str, tuple[int, LocationPlan]]:
-    """location id -> (1-based place in its team's schedule, its plan)."""
+    """location id -> (1-based place in its team's dispatch order, its plan)."""
     counters: dict[str, int] = {}
     out = {}
-    for loc in plan.locations:
+    for loc in dispatch_order(plan):
         counters[loc.team] = counters.get(loc.team, 0) + 1
         out[loc.id] = (counters[loc.team], loc)
-    return out
+    return {loc.id: out[loc.id] for loc in plan.locations}
 
 
 def build_checklist(inventory: Inventory, plan: Plan, location_id: str, *, ledger: Ledger | None = None,
@@ -224,7 +262,9 @@ def build_checklist(inventory: Inventory, plan: Plan, location_id: str, *, ledge
         views = []
         for step in device_plan.steps:
             rec = steps.get(step.id)
-            views.append(StepView(step.kind, rec.status if rec else "planned", rec.message if rec else ""))
+            views.append(StepView(step.kind, rec.status if rec else "planned", rec.message if rec else "",
+                                  rec.clock_start if rec else None, rec.clock_end if rec else None,
+                                  rec.attempts if rec else 0))
         if isinstance(dev, Workstation):
             image = inventory.rollout.images.get(dev.target_image)
             new = f"{dev.target_image} ({image.version})" if image else dev.target_image
@@ -325,9 +365,14 @@ def template_env(lang: str = "en") -> Environment:
         lstrip_blocks=True,
     )
     t = translator(lang)
-    env.globals.update(t=t, lang=lang, qr_data_uri=qr_data_uri, languages=languages())
-    env.filters["clock"] = lambda ts: datetime.fromtimestamp(ts).strftime("%a %H:%M") if ts else "–"
-    env.filters["local"] = lambda dt: dt.strftime("%a %d %b %H:%M") if dt else "–"
+    env.globals.update(t=t, t_n=plural(t), lang=lang, qr_data_uri=qr_data_uri, languages=languages())
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+    def day(dt: datetime) -> str:  # the language's day name, never the machine locale's English
+        return t(f"day.{days[dt.weekday()]}")
+
+    env.filters["clock"] = lambda ts: f"{day(datetime.fromtimestamp(ts))} {datetime.fromtimestamp(ts):%H:%M}" if ts else "–"
+    env.filters["local"] = lambda dt: f"{day(dt)} {dt.day}.{dt.month}. {dt:%H:%M}" if dt else "–"
     env.filters["day_names"] = lambda days: ", ".join(t(f"day.{d}") for d in days.split(","))
     return env
 

@@ -23,6 +23,9 @@ DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # Prefect's client-side telemetry and its "Prefect collects anonymous usage data" notice, printed on a
+    # terminal by every run: the standard opt-out, so no banner comes between the user and the run.
+    "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
 }

@@ -28,6 +28,19 @@ def display_phase(kind: str) -> str:
     return phase if phase in ("prechecks", "servers") else "locations"
 
 SHOW_LOCATIONS = 8
+SHOW_NOT_SUCCEEDED = 20  # rows of the end-of-run table; the rest are in the report
+
+# What an ops lead sees for a location, in the order the live display lists them
+STATES = ("running", "waiting for sign-off", "waiting for slot", "blocked", "halted", "skipped", "crashed",
+          "done with failures", "done", "not started")
+_FINAL = {"succeeded": "done", "completed_with_failures": "done with failures", "halted": "halted",
+          "blocked": "blocked", "skipped": "skipped", "crashed": "crashed"}
+_STATE_STYLE = {"running": "cyan", "waiting for sign-off": "yellow", "waiting for slot": "dim", "blocked": "red",
+                "halted": "red", "crashed": "red", "done with failures": "yellow", "done": "green"}
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 class Snapshot:
@@ -38,6 +51,10 @@ class Snapshot:
         self.phase_done: Counter[str] = Counter()
         self.loc_total: dict[str, int] = {}
         self.loc_done: Counter[str] = Counter()
+        self.loc_running: Counter[str] = Counter()
+        self.loc_device_done: Counter[str] = Counter()
+        self.loc_devices_total: dict[str, int] = {}
+        self.loc_signoff_done: set[str] = set()
         self.status: Counter[str] = Counter()
         for srv in plan.servers:
             for step in (*srv.prechecks, *srv.steps):
@@ -45,17 +62,42 @@ class Snapshot:
         for loc in plan.locations:
             n = sum(1 for _ in loc.steps())
             self.loc_total[loc.id] = n
+            self.loc_devices_total[loc.id] = sum(len(d.steps) for d in loc.devices)
             self.phase_total["locations"] += n
         for (scope, kind, status), n in progress.items():
             self.status[status] += n
             if status == "running":
+                self.loc_running[scope] += n
                 continue
+            if scope != "servers" and kind.startswith(("ws.", "tc.")):
+                self.loc_device_done[scope] += n
+            if kind == "loc.signoff":
+                self.loc_signoff_done.add(scope)
             phase = display_phase(kind)
             self.phase_done[phase] += n
             if scope != "servers":
                 self.loc_done[scope] += n
         self.locations = locations
         self.total = sum(self.phase_total.values())
+
+    def state(self, location_id: str) -> str:
+        """The location's real state: running, waiting for sign-off, waiting for slot, blocked, halted, done, ..."""
+        row = self.locations.get(location_id)
+        if row is None:
+            return "not started"
+        if row["status"] in _FINAL:
+            return _FINAL[row["status"]]
+        if self.loc_running[location_id]:
+            return "running"
+        devices = self.loc_devices_total.get(location_id, 0)
+        if self.loc_device_done[location_id] >= devices and location_id not in self.loc_signoff_done:
+            return "waiting for sign-off"
+        if self.loc_done[location_id] == 0:
+            return "waiting for slot"
+        return "running"
+
+    def states(self) -> Counter[str]:
+        return Counter(self.state(lid) for lid in self.loc_total)
 
     @property
     def finished(self) -> int:
@@ -99,7 +141,7 @@ class RunMonitor:
             while not self._stop.wait(max(self.interval, 5.0)):
                 line = self._line(self._safe_snapshot())
                 if line != last:
-                    self.console.print(line, highlight=False)
+                    self.console.print(line, highlight=False, markup=False, emoji=False, soft_wrap=True)
                     last = line
 
     def _safe_snapshot(self) -> Snapshot:
@@ -110,40 +152,68 @@ class RunMonitor:
 
     def _line(self, snap: Snapshot) -> str:
         elapsed = time.monotonic() - self._started
+        states = snap.states()
         return (f"[{elapsed:6.0f}s] {snap.finished}/{snap.total} steps · {snap.status['succeeded']} done · "
                 f"{snap.status['failed']} failed · {snap.status['skipped']} skipped · "
-                f"{snap.status['running']} running")
+                f"{snap.status['running']} running · locations: "
+                + ", ".join(f"{states[s]} {s}" for s in STATES if states[s]))
 
     def _render(self, snap: Snapshot) -> Group:
         bars = Progress(TextColumn("{task.description:<28}"), BarColumn(bar_width=36), MofNCompleteColumn(),
                         TextColumn("{task.fields[note]}"), expand=False)
         for phase in ("prechecks", "servers", "locations"):
             bars.add_task(phase, total=snap.phase_total[phase] or 1, completed=snap.phase_done[phase], note="")
-        active = [lid for lid, row in snap.locations.items() if row["status"] == "running"]
+        order = {state: i for i, state in enumerate(STATES)}
+        active = sorted((lid for lid, row in snap.locations.items() if row["status"] == "running"),
+                        key=lambda lid: (order[snap.state(lid)], lid))
         for lid in active[:SHOW_LOCATIONS]:
+            state = snap.state(lid)
             bars.add_task(f"  {lid}", total=snap.loc_total.get(lid, 1), completed=snap.loc_done[lid],
-                          note="running")
+                          note=f"[{_STATE_STYLE.get(state, '')}]{state}[/]" if state in _STATE_STYLE else state)
         if len(active) > SHOW_LOCATIONS:
-            bars.add_task(f"  … {len(active) - SHOW_LOCATIONS} more running", total=1, completed=0, note="")
-        by_status = Counter(row["status"] for row in snap.locations.values() if row["status"] != "running")
+            bars.add_task(f"  … {len(active) - SHOW_LOCATIONS} more", total=1, completed=0, note="")
+        states = snap.states()
         counts = Text.assemble(
             ("done ", "bold"), (f"{snap.status['succeeded']}", "green"), "   ",
             ("failed ", "bold"), (f"{snap.status['failed']}", "red"), "   ",
             ("skipped ", "bold"), (f"{snap.status['skipped']}", "yellow"), "   ",
-            ("remaining ", "bold"), f"{snap.total - snap.finished}", "   ",
+            ("remaining ", "bold"), f"{snap.total - snap.finished}", " steps\n",
             ("locations ", "bold"),
-            ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "none finished",
+            ", ".join(f"{states[s]} {s}" for s in STATES if states[s]) or "none",
         )
         return Group(Text(f"{self.plan.rollout} · {self.plan.mode} · {self.run_id}", style="bold"), bars, counts)
 
 
-def summary_table(report: dict[str, Any]) -> Table:
-    table = Table(title="Locations", show_lines=False)
-    for col in ("location", "name", "status", "devices", "failed", "skipped", "note"):
-        table.add_column(col, justify="right" if col in ("devices", "failed", "skipped") else "left")
+def summary_table(report: dict[str, Any]) -> Group:
+    """The end of a run: only the locations that did not succeed (at most SHOW_NOT_SUCCEEDED rows; the rest
+    are in the report), then the totals per status. An all-green run of 150 locations is a few lines."""
+    locations = report["locations"]
     style = {"succeeded": "green", "completed_with_failures": "yellow", "halted": "red", "blocked": "red",
-             "skipped": "dim", "pending": "dim"}
-    for loc in report["locations"]:
-        table.add_row(loc["id"], loc["name"], Text(loc["status"], style=style.get(loc["status"], "")),
-                      str(loc["devices"]), str(loc["failed"]), str(loc["skipped"]), loc["reason"])
-    return table
+             "skipped": "dim", "pending": "dim", "running": "cyan", "crashed": "red"}
+    order = {"halted": 0, "blocked": 1, "crashed": 2, "completed_with_failures": 3, "running": 4, "skipped": 5,
+             "pending": 6}
+    bad = sorted((loc for loc in locations if loc["status"] != "succeeded"),
+                 key=lambda loc: (order.get(loc["status"], 9), loc["id"]))
+    parts: list[Any] = []
+    if bad:
+        table = Table(title=f"{plural(len(bad), 'location')} of {len(locations)} did not succeed",
+                      title_justify="left", show_lines=False)
+        for col in ("location", "name", "status", "devices", "failed", "skipped", "note"):
+            table.add_column(col, justify="right" if col in ("devices", "failed", "skipped") else "left",
+                             overflow="fold")
+        for loc in bad[:SHOW_NOT_SUCCEEDED]:
+            table.add_row(Text(loc["id"]), Text(loc["name"]), Text(loc["status"], style=style.get(loc["status"], "")),
+                          str(loc["devices"]), str(loc["failed"]), str(loc["skipped"]), Text(loc["reason"] or ""))
+        if len(bad) > SHOW_NOT_SUCCEEDED:
+            table.add_row(Text(f"… {len(bad) - SHOW_NOT_SUCCEEDED} more"), "", "", "", "", "",
+                          Text("see the report"))
+        parts.append(table)
+    by_status = Counter(loc["status"] for loc in locations)
+    totals = Text.assemble(("Locations: ", "bold"), ", ".join(
+        f"{n} {status.replace('_', ' ')}" for status, n in sorted(by_status.items(), key=lambda kv: -kv[1]))
+        if locations else "none")
+    if not bad and locations:
+        totals = Text.assemble(("All ", "bold"), (plural(len(locations), "location"), "bold green"),
+                               " succeeded.")
+    parts.append(totals)
+    return Group(*parts)

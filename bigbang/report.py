@@ -152,6 +152,9 @@ def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
         "failed_devices": failed_devices,
         "timeline": step_rows,
         "retry_command": retry_command,
+        # sign-offs of locations with items not ticked or devices failed: who, and the reason they gave
+        "signoff_exceptions": [{"location": p["location_id"], "by": p["reported_by"], "text": p["text"]}
+                               for p in ledger.problems(run_id) if p.get("source") == "signoff"],
         "schedule": _planned_vs_actual(ledger, run_id),
         "events": [{"at": e["at"], "kind": e["kind"], "message": e["message"]} for e in ledger.events(run_id)],
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),

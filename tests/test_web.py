@@ -67,7 +67,7 @@ def test_password_hashes_verify_and_reject():
 
 def test_sign_in_is_required_and_a_wrong_password_is_refused(field):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
     client = TestClient(app, raise_server_exceptions=False)
     r = client.get(f"/l/{LOCATION}", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith(f"/login?next=/l/{LOCATION}")
@@ -89,7 +89,7 @@ def test_sign_in_is_required_and_a_wrong_password_is_refused(field):
 
 def test_every_form_needs_the_sessions_csrf_token(field):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
     client, token = signed_in(app, "aha")
     form = {"item": "location.arrive", "action": "check", "request_key": "key-csrf-0001"}
     for bad in ({}, {"csrf_token": "forged"}):
@@ -108,7 +108,7 @@ def test_every_form_needs_the_sessions_csrf_token(field):
 
 def test_bad_input_gets_a_clear_4xx_page_never_a_traceback(field):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
     client, token = signed_in(app, "aha")
     base = {"csrf_token": token, "request_key": "key-bad-00001"}
     cases = [
@@ -139,7 +139,7 @@ def test_bad_input_gets_a_clear_4xx_page_never_a_traceback(field):
 
 def test_a_retried_request_counts_once_and_every_change_is_audited(field):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
     client, token = signed_in(app, "sni")
     page = client.get(f"/l/{LOCATION}").text
     key = _key(page)
@@ -164,7 +164,7 @@ def test_a_retried_request_counts_once_and_every_change_is_audited(field):
 
 def test_technicians_see_and_change_only_their_teams_locations(field):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
     client, token = signed_in(app, "mkr")  # team-nord
     home = client.get("/").text
     assert OTHER_TEAMS_LOCATION in home and LOCATION not in home and "Lystoftevej" not in home
@@ -184,7 +184,7 @@ def test_technicians_see_and_change_only_their_teams_locations(field):
 
 def test_support_reads_everything_changes_nothing_and_other_routers_get_the_same_auth(field):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
     router = APIRouter()
 
     @router.get("/support-only")
@@ -212,7 +212,7 @@ def test_support_reads_everything_changes_nothing_and_other_routers_get_the_same
 
 def test_sessions_expire(field):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id, session_hours=1 / 3600)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en", session_hours=1 / 3600)
     client, _ = signed_in(app, "aha")
     assert client.get("/", follow_redirects=False).status_code == 200
     time.sleep(2.2)
@@ -223,7 +223,7 @@ def test_sessions_expire(field):
 
 def test_sign_off_is_refused_before_the_locations_work_is_done(field):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
     client, token = signed_in(app, "aha")
     page = client.get(f"/l/{LOCATION}").text
     assert 'id="signoff-form"' not in page
@@ -272,6 +272,8 @@ def test_cli_check_problem_and_signoff_release_the_gate(field, bigbang, bb_env):
     _wait_for(lambda: len([s for s in session.ledger.step_results(session.run_id, scope=LOCATION).values()
                            if s.final]) >= work_steps, 60)
     assert worker.is_alive()
+    r = bigbang("signoff", LOCATION, *run, "--by", "sni")  # open work: a reason is required
+    assert r.returncode == 1 and "items not ticked" in r.stderr and "--note" in r.stderr
     r = bigbang("signoff", LOCATION, *run, "--by", "sni", "--note", "done from the shell")
     assert r.returncode == 0 and "signed off by sni" in r.stdout, r.stderr
     worker.join(timeout=30)
@@ -362,7 +364,7 @@ def test_field_store_on_postgresql_is_idempotent_under_concurrent_retries(postgr
 
 def test_an_unexpected_error_is_a_plain_500_page_with_a_reference(field, caplog):
     inventory, ledger_url, session = field
-    app = create_app(inventory, ledger_url, session.run_id)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
     client, _ = signed_in(app, "aha")
 
     def broken(*args, **kwargs):
@@ -375,3 +377,68 @@ def test_an_unexpected_error_is_a_plain_500_page_with_a_reference(field, caplog)
     assert "hunter2" not in r.text and "RuntimeError" not in r.text
     _no_leak(r.text)
     assert any(ref in rec.getMessage() for rec in caplog.records)  # the log has it, for the operator
+
+
+def test_the_default_language_comes_from_the_inventory(field):
+    inventory, ledger_url, session = field  # the demo's window is in Europe/Copenhagen
+    client = TestClient(create_app(inventory, ledger_url, session.run_id), raise_server_exceptions=False)
+    page = client.get("/login").text
+    assert '<html lang="da">' in page and "Log ind" in page or "Brugernavn" in page
+    english = TestClient(create_app(inventory, ledger_url, session.run_id, lang="en"))
+    assert '<html lang="en">' in english.get("/login").text
+
+
+def test_lockout_pauses_the_guesser_not_the_technician_and_a_lead_can_lift_it(field):
+    inventory, ledger_url, session = field
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
+    phone = TestClient(app, raise_server_exceptions=False, client=("10.0.0.7", 5000))
+    signed_in_phone = _token(phone.get("/login").text)
+    r = phone.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": signed_in_phone},
+                   follow_redirects=False)
+    assert r.status_code == 303 and "bb_device" in phone.cookies  # this phone is now known for aha
+    phone.post("/logout", data={"csrf_token": _token(phone.get("/login").text)})
+
+    guesser = TestClient(app, raise_server_exceptions=False, client=("10.0.0.99", 6000))
+    token = _token(guesser.get("/login").text)
+    for _ in range(5):
+        assert guesser.post("/login", data={"username": "aha", "password": "guess", "csrf_token": token}
+                            ).status_code == 401
+    r = guesser.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": token})
+    assert r.status_code == 429 and re.search(r"Try again at \w+ \d\d:\d\d \(in [45] minutes\)", r.text), r.text
+    assert int(r.headers["Retry-After"]) > 200
+
+    # The technician's own phone still signs in with the right password
+    token = _token(phone.get("/login").text)
+    r = phone.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": token},
+                   follow_redirects=False)
+    assert r.status_code == 303
+
+    # A device from the same address as the guesser, never signed in as aha, is paused too; the lead unlocks
+    lead, lead_token = signed_in(app, "ops")
+    board = lead.get("/board").text
+    assert 'id="locks"' in board and "aha" in board and "10.0.0.99" in board
+    key = re.search(r'name="key" value="([^"]+)"', board).group(1)
+    assert key.startswith("aha|")
+    r = lead.post("/board/unlock", data={"csrf_token": lead_token, "key": key}, follow_redirects=False)
+    assert r.status_code == 303
+    assert 'id="locks"' not in lead.get("/board").text
+    token = _token(guesser.get("/login").text)
+    r = guesser.post("/login", data={"username": "aha", "password": "demo-aha", "csrf_token": token},
+                     follow_redirects=False)
+    assert r.status_code == 303
+    # Only an ops lead may unlock
+    tech, tech_token = signed_in(app, "sni")
+    assert tech.post("/board/unlock", data={"csrf_token": tech_token, "key": key}).status_code == 403
+
+
+def test_web_times_and_names_are_in_the_page_language():
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from bigbang.web.app import _env
+
+    env = _env("da", "Europe/Copenhagen")
+    assert env.filters["who"]("simulated technician") == "simuleret tekniker"
+    saturday = datetime(2026, 11, 28, 7, 49, tzinfo=ZoneInfo("Europe/Copenhagen")).timestamp()
+    assert env.filters["clock"](saturday) == "lør 07:49"
+    assert _env("sv", "Europe/Stockholm").filters["clock"](saturday) == "lör 07:49"

@@ -1,5 +1,9 @@
 """The field app end to end in a real browser (Debian's Chromium via Playwright), on phone-sized pages.
 
+Also offline: ticks and a problem made without a network are queued on the phone, shown as
+"not sent yet (N)" and sent once (each) when the connection returns; and a sign-off with open work
+needs a reason, which reaches the audit trail and the defect queue.
+
 A rehearsal of the demo waits at HST-014's sign-off gate in a background thread; a technician
 signs in, checks items off, notes a problem and signs off in Chromium, and the waiting location
 resumes, runs its verification and shows the result on the page.
@@ -7,15 +11,17 @@ resumes, runs its verification and shows the result on the page.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from pathlib import Path
 
 from bigbang.checklists import item_ids
-from bigbang.store.field import FieldStore
 from bigbang.session import RunOptions, RunSession
+from bigbang.store.field import FieldStore
 from bigbang.web.app import create_app
-from tests.peers.browser import OUTPUT, PHONE, AppServer, chromium, gated_inventory  # noqa: F401
 from tests.helpers import servers_ready
+from tests.peers.browser import OUTPUT, PHONE, AppServer, chromium, gated_inventory  # noqa: F401
 
 LOCATION = "HST-014"  # team-syd: aha, sni; team-nord's mkr may not see it
 
@@ -146,7 +152,8 @@ def test_technician_signs_off_and_the_gated_location_resumes(tmp_path, chromium)
         assert page.locator('meta[http-equiv="refresh"]').count() == 1
         row = page.inner_text(f"#row-{LOCATION}")
         assert "aha" in row  # who signed off
-        assert page.inner_text(f"#row-{LOCATION} .problems") == "1"
+        # the problem noted, and the sign-off with open work (its reason goes to the defect queue)
+        assert page.inner_text(f"#row-{LOCATION} .problems") == "2"
         items = len(item_ids(session.inventory.location_by_id[LOCATION]))
         assert page.inner_text(f"#row-{LOCATION} .checked") == f"3/{items}"
         assert page.locator("#board tr").count() == 1 + 3
@@ -155,3 +162,215 @@ def test_technician_signs_off_and_the_gated_location_resumes(tmp_path, chromium)
         page.screenshot(path=str(shots / "board-desktop.png"), full_page=True)
         lead.close()
     session.close()
+
+
+# ---------------------------------------------------------------- offline, and a sign-off that says what it signs
+
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+
+
+def test_offline_ticks_and_problem_are_queued_and_sent_once(tmp_path, chromium):  # noqa: F811
+    SHOTS.mkdir(exist_ok=True)
+    inventory = gated_inventory(tmp_path / "inventory")
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = RunSession.start(inventory, RunOptions(mode="rehearsal", zero_duration=True, failure_rate=0.0),
+                               ledger_url=ledger_url)
+    store = FieldStore(session.ledger)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
+    with AppServer(app) as server:
+        context = chromium.new_context(**PHONE)
+        page = context.new_page()
+        _sign_in(page, server.url, f"/l/{LOCATION}", "aha", "demo-aha")
+        assert page.url.endswith(f"/l/{LOCATION}")
+        # The service worker takes the page into the phone's cache
+        page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.ready.then(() => true)")
+        page.wait_for_function(f"caches.open('bigbang-pages-v1').then(c => c.match(location.origin + "
+                               f"'/l/{LOCATION}')).then(r => !!r)")
+
+        # Online, a tap changes one item without reloading the page
+        page.evaluate("window.__marker = 1")
+        page.click('[id="location.arrive"] button')
+        page.wait_for_selector('[id="location.arrive"] .done')
+        assert page.evaluate("window.__marker") == 1, "the page reloaded"
+        assert ("location.arrive" in {k[1] for k, c in store.checks(session.run_id, LOCATION).items() if c.checked})
+
+        context.set_offline(True)
+        page.click('[id="lys-tc-201.cabled"] button')
+        page.fill('[id="lys-ws-101.serial"] input[name=value]', "PF4B1401")
+        page.click('[id="lys-ws-101.serial"] button')
+        page.click('[id="lys-ws-102.cabled"] button')
+        page.select_option("#device", "lys-tc-203")
+        page.select_option("#category", "hardware")
+        page.fill("#text", "Screen flickers after the reboot")
+        page.click("#problem-form button")
+        assert page.inner_text("#queue") == "Not sent yet (4)"
+        assert page.locator(".queued").count() == 4
+        assert page.evaluate("window.__marker") == 1
+        # A reload without a network comes from the phone's cache and still shows what is queued
+        page.reload()
+        page.wait_for_selector("#queue:not([hidden])")
+        assert page.inner_text("#queue") == "Not sent yet (4)"
+        assert "Plejecenter Lystoftevej" in page.content()
+        page.screenshot(path=str(SHOTS / "offline-queued.png"), full_page=False)
+        time.sleep(1.0)
+        checked = {k[1] for k, c in store.checks(session.run_id, LOCATION).items() if c.checked}
+        assert checked == {"location.arrive"}, "nothing can arrive while offline"
+        assert session.ledger.problems(session.run_id, LOCATION) == []
+
+        context.set_offline(False)
+        page.wait_for_selector("#queue[hidden]", state="attached", timeout=20000)
+        page.wait_for_selector('[id="lys-ws-101.serial"] .done')
+        page.screenshot(path=str(SHOTS / "offline-sent.png"), full_page=False)
+        checks = store.checks(session.run_id, LOCATION)
+        ticked = {k[1] for k, c in checks.items() if c.checked}
+        assert ticked == {"location.arrive", "lys-tc-201.cabled", "lys-ws-101.serial", "lys-ws-102.cabled"}
+        assert checks[(LOCATION, "lys-ws-101.serial")].value == "PF4B1401"
+        problems = session.ledger.problems(session.run_id, LOCATION)
+        assert [(p["device"], p["category"], p["text"]) for p in problems] == [
+            ("lys-tc-203", "hardware", "Screen flickers after the reboot")]
+        audit = store.audit(session.run_id, LOCATION)
+        assert sorted(a["action"] for a in audit) == ["check"] * 4 + ["problem"]
+
+        # Sending again (a flaky link resends) changes nothing: the server knows the request keys
+        page.evaluate(f"fetch('/l/{LOCATION}', {{cache: 'no-store'}})")
+        page.reload()
+        page.wait_for_load_state()
+        time.sleep(0.5)
+        assert len(store.audit(session.run_id, LOCATION)) == 5
+        assert len(session.ledger.problems(session.run_id, LOCATION)) == 1
+        assert page.locator(".problem").count() == 1
+        context.close()
+    session.close()
+
+
+def test_signoff_with_open_items_requires_a_reason_that_reaches_the_audit_trail(tmp_path, chromium):  # noqa: F811
+    SHOTS.mkdir(exist_ok=True)
+    inventory = gated_inventory(tmp_path / "inventory")
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = RunSession.start(inventory, RunOptions(mode="rehearsal", zero_duration=True, failure_rate=0.0),
+                               ledger_url=ledger_url)
+    runner = servers_ready(session)
+    worker = threading.Thread(target=lambda: runner.run_location(LOCATION), daemon=True)
+    worker.start()
+    ledger = session.ledger
+    work = [s.id for s in session.plan.location(LOCATION).steps() if s.kind not in ("loc.signoff", "loc.verify")]
+    _wait(lambda: all((r := ledger.step_results(session.run_id, step_ids=work).get(s)) and r.final for s in work),
+          60, "the location's device work")
+    store = FieldStore(ledger)
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
+    with AppServer(app) as server:
+        context = chromium.new_context(**PHONE)
+        page = context.new_page()
+        _sign_in(page, server.url, f"/l/{LOCATION}", "aha", "demo-aha")
+        page.click('[id="location.arrive"] button')
+        page.wait_for_selector('[id="location.arrive"] .done')
+        page.reload()
+        summary = page.inner_text("#signoff-summary")
+        total = len(session.plan.location(LOCATION).devices)
+        assert total > 1
+        items = sum(1 for _ in store.checks(session.run_id, LOCATION))
+        assert items == 1
+        assert "items not ticked, 0 devices failed" in summary, summary
+        # The reason is required: the browser refuses the empty form, and so does the server
+        assert page.get_attribute("#note", "required") is not None
+        page.click("#signoff-form button")
+        assert page.evaluate("document.querySelector('#note').validity.valueMissing")
+        assert ledger.signoff(session.run_id, LOCATION) is None
+        token = page.get_attribute("#signoff-form input[name=csrf_token]", "value")
+        response = page.request.post(f"{server.url}/l/{LOCATION}/signoff",
+                                     form={"csrf_token": token, "request_key": "emptyreason1", "note": ""})
+        assert response.status == 422
+        assert ledger.signoff(session.run_id, LOCATION) is None
+        page.screenshot(path=str(SHOTS / "signoff-open-work.png"), full_page=False)
+
+        page.fill("#note", "Room 2 locked; caretaker has the key on Monday")
+        page.click("#signoff-form button")
+        page.wait_for_selector("#signed-off")
+        signoff = ledger.signoff(session.run_id, LOCATION)
+        assert signoff["note"] == "Room 2 locked; caretaker has the key on Monday"
+        audit = [a for a in store.audit(session.run_id, LOCATION) if a["action"] == "signoff"]
+        assert len(audit) == 1
+        assert audit[0]["detail"]["reason"] == "Room 2 locked; caretaker has the key on Monday"
+        assert audit[0]["detail"]["open_items"] == int(summary.split()[0])
+        assert audit[0]["detail"]["failed_devices"] == 0
+        queue = [p for p in ledger.problems(session.run_id, LOCATION) if p["source"] == "signoff"]
+        assert len(queue) == 1 and "Room 2 locked" in queue[0]["text"]
+        context.close()
+    worker.join(timeout=60)
+    session.close()
+
+
+# ---------------------------------------------------------------- the ops board at 150 locations
+
+def test_board_at_150_locations_desktop_and_phone(tmp_path, chromium):  # noqa: F811
+    """Holstebro (150 locations) with its schedule, part-way through a rehearsal: totals, filters, sorting,
+    the plan-vs-actual timeline; screenshots under tests/screenshots/ for people to look at."""
+    from bigbang.cli import main
+    from bigbang.store.field import Actor
+
+    SHOTS.mkdir(exist_ok=True)
+    inventory = tmp_path / "holstebro"
+    assert main(["inventory", "generate", "--preset", "holstebro", "--out", str(inventory)]) == 0
+    (inventory / "zz-staff.yaml").write_text(  # the demo's ops lead (password demo-ops)
+        "rollout:\n  staff:\n    - id: ops\n      name: Lone Ops-Lead\n      role: ops_lead\n      password_hash: "
+        "scrypt$16384$8$1$3RUv2aIQSn0dQuh56zdX8Q$Nq2Xcj88CZpMf2BGPZ9NuJ5rrvnPjHodizPqhzHQA64\n")
+    assert main(["schedule", str(inventory), "--time-limit", "3", "--out", str(tmp_path / "charts")]) == 0
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = RunSession.start(inventory, RunOptions(mode="rehearsal", failure_rate=0.02, seed=3),
+                               ledger_url=ledger_url)
+    assert session.ledger.run_schedule(session.run_id) is not None, "the run follows the stored schedule"
+    runner = servers_ready(session)
+    done = [loc.id for loc in session.plan.locations[::3]]  # a third of the weekend has happened
+    for lid in done:
+        runner.run_location(lid)
+    session.ledger.flush()
+    FieldStore(session.ledger).add_problem(session.run_id, done[0], "network", "Switch in room 3 dead",
+                                           Actor("ops", "ops_lead", "test"), "boardproblem1")
+    app = create_app(inventory, ledger_url, session.run_id, lang="en")
+    with AppServer(app) as server:
+        lead = chromium.new_context(viewport={"width": 1920, "height": 1080})
+        page = lead.new_page()
+        _sign_in(page, server.url, "/board", "ops", "demo-ops")
+        assert page.url.endswith("/board")
+        assert page.locator("#board tr").count() == 1 + 150
+        totals = page.inner_text("#totals")
+        assert "150" in totals
+        assert sum(int(n) for n in page.locator("#totals a[id^=total-] b").all_inner_texts()) == 150
+        # The timeline: one row per crew, planned and actual bars, a now-line
+        assert page.locator("#timeline rect.plan").count() == 150
+        assert page.locator("#timeline rect.ok, #timeline rect.slip, #timeline rect.bad").count() == len(done)
+        assert page.locator("#now-line").count() == 1
+        # Full width: the table is not squeezed into a column
+        assert page.evaluate("document.querySelector('main').getBoundingClientRect().width") > 1800
+        # Planned times are local times on the simulated weekend, not "Tue 07:49–Tue 07:49"
+        planned = page.inner_text(f"#row-{done[0]} .planned")
+        assert re.fullmatch(r"(Fri|Sat|Sun|Mon) \d\d:\d\d–\d\d:\d\d", planned), planned
+        page.screenshot(path=str(SHOTS / "board-150-desktop.png"), full_page=False)
+        page.screenshot(path=str(SHOTS / "board-150-desktop-full.png"), full_page=True)
+
+        # Filters: problems only; a team; search; sort by a column
+        page.check("#f-problems")
+        page.click("#filters button")
+        assert f"row-{done[0]}" in page.inner_html("#board")
+        assert page.locator("#board tr").count() - 1 < 150
+        page.goto(f"{server.url}/board?team=team-03")
+        teams = page.locator("#board tr td:nth-child(9)").all_inner_texts()
+        assert teams and set(teams) == {"team-03"}
+        page.goto(f"{server.url}/board?q={done[1]}")
+        assert page.locator("#board tr").count() == 2
+        page.goto(f"{server.url}/board?sort=problems&desc=1")
+        assert page.locator("#board tr").nth(1).get_attribute("id") == f"row-{done[0]}"
+        page.goto(f"{server.url}/board?sort=id")
+        ids = [r.replace("row-", "") for r in page.locator("#board tr[id]").evaluate_all("rs => rs.map(r => r.id)")]
+        assert ids == sorted(ids)
+        lead.close()
+
+        phone = chromium.new_context(**PHONE)
+        page = phone.new_page()
+        _sign_in(page, server.url, "/board", "ops", "demo-ops")
+        page.screenshot(path=str(SHOTS / "board-150-phone.png"), full_page=False)
+        # On a phone the page itself does not scroll sideways; the chart and the table scroll in their boxes
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+        phone.close()
+    session.close()
+

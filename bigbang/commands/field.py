@@ -99,6 +99,9 @@ def checklists(args) -> int:
         raise ConfigError(f"no translation '{args.lang}'", hint="available: " + ", ".join(languages()))
     ledger = Ledger(args.ledger) if args.run else None
     if ledger is not None:  # a run's checklists follow its frozen plan
+        from bigbang.run_ids import resolve_run_id
+
+        args.run = resolve_run_id(ledger, args.run)
         run = frozen_run(ledger, args.run)
         inventory, plan = run.inventory, run.plan
     else:
@@ -147,12 +150,14 @@ def serve(args) -> int:
 
 def _context(args):
     """(inventory, plan, ledger, store, actor) for a run, checking the location and the person."""
+    from bigbang.run_ids import resolve_run_id
     from bigbang.session import frozen_run
     from bigbang.store.field import Actor, FieldStore
     from bigbang.store.ledger import Ledger
     from bigbang.web.auth import accounts_from_inventory
 
     ledger = Ledger(args.ledger)
+    args.run = resolve_run_id(ledger, args.run)
     run = frozen_run(ledger, args.run)  # the run's own plan and inventory, whatever the YAML says now
     inventory = run.inventory
     if args.location not in inventory.location_by_id:
@@ -222,7 +227,13 @@ def signoff(args) -> int:
     if checklist.signoff is None and checklist.status in ("planned", "in_progress") and not args.force:
         raise RunError(f"{args.location}'s work is not finished yet ({checklist.status.replace('_', ' ')})",
                        hint="sign off when it waits for sign-off, or add --force")
-    done = store.sign_off(args.run, args.location, actor, _key(args), args.note)
+    open_items, failed_devices = checklist.open_work
+    if checklist.signoff is None and (open_items or failed_devices) and not (args.note or "").strip():
+        raise UserError(f"{args.location}: {open_items} item{'' if open_items == 1 else 's'} not ticked, "
+                        f"{failed_devices} device{'' if failed_devices == 1 else 's'} failed",
+                        hint="give the reason to sign off anyway with --note \"...\"")
+    done = store.sign_off(args.run, args.location, actor, _key(args), args.note or "",
+                          open_items=open_items, failed_devices=failed_devices)
     Console(highlight=False).print(f"{args.location} signed off by {actor.id}" if done
                                    else f"{args.location} was signed off already")
     return 0

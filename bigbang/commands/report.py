@@ -10,7 +10,7 @@ from bigbang.store.ledger import Ledger
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="render a run's report again (HTML and Markdown)")
-    p.add_argument("run_id")
+    p.add_argument("run_id", help="a run id, its start, or `latest`")
     p.add_argument("--ledger", metavar="URL")
     p.add_argument("--out", metavar="DIR", help="reports directory (default: reports/)")
     p.add_argument("--json", action="store_true",
@@ -25,6 +25,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from bigbang.run_ids import resolve_run_id
+
+    args.run_id = resolve_run_id(Ledger(args.ledger), args.run_id)
     if args.json:
         import json
         import sys
@@ -53,11 +56,24 @@ def list_runs(args) -> int:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
         return 0
 
-    table = Table()
-    for col in ("run", "rollout", "mode", "status", "started", "halted"):
-        table.add_column(col)
-    for r in Ledger(args.ledger).list_runs(args.limit):
-        table.add_row(r["run_id"], r["rollout"], r["mode"], r["status"], format_time(r["created_at"]),
-                      r["halted_reason"] or "")
-    Console().print(table)
+    from rich.text import Text
+
+    from bigbang.cli import console
+
+    out = console()
+    rows = Ledger(args.ledger).list_runs(args.limit)
+    if not rows:
+        out.print("No runs in this ledger yet.")
+        return 0
+    table = Table(title=f"{len(rows)} newest run{'' if len(rows) == 1 else 's'}, newest first (`latest` is the first)",
+                  title_justify="left")
+    table.add_column("run", no_wrap=True, overflow="ignore")  # a run id is never cut: it is typed back in
+    for col in ("rollout", "mode", "status", "started", "halted"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(Text(r["run_id"]), Text(r["rollout"]), r["mode"], r["status"], format_time(r["created_at"]),
+                      Text(r["halted_reason"] or ""))
+    if not out.is_terminal:
+        out.width = 1000
+    out.print(table)
     return 0

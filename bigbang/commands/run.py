@@ -25,7 +25,7 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run the weekend flow (a rehearsal unless --mode live)")
     p.add_argument("path", nargs="?", help="inventory file or directory (optional with --resume)")
     p.add_argument("--mode", choices=MODES, default=Mode.REHEARSAL)
-    p.add_argument("--resume", metavar="RUN_ID", help="continue a run after a crash or Ctrl-C; finished steps are kept")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a run after a crash or Ctrl-C (a run id or `latest`); finished steps are kept")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: run failed steps again")
     p.add_argument("--accept-inventory-changes", action="store_true",
                    help="with --resume: the inventory was edited on purpose; record its plan as the run's next version")
@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         if changed:
             raise RunError(f"{', '.join(changed)} cannot change on --resume: the run keeps its options",
                            hint="only --compression and --retry-failed apply to a resumed run")
+        from bigbang.run_ids import resolve_run_id
+        from bigbang.store.ledger import Ledger as _Ledger
+
+        args.resume = resolve_run_id(_Ledger(args.ledger), args.resume)  # also `latest`
         session = RunSession.resume(args.resume, inventory_path=args.path, ledger_url=args.ledger,
                                     retry_failed=args.retry_failed, compression=args.compression,
                                     accept_inventory_changes=args.accept_inventory_changes)

@@ -13,13 +13,16 @@ from bigbang.store.ledger import Ledger
 
 def register(sub) -> None:
     p = sub.add_parser("watch", help="follow a run from another terminal or machine (reads the ledger)")
-    p.add_argument("run_id")
+    p.add_argument("run_id", help="a run id, its start, or `latest`")
     p.add_argument("--ledger", metavar="URL")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bigbang.run_ids import resolve_run_id
+
     ledger = Ledger(args.ledger)
+    args.run_id = resolve_run_id(ledger, args.run_id)
     plan = frozen_run(ledger, args.run_id).plan  # the run's own plan, whatever the YAML says now
     console = Console(stderr=True)
     monitor = RunMonitor(ledger, args.run_id, plan, console).start()

@@ -192,13 +192,26 @@ class FieldStore:
                          {"category": category, "text": text})
         return added
 
-    def sign_off(self, run_id: str, location_id: str, actor: Actor, request_key: str, note: str = "") -> bool:
-        """Sign the location off, which releases its gate; False if it was signed off already."""
+    def sign_off(self, run_id: str, location_id: str, actor: Actor, request_key: str, note: str = "",
+                 open_items: int = 0, failed_devices: int = 0) -> bool:
+        """Sign the location off, which releases its gate; False if it was signed off already.
+
+        A sign-off with open work (items not ticked, devices failed) records what it signed and why in the
+        audit trail and, as a problem, in the defect queue: the reason must not be lost in a note.
+        """
         note = _clean(note, "note", MAX_TEXT)
         _check_key(request_key)
         done = self.ledger.sign_off(run_id, location_id, actor.id, note)
+        detail: dict[str, Any] = {"note": note}
+        if open_items or failed_devices:
+            detail.update(open_items=open_items, failed_devices=failed_devices, reason=note)
         self._audit_once(request_key, actor, "signoff" if done else "signoff.repeated", run_id, location_id,
-                         location_id, {"note": note})
+                         location_id, detail)
+        if done and (open_items or failed_devices):
+            text = (f"Signed off with {open_items} item{'' if open_items == 1 else 's'} not ticked and "
+                    f"{failed_devices} device{'' if failed_devices == 1 else 's'} failed. Reason: {note}")
+            self.ledger.add_problem(_derived_key(request_key, "signoff"), run_id, location_id, "other",
+                                    text[:MAX_TEXT], actor.id, source="signoff")
         return done
 
     def _audit_once(self, request_key: str, actor: Actor, action: str, run_id: str, location_id: str,
@@ -225,6 +238,13 @@ class FieldStore:
         conn.execute(field_audit.update().where(field_audit.c.id == row_id).values(
             prev_hash=prev, hash=row_hash({**values, "id": row_id}, prev)))
         return True
+
+
+def _derived_key(request_key: str, what: str) -> str:
+    """A second record's key made from a request's key: the same request always gives the same key."""
+    import hashlib
+
+    return what + "-" + hashlib.sha256(request_key.encode()).hexdigest()[:40]
 
 
 def _check_key(request_key: str) -> None:
