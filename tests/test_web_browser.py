@@ -313,7 +313,7 @@ def test_board_at_150_locations_desktop_and_phone(tmp_path, chromium):  # noqa: 
     assert main(["inventory", "generate", "--preset", "holstebro", "--out", str(inventory)]) == 0
     (inventory / "zz-staff.yaml").write_text(  # the demo's ops lead (password demo-ops)
         "rollout:\n  staff:\n    - id: ops\n      name: Lone Ops-Lead\n      role: ops_lead\n      password_hash: "
-        "scrypt$16384$8$1$3RUv2aIQSn0dQuh56zdX8Q$Nq2Xcj88CZpMf2BGPZ9NuJ5rrvnPjHodizPqhzHQA64\n")
+        "scrypt$16384$8$5$J_cGtB9lOcQiiBOEJpJ_xg$3mJQvqeYbEFvwNPsNMgdRHDG7dADN_Rlni4zSp_0Abc\n")
     assert main(["schedule", str(inventory), "--time-limit", "3", "--out", str(tmp_path / "charts")]) == 0
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     session = RunSession.start(inventory, RunOptions(mode="rehearsal", failure_rate=0.02, seed=3),
