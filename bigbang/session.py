@@ -374,9 +374,19 @@ class RunSession:
             except Exception:  # noqa: BLE001 - closing must not hide the run's result
                 pass
         self._connectors.clear()
-        self.ledger.flush()
-        self.ledger.release_lease(self.run_id, RUN_SCOPE)
-        _SESSIONS.pop((self.run_id, self.ledger.url), None)
+        try:
+            self.ledger.flush()
+        finally:
+            self.ledger.release_lease(self.run_id, RUN_SCOPE)
+            _SESSIONS.pop((self.run_id, self.ledger.url), None)
+
+
+    def close_quietly(self) -> None:
+        """`close`, for the end of a command: a ledger that fails here has already said why."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def wave_unit(index: int) -> str:

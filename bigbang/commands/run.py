@@ -2,14 +2,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 
-from bigbang.errors import RunError
+from bigbang.errors import LedgerError, RunError, UserError
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
 from bigbang.report import report_data
@@ -57,10 +61,35 @@ def _compression(text: str) -> float:
     return value
 
 
+@dataclass
+class _Running:
+    """What a signal handler needs to stop the run cleanly (filled in as the command gets there)."""
+
+    console: Console
+    session: RunSession | None = None
+    monitor: Any = None
+    weekend: Any = None
+
+
+def _on_signals(state: _Running) -> None:
+    """Ctrl-C and SIGTERM end the run as `interrupted`, at any moment, once: a second one is ignored."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        _interrupted(state, signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False)
+    state = _Running(console)
+    _on_signals(state)
     apply_defaults()
     weekend = importlib.import_module("flows.weekend")  # imports Prefect: before the live display starts
+    state.weekend = weekend
     weekend.preflight(args.ledger or default_ledger_url(), args.dispatch)
     if args.resume:
         changed = [flag for flag, value in (("--seed", args.seed), ("--failure-rate", args.failure_rate),
@@ -80,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         options = RunOptions(mode=args.mode, seed=args.seed, compression=args.compression,
                              failure_rate=args.failure_rate, zero_duration=args.zero_duration)
         session = RunSession.start(args.path, options, ledger_url=args.ledger, run_id=args.run_id)
+    state.session = session
     plan = session.plan
     console.print(f"[bold]{plan.rollout}[/] · {session.mode} · run [bold]{session.run_id}[/] · "
                   f"{plan.step_count} steps in {len(plan.locations)} locations and {len(plan.servers)} servers")
@@ -87,37 +117,64 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     monitor = None if args.quiet else RunMonitor(session.ledger, session.run_id, plan, console).start()
+    state.monitor = monitor
     try:
         weekend.run_weekend(session, dispatch=args.dispatch)
-    except KeyboardInterrupt:
-        _interrupted(session, monitor, console)
-    except Exception:
+    except Exception as exc:
         if monitor is not None:
             monitor.stop()
-        session.ledger.flush(timeout=30)
-        session.ledger.set_run_status(session.run_id, RunStatus.FAILED)
+        try:
+            session.ledger.flush(timeout=30)
+            session.ledger.set_run_status(session.run_id, RunStatus.FAILED)
+        except LedgerError:
+            pass  # the ledger itself is what failed: the error below says so
+        session.close_quietly()
+        if isinstance(exc, UserError):
+            raise  # one line (bigbang.cli); what was committed before is kept
         console.print(f"The run stopped on an unexpected error (below). Every finished step is recorded; "
                       f"after fixing the cause continue with: bigbang run --resume {session.run_id}")
         raise
+    except BaseException:  # KeyboardInterrupt, or Prefect's TerminationSignal for a SIGTERM during the flow
+        _interrupted(state, "signal")
     finally:
         if monitor is not None:
             monitor.stop()
-    return _summarise(session.ledger, session.run_id, console, time.monotonic() - started, args.strict)
+    code = _summarise(session.ledger, session.run_id, console, time.monotonic() - started, args.strict)
+    session.close_quietly()
+    return code
 
 
-def _interrupted(session: RunSession, monitor, console: Console) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the ledger flush short
-    if monitor is not None:
-        monitor.stop()
-    try:
-        session.ledger.flush(timeout=30)
-        session.ledger.set_run_status(session.run_id, RunStatus.INTERRUPTED)
-    finally:
-        console.print(f"\nInterrupted. Every finished step is recorded. Continue with:\n"
-                      f"  bigbang run --resume {session.run_id}")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)  # device threads still running would otherwise keep the process alive
+def _interrupted(state: _Running, why: str) -> None:
+    """Record the run as interrupted, say so in one line, stop Prefect's ephemeral server and exit 130."""
+    logging.disable(logging.CRITICAL)  # Prefect's workers now fail to reach the server: not the user's news
+    threading.excepthook = lambda _args: None
+    console, session = state.console, state.session
+    if state.monitor is not None:
+        try:
+            state.monitor.stop()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+    recorded = True
+    if session is not None:
+        try:
+            session.ledger.flush(timeout=20)
+            session.ledger.set_run_status(session.run_id, RunStatus.INTERRUPTED)
+            session.ledger.release_lease(session.run_id)
+        except Exception:  # noqa: BLE001 - the ledger keeps what it committed; say how to go on
+            recorded = False
+    if state.weekend is not None:
+        try:
+            state.weekend.stop_local_server()
+        except Exception:  # noqa: BLE001
+            pass
+    if session is None:
+        console.print(f"\nInterrupted ({why}) before the run started.")
+    else:
+        kept = "Every finished step is recorded" if recorded else "The ledger keeps what it had committed"
+        console.print(f"\nInterrupted ({why}). {kept}; continue with: bigbang run --resume {session.run_id}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # device threads still running would otherwise keep the process alive
 
 
 def _summarise(ledger: Ledger, run_id: str, console: Console, wall: float, strict: bool) -> int:

@@ -454,7 +454,7 @@ class Ledger:
         for run_id, scope, token in sorted(set(fences)):
             row = conn.execute(select(leases.c.token, leases.c.owner).where(and_(
                 leases.c.run_id == run_id, leases.c.scope == scope)).with_for_update(read=True)).first()
-            if row is None or row[0] != token:
+            if row is None or row[0] != token or row[1] is None:  # taken over, or given up
                 what = f"run {run_id}" if scope == RUN_SCOPE else f"{scope.replace(':', ' ', 1)} of run {run_id}"
                 by = f"by {row[1]} " if row is not None and row[1] else ""
                 raise LeaseLost(f"{what} was taken over {by}(lease token {row[0] if row else None}, this process "
