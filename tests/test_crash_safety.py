@@ -351,14 +351,20 @@ def test_broken_ledgers_are_one_line_each(tmp_path):
     good = tmp_path / "good.db"
     session = rehearse(inventory, f"sqlite:///{good}")
     session.close()
+    session.ledger.close()  # the last connection checkpoints the WAL into the file
+    content = good.read_bytes()
     truncated = tmp_path / "truncated.db"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    truncated.write_bytes(content[: len(content) // 3])
+    page = int.from_bytes(content[16:18], "big")
+    corrupted = tmp_path / "corrupted.db"  # every page but the first overwritten
+    corrupted.write_bytes(content[:page] + random.Random(2).randbytes(len(content) - page))
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(random.Random(1).randbytes(8192))
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     cases = {
-        f"sqlite:///{truncated}": "corrupted",
+        f"sqlite:///{truncated}": "the ledger file is truncated",
+        f"sqlite:///{corrupted}": "corrupted",
         f"sqlite:///{garbage}": "not an SQLite database",
         "postgresql://bigbang@127.0.0.1:1/bigbang": "cannot be reached",
         f"sqlite:///{a_file}/ledger.db": "is a file, not a directory",

@@ -798,6 +798,7 @@ def _engine(url: str) -> Engine:
                    if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror or str(exc))
             raise ConfigError(f"cannot use the ledger URL {url}: its directory {directory} cannot be created "
                               f"({why})", hint="give a path in a writable directory") from None
+        _check_sqlite_file(directory / Path(url.removeprefix("sqlite:///")).name, url)
     engine = _create_engine(url)
     safe = engine.url.render_as_string(hide_password=True)
 
@@ -806,6 +807,31 @@ def _engine(url: str) -> Engine:
         return _fatal(context.original_exception, safe)
 
     return engine
+
+
+def _check_sqlite_file(path: Path, url: str) -> None:
+    """Refuse a ledger file that is cut short: SQLite would read what is left as an older, smaller ledger
+    (runs and steps silently missing). The header says how many pages the file has; a checkpointed file is
+    never shorter than that."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LedgerError(f"cannot read the ledger file {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        return  # a new, empty database
+    if not header.startswith(b"SQLite format 3\x00") or len(header) < 100:
+        raise LedgerError(f"the ledger file is not an SQLite database (truncated or corrupted): restore it from a "
+                          f"backup or give another --ledger ({url})")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if pages and size < pages * page_size:
+        raise LedgerError(f"the ledger file is truncated ({size} of {pages * page_size} bytes): restore it from a "
+                          f"backup or give another --ledger ({url})")
 
 
 def _create_engine(url: str) -> Engine:
