@@ -168,10 +168,12 @@ def _interrupted(state: _Running, why: str) -> None:
         except Exception:  # noqa: BLE001
             pass
     if session is None:
-        console.print(f"\nInterrupted ({why}) before the run started.")
+        line = f"Interrupted ({why}) before the run started."
     else:
         kept = "Every finished step is recorded" if recorded else "The ledger keeps what it had committed"
-        console.print(f"\nInterrupted ({why}). {kept}; continue with: bigbang run --resume {session.run_id}")
+        line = f"Interrupted ({why}). {kept}; continue with: bigbang run --resume {session.run_id}"
+    sys.stdout.flush()
+    sys.stderr.write(f"\n{line}\n")  # one line, never wrapped
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)  # device threads still running would otherwise keep the process alive
