@@ -238,7 +238,8 @@ class Runner:
     def _server_steps(self, srv: ServerPlan, steps: Iterable[Step], known: Known, halted: str | None,
                       clock: Clock) -> tuple[str, StepStatus, str]:
         blocker = f"rollout halted: {halted}" if halted else None
-        for dep_step in (s for step in steps for s in step.after):
+        own = {step.id for step in steps}  # run in order below: one left running by a crash runs again
+        for dep_step in (s for step in steps for s in step.after if s not in own):
             rec = known.get(dep_step)
             if rec is not None and rec.status != StepStatus.SUCCEEDED and blocker is None:
                 blocker = f"{dep_step.split(':')[0]} not ready ({rec.status}: {rec.message})"
