@@ -26,7 +26,7 @@ from bigbang.errors import LeaseHeld, LeaseLost
 from bigbang.runner import changes_device
 from bigbang.session import RunOptions, RunSession
 from bigbang.status import LocationStatus, RunStatus, StepStatus
-from bigbang.store.ledger import RUN_SCOPE, Ledger, StepRecord
+from bigbang.store.ledger import Ledger, StepRecord
 from tests.helpers import ROOT, copy_demo, finish, rehearse
 from tests.peers.postgres import postgres  # noqa: F401 - fixture
 

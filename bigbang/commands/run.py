@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     apply_defaults()
     weekend = importlib.import_module("flows.weekend")  # imports Prefect: before the live display starts
     state.weekend = weekend
+    _quiet_user_errors()
     weekend.preflight(args.ledger or default_ledger_url(), args.dispatch)
     if args.resume:
         changed = [flag for flag, value in (("--seed", args.seed), ("--failure-rate", args.failure_rate),
@@ -144,11 +145,46 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+class _NoUserErrorTracebacks(logging.Filter):
+    """Prefect logs a task's or flow's exception with its traceback. A UserError (a full disk, a lost lease)
+    is reported by the CLI in one line instead; bugs keep their tracebacks."""
+
+    seen = False  # once one was dropped, what fails downstream of it ("NotReady") is the same news
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        from_prefect = record.name.startswith("prefect") and record.levelno >= logging.ERROR
+        if isinstance(error, UserError) or (from_prefect and any(
+                f"{name}(" in record.getMessage() or f"{name}:" in record.getMessage()
+                for name in _user_error_names())):
+            self.seen = True
+            return False
+        return not (from_prefect and self.seen and error is None)
+
+
+def _user_error_names() -> set[str]:
+    names, todo = set(), [UserError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def _quiet_user_errors() -> None:
+    quiet = _NoUserErrorTracebacks()
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                                       if name.startswith("prefect")]
+    for logger in loggers:
+        for handler in logger.handlers:
+            handler.addFilter(quiet)
+
+
 def _interrupted(state: _Running, why: str) -> None:
     """Record the run as interrupted, say so in one line, stop Prefect's ephemeral server and exit 130."""
     logging.disable(logging.CRITICAL)  # Prefect's workers now fail to reach the server: not the user's news
     threading.excepthook = lambda _args: None
-    console, session = state.console, state.session
+    session = state.session
     if state.monitor is not None:
         try:
             state.monitor.stop()

@@ -811,8 +811,8 @@ def _engine(url: str) -> Engine:
 
 def _check_sqlite_file(path: Path, url: str) -> None:
     """Refuse a ledger file that is cut short: SQLite would read what is left as an older, smaller ledger
-    (runs and steps silently missing). The header says how many pages the file has; a checkpointed file is
-    never shorter than that."""
+    (runs and steps silently missing). The header says how many pages the file has; a file is never shorter
+    than that unless the rest is still in its write-ahead log."""
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
@@ -829,7 +829,9 @@ def _check_sqlite_file(path: Path, url: str) -> None:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
-    if pages and size < pages * page_size:
+    wal = path.with_name(path.name + "-wal")
+    pending = wal.exists() and wal.stat().st_size > 0  # pages not checkpointed yet are read from the WAL
+    if pages and size < pages * page_size and not pending:
         raise LedgerError(f"the ledger file is truncated ({size} of {pages * page_size} bytes): restore it from a "
                           f"backup or give another --ledger ({url})")
 
