@@ -71,22 +71,32 @@ class _Running:
     weekend: Any = None
 
 
-def _on_signals(state: _Running) -> None:
-    """Ctrl-C and SIGTERM end the run as `interrupted`, at any moment, once: a second one is ignored."""
+def _on_signals(state: _Running) -> dict[int, Any]:
+    """Ctrl-C and SIGTERM end the run as `interrupted`, at any moment, once: a second one is ignored.
+    The handlers they replace (none off the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
     def handler(signum: int, _frame: Any) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
         _interrupted(state, signal.Signals(signum).name)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=True, highlight=False)
-    state = _Running(console)
-    _on_signals(state)
+    state = _Running(Console(stderr=True, highlight=False))
+    previous = _on_signals(state)
+    try:
+        return _run(args, state)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace, state: _Running) -> int:
+    console = state.console
     apply_defaults()
     weekend = importlib.import_module("flows.weekend")  # imports Prefect: before the live display starts
     state.weekend = weekend
@@ -135,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"The run stopped on an unexpected error (below). Every finished step is recorded; "
                       f"after fixing the cause continue with: bigbang run --resume {session.run_id}")
         raise
-    except BaseException:  # KeyboardInterrupt, or Prefect's TerminationSignal for a SIGTERM during the flow
-        _interrupted(state, "signal")
+    except KeyboardInterrupt:  # off the main thread, or a signal handler replaced by someone else's
+        _interrupted(state, "SIGINT")
     finally:
         if monitor is not None:
             monitor.stop()

@@ -393,7 +393,7 @@ class Ledger:
                 continue  # two first acquisitions at once: the other won the insert; look again
             with self._lock:
                 self._held[(run_id, scope)] = (token, ttl)
-                if self._renewer is None:
+                if self._renewer is None or not self._renewer.is_alive():
                     self._stop_renewing.clear()
                     self._renewer = threading.Thread(target=self._renew_loop, name="bigbang-lease-renewer",
                                                      daemon=True)
