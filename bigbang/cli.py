@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -75,5 +75,13 @@ class ConnectorError(BigBangError):
         self.command = command
 
 
-class LedgerError(BigBangError):
-    """The run ledger cannot be read or written."""
+class LedgerError(UserError):
+    """The run ledger cannot be read or written (full disk, read-only, corrupted, unreachable)."""
+
+
+class LeaseLost(LedgerError):
+    """Another process took over this run or location: this one may no longer write to it."""
+
+
+class LeaseHeld(RunError):
+    """Another live process executes this run (or location) now."""

@@ -9,6 +9,12 @@ halts when the plan's halt rules say so.
 
 Every wait goes through the unit's clock (`bigbang.clock`) and every recorded
 time comes from it, so the runner does not know whether it plays a rehearsal.
+
+Exactly once: a step that changes a device commits its intent before the
+connector is called; a resume that finds an intent without an outcome asks the
+device first (`applied`, for connectors that can tell) and records a change it
+finds as succeeded with `changed=False`. What a resume finds finished, it
+leaves as it is: a finished step, a skipped one, a location's verdict.
 """
 
 from __future__ import annotations
@@ -64,6 +70,15 @@ class Runner:
         self.ledger = session.ledger
         self.run_id = session.run_id
         self.options = session.options
+        self._intents: dict[str, int] | None = None
+        self._intents_lock = threading.Lock()
+
+    def _open_intent(self, step_id: str) -> int | None:
+        """The attempt of an intent a dead process left for this step (read once per runner)."""
+        with self._intents_lock:
+            if self._intents is None:
+                self._intents = self.ledger.open_intents(self.run_id)
+            return self._intents.get(step_id)
 
     # ------------------------------------------------------------ one step
     def execute(self, step: Step, scope: str, known: Known, clock: Clock) -> StepRecord:
@@ -74,12 +89,21 @@ class Runner:
                     clock.sleep_until(prev.clock_end)  # keeps a resumed timeline where it was
                 return prev
         connector = self.session.connector(step.connector)
+        changing = changes_device(step)
+        if changing:
+            interrupted_at = self._open_intent(step.id)
+            if interrupted_at is not None:
+                settled = self._settle(connector, step, scope, interrupted_at, prev, known, clock)
+                if settled is not None:
+                    return settled
         started, clock_start = now(), clock.now()
         self._record(step, scope, StepStatus.RUNNING, started_at=started, clock_start=clock_start)
         attempts = self.policy.retries + 1
         outcome = Outcome(ok=False, message="not attempted")
         attempt = 0
         for attempt in range(1, attempts + 1):
+            if changing:  # committed before the device is touched; settled with the outcome below
+                self.ledger.record_intent(self.run_id, step.id, scope, attempt)
             outcome = self._attempt(connector, step, attempt)
             if outcome.ok or not outcome.transient or attempt == attempts:
                 break
@@ -88,6 +112,32 @@ class Runner:
             step, scope, StepStatus.SUCCEEDED if outcome.ok else StepStatus.FAILED, attempts=attempt,
             changed=outcome.changed, message=outcome.message, facts=dict(outcome.facts), started_at=started,
             finished_at=now(), clock_start=clock_start, clock_end=clock.now(),
+        )
+        known[step.id] = record
+        return record
+
+    def _settle(self, connector: Connector, step: Step, scope: str, attempt: int, prev: StepRecord | None,
+                known: Known, clock: Clock) -> StepRecord | None:
+        """A process died between this step's intent and its outcome: ask the device whether the change is in
+        place. The record of a change found there; None when it is not (or the connector cannot tell: its
+        step reads the device's facts and changes only what differs, so running it again is safe)."""
+        check = getattr(connector, "applied", None)
+        if check is None:
+            return None
+        try:
+            outcome = check(Action(step.id, step.kind, step.target, attempt, step.params))
+        except Exception:  # noqa: BLE001 - could not tell: the idempotent step decides
+            log.exception("connector %s could not tell whether %s was applied", step.connector, step.id)
+            return None
+        if outcome is None or not outcome.ok:
+            return None
+        t, c = now(), clock.now()
+        start = prev.clock_start if prev is not None and prev.clock_start is not None else c
+        record = self._record(
+            step, scope, StepStatus.SUCCEEDED, attempts=attempt, changed=False,
+            message=f"{outcome.message or 'already as planned'} (applied before the interruption)",
+            facts=dict(outcome.facts), started_at=prev.started_at if prev is not None and prev.started_at else t,
+            finished_at=t, clock_start=min(start, c), clock_end=c,
         )
         known[step.id] = record
         return record
@@ -101,8 +151,8 @@ class Runner:
 
     def skip(self, step: Step, scope: str, reason: str, known: Known, clock: Clock) -> StepRecord:
         prev = known.get(step.id)
-        if prev is not None and prev.finished:
-            return prev
+        if prev is not None and (prev.finished or prev.status == StepStatus.SKIPPED):
+            return prev  # a skip found on resume stays as it was recorded
         t = clock.now()
         record = self._record(step, scope, StepStatus.SKIPPED, message=reason, finished_at=now(),
                               clock_start=t, clock_end=t)
@@ -117,10 +167,12 @@ class Runner:
     def _internal(self, step: Step, scope: str, ok: bool, message: str, known: Known, clock: Clock,
                   facts: dict[str, Any] | None = None, since: float | None = None) -> StepRecord:
         prev = known.get(step.id)
-        if prev is not None and prev.status == StepStatus.SUCCEEDED:
-            return prev
+        status = StepStatus.SUCCEEDED if ok else StepStatus.FAILED
+        if prev is not None and (prev.status == StepStatus.SUCCEEDED
+                                 or (prev.status == status and prev.message == message)):
+            return prev  # the same decision as before keeps its record (and times)
         t, c = now(), clock.now()
-        record = self._record(step, scope, StepStatus.SUCCEEDED if ok else StepStatus.FAILED, attempts=1,
+        record = self._record(step, scope, status, attempts=1,
                               message=message, facts=facts or {}, started_at=t, finished_at=t,
                               clock_start=c if since is None else since, clock_end=c)
         known[step.id] = record
@@ -186,7 +238,7 @@ class Runner:
     def _server_steps(self, srv: ServerPlan, steps: Iterable[Step], known: Known, halted: str | None,
                       clock: Clock) -> tuple[str, StepStatus, str]:
         blocker = f"rollout halted: {halted}" if halted else None
-        own = {step.id for step in steps}  # a step of this server is retried below, it does not block it
+        own = {step.id for step in steps}  # run in order below: one left running by a crash runs again
         for dep_step in (s for step in steps for s in step.after if s not in own):
             rec = known.get(dep_step)
             if rec is not None and rec.status != StepStatus.SUCCEEDED and blocker is None:
@@ -210,16 +262,39 @@ class Runner:
         start = self.location_start(loc)
         clock = self._open(location_unit(loc.id), start)
         try:
-            return self._location(loc, clock)
+            with self.session.location_lease(loc.id):
+                return self._location(loc, clock)
         finally:
             clock.close()
 
+    def _finished_before(self, loc: LocationPlan, row: dict[str, Any] | None, clock: Clock) -> LocationResult | None:
+        """The result of a location a resume finds finished, which it leaves untouched; None if it has work."""
+        if row is None:
+            return None
+        status = LocationStatus(row["status"])
+        if status != LocationStatus.SUCCEEDED and not (
+                status in (LocationStatus.COMPLETED_WITH_FAILURES, LocationStatus.HALTED)
+                and not self.options.retry_failed):
+            return None
+        if row["clock_end"] is not None:
+            clock.sleep_until(row["clock_end"])  # keeps a resumed timeline where it was
+        return LocationResult(loc.id, status, row["reason"], row["devices"], row["devices_failed"],
+                              row["devices_skipped"])
+
     def _location(self, loc: LocationPlan, clock: Clock) -> LocationResult:
+        row = self.ledger.location_result(self.run_id, loc.id)
+        done = self._finished_before(loc, row, clock)
+        if done is not None:
+            return done
         started, clock_start = now(), clock.now()
         known = self.ledger.step_results(self.run_id, scope=loc.id)
         total = len(loc.devices)
-        self.ledger.record_location(self.run_id, loc.id, LocationStatus.RUNNING, devices=total, started_at=started,
-                                    clock_start=clock_start)
+        # A location blocked or skipped before is marked running only once it gets past that again
+        fresh = row is None or row["status"] in (LocationStatus.PENDING, LocationStatus.RUNNING,
+                                                 LocationStatus.CRASHED)
+        if fresh:
+            self.ledger.record_location(self.run_id, loc.id, LocationStatus.RUNNING, devices=total,
+                                        started_at=started, clock_start=clock_start)
         self._wait_for_start(loc, clock)
         halted = self.ledger.halted_reason(self.run_id, by=clock.now())
         blocker = f"rollout halted: {halted}" if halted else self._prerequisites(loc, known, clock)
@@ -234,7 +309,10 @@ class Runner:
                     self.skip(step, loc.id, blocker, known, clock)
             self.skip(loc.signoff, loc.id, blocker, known, clock)
             self.skip(loc.verify, loc.id, blocker, known, clock)
-            return self._finish_location(loc, status, blocker, total, 0, total, started, clock_start, clock)
+            return self._finish_location(loc, status, blocker, total, 0, total, started, clock_start, clock, row)
+        if not fresh:
+            self.ledger.record_location(self.run_id, loc.id, LocationStatus.RUNNING, devices=total,
+                                        started_at=started, clock_start=clock_start)
 
         state = _LocationState(total=total, max_fail_percent=loc.max_fail_percent)
         if not self.options.retry_failed:  # failures recorded before a crash still count after resume
@@ -339,10 +417,14 @@ class Runner:
         return result
 
     def _finish_location(self, loc: LocationPlan, status: LocationStatus, reason: str, total: int, failed: int,
-                         skipped: int, started: float, clock_start: float, clock: Clock) -> LocationResult:
-        self.ledger.record_location(self.run_id, loc.id, status, reason=reason, devices=total,
-                                    devices_failed=failed, devices_skipped=skipped, started_at=started,
-                                    finished_at=now(), clock_start=clock_start, clock_end=clock.now())
+                         skipped: int, started: float, clock_start: float, clock: Clock,
+                         before: dict[str, Any] | None = None) -> LocationResult:
+        same = before is not None and (before["status"], before["reason"], before["devices"], before["devices_failed"],
+                                       before["devices_skipped"]) == (status, reason, total, failed, skipped)
+        if not same:  # the same verdict as a resume found keeps its record and times
+            self.ledger.record_location(self.run_id, loc.id, status, reason=reason, devices=total,
+                                        devices_failed=failed, devices_skipped=skipped, started_at=started,
+                                        finished_at=now(), clock_start=clock_start, clock_end=clock.now())
         self.ledger.flush()
         if status.stopped:
             self._check_rollout_halt(clock)
@@ -382,6 +464,11 @@ class _LocationState:
             if self.halted_reason is None and self.total and _pct(self.failed, self.total) > self.max_fail_percent:
                 self.halted_reason = (f"{self.failed} of {self.total} devices failed "
                                       f"({_pct(self.failed, self.total):.0f}% > {self.max_fail_percent:g}%)")
+
+
+def changes_device(step: Step) -> bool:
+    """Whether a step changes its target (and so records an intent first); reading facts does not."""
+    return not step.internal and not step.kind.endswith((".verify", ".precheck"))
 
 
 def _failed(record: StepRecord | None) -> bool:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import secrets as _random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +36,7 @@ from bigbang.schedule.store import slots_of, stored_schedule
 from bigbang.secrets import resolve
 from bigbang.status import LocationStatus, Mode, RunStatus
 from bigbang.store import Ledger, default_ledger_url
+from bigbang.store.ledger import RUN_SCOPE, lease_seconds, location_scope
 
 MODES = tuple(m.value for m in Mode)
 
@@ -151,6 +154,7 @@ class RunSession:
     clock_kind: str = "wall"
     clock_origin: float = 0.0
     timeline: Timeline | None = None  # set when every unit of the run plays in this process
+    resumed_from: dict[str, Any] | None = None  # the run's row as a resume found it
     _connectors: dict[str, Connector] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pace: Pace | None = None
@@ -180,6 +184,7 @@ class RunSession:
                           options=options.to_dict(), clock=session.clock_kind, plan=plan_dict,
                           inventory_data=inventory.model_dump(mode="json"), plan_digest=plan.digest,
                           inventory_digest=inventory.digest, schedule=schedule)
+        ledger.acquire_lease(session.run_id, RUN_SCOPE)  # a new run: nobody else can hold it yet
         session.clock_origin = ledger.get_run(session.run_id)["clock_origin"]  # type: ignore[index]
         _SESSIONS[(session.run_id, ledger.url)] = session
         return session
@@ -190,6 +195,17 @@ class RunSession:
                accept_inventory_changes: bool = False) -> RunSession:
         ledger = Ledger(ledger_url)
         run = frozen_run(ledger, run_id)
+        ledger.acquire_lease(run_id, RUN_SCOPE)  # LeaseHeld: another process executes it now
+        try:
+            return cls._resume(ledger, run, inventory_path, retry_failed, compression, accept_inventory_changes)
+        except BaseException:
+            ledger.release_lease(run_id, RUN_SCOPE)
+            raise
+
+    @classmethod
+    def _resume(cls, ledger: Ledger, run: FrozenRun, inventory_path: str | Path | None, retry_failed: bool,
+                compression: float | None, accept_inventory_changes: bool) -> RunSession:
+        run_id = run.row["run_id"]
         options = replace(RunOptions.from_dict(run.row["options"]), retry_failed=retry_failed)
         if compression is not None:  # pace only: the plan and its timeline stay the same
             options = replace(options, compression=compression)
@@ -221,6 +237,7 @@ class RunSession:
         session = cls(inventory, plan, ledger, run_id, options, plan_version=version,
                       clock_kind=run.row["clock"], clock_origin=run.row["clock_origin"])
         session.check_connectors()
+        session.resumed_from = run.row
         ledger.reopen_run(run_id, options.to_dict(), "retry failed steps" if retry_failed else "")
         _SESSIONS[(run_id, ledger.url)] = session
         return session
@@ -242,6 +259,20 @@ class RunSession:
                               clock_origin=run.row["clock_origin"])
                 _SESSIONS[(run_id, ledger.url)] = session
         return session
+
+    @contextmanager
+    def location_lease(self, location_id: str) -> Iterator[None]:
+        """Hold the location's lease while running it, unless this process executes the whole run. A worker
+        re-running a location whose first worker died waits for that lease to expire."""
+        if self.ledger.holds(self.run_id, RUN_SCOPE):
+            yield
+            return
+        self.ledger.acquire_lease(self.run_id, location_scope(location_id), wait=2 * lease_seconds())
+        try:
+            yield
+        finally:
+            self.ledger.flush()
+            self.ledger.release_lease(self.run_id, location_scope(location_id))
 
     # ------------------------------------------------------------ the clock
     def play_here(self) -> None:
@@ -333,7 +364,12 @@ class RunSession:
             status = RunStatus.HALTED
         else:
             status = RunStatus.COMPLETED
-        self.ledger.set_run_status(self.run_id, status)
+        before = self.resumed_from
+        unchanged = (before is not None and before["status"] == status and before["finished_at"] is not None
+                     and not self.ledger.written_since(self.run_id, before["finished_at"]))
+        # a resume that found nothing to do keeps the run's end as it was
+        self.ledger.set_run_status(self.run_id, status,
+                                   finished_at=before["finished_at"] if before is not None and unchanged else None)
         return status
 
     def close(self) -> None:
@@ -343,8 +379,19 @@ class RunSession:
             except Exception:  # noqa: BLE001 - closing must not hide the run's result
                 pass
         self._connectors.clear()
-        self.ledger.flush()
-        _SESSIONS.pop((self.run_id, self.ledger.url), None)
+        try:
+            self.ledger.flush()
+        finally:
+            self.ledger.release_lease(self.run_id, RUN_SCOPE)
+            _SESSIONS.pop((self.run_id, self.ledger.url), None)
+
+
+    def close_quietly(self) -> None:
+        """`close`, for the end of a command: a ledger that fails here has already said why."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def wave_unit(index: int) -> str:

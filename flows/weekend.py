@@ -129,3 +129,14 @@ def run_weekend(session: RunSession, dispatch: str | None = None) -> dict[str, A
     if mode == "local":
         session.play_here()  # every unit in this process: they agree on the order of events
     return weekend.with_options(task_runner=runner)(session.run_id, ledger_reference(session.ledger.url), flow_dispatch)
+
+
+def stop_local_server() -> None:
+    """Stop the ephemeral Prefect server this process started, if any (an interrupted CLI exits at once)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        process = server.server_process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)

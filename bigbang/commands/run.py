@@ -2,15 +2,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 
 from bigbang import warm
-from bigbang.errors import RunError
+from bigbang.errors import LedgerError, RunError, UserError
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
 from bigbang.report import report_data
@@ -58,11 +62,47 @@ def _compression(text: str) -> float:
     return value
 
 
+@dataclass
+class _Running:
+    """What a signal handler needs to stop the run cleanly (filled in as the command gets there)."""
+
+    console: Console
+    session: RunSession | None = None
+    monitor: Any = None
+    weekend: Any = None
+
+
+def _on_signals(state: _Running) -> dict[int, Any]:
+    """Ctrl-C and SIGTERM end the run as `interrupted`, at any moment, once: a second one is ignored.
+    The handlers they replace (none off the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        _interrupted(state, signal.Signals(signum).name)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=True, highlight=False)
+    state = _Running(Console(stderr=True, highlight=False))
+    previous = _on_signals(state)
+    try:
+        return _run(args, state)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace, state: _Running) -> int:
+    console = state.console
     apply_defaults()
     warm_url = warm.use()  # a warm local Prefect server from an earlier run, if one is up
     weekend = importlib.import_module("flows.weekend")  # imports Prefect: before the live display starts
+    state.weekend = weekend
+    _quiet_user_errors()
     weekend.preflight(args.ledger or default_ledger_url(), args.dispatch)
     if args.resume:
         changed = [flag for flag, value in (("--seed", args.seed), ("--failure-rate", args.failure_rate),
@@ -86,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         options = RunOptions(mode=args.mode, seed=args.seed, compression=args.compression,
                              failure_rate=args.failure_rate, zero_duration=args.zero_duration)
         session = RunSession.start(args.path, options, ledger_url=args.ledger, run_id=args.run_id)
+    state.session = session
     plan = session.plan
     from bigbang.insecure import warning_lines
 
@@ -98,39 +139,103 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     monitor = None if args.quiet else RunMonitor(session.ledger, session.run_id, plan, console).start()
+    state.monitor = monitor
     try:
         weekend.run_weekend(session, dispatch=args.dispatch)
-    except KeyboardInterrupt:
-        _interrupted(session, monitor, console)
-    except Exception:
+    except Exception as exc:
         if monitor is not None:
             monitor.stop()
-        session.ledger.flush(timeout=30)
-        session.ledger.set_run_status(session.run_id, RunStatus.FAILED)
+        try:
+            session.ledger.flush(timeout=30)
+            session.ledger.set_run_status(session.run_id, RunStatus.FAILED)
+        except LedgerError:
+            pass  # the ledger itself is what failed: the error below says so
+        session.close_quietly()
+        if isinstance(exc, UserError):
+            raise  # one line (bigbang.cli); what was committed before is kept
         console.print(f"The run stopped on an unexpected error (below). Every finished step is recorded; "
                       f"after fixing the cause continue with: bigbang run --resume {session.run_id}")
         raise
+    except KeyboardInterrupt:  # off the main thread, or a signal handler replaced by someone else's
+        _interrupted(state, "SIGINT")
     finally:
         if monitor is not None:
             monitor.stop()
     if warm_url is None:
         warm.start_in_background()  # the next run starts warm
-    return _summarise(session.ledger, session.run_id, console, time.monotonic() - started, args.strict)
+    code = _summarise(session.ledger, session.run_id, console, time.monotonic() - started, args.strict)
+    session.close_quietly()
+    return code
 
 
-def _interrupted(session: RunSession, monitor, console: Console) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the ledger flush short
-    if monitor is not None:
-        monitor.stop()
-    try:
-        session.ledger.flush(timeout=30)
-        session.ledger.set_run_status(session.run_id, RunStatus.INTERRUPTED)
-    finally:
-        console.print(f"\nInterrupted. Every finished step is recorded. Continue with:\n"
-                      f"  bigbang run --resume {session.run_id}")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)  # device threads still running would otherwise keep the process alive
+class _NoUserErrorTracebacks(logging.Filter):
+    """Prefect logs a task's or flow's exception with its traceback. A UserError (a full disk, a lost lease)
+    is reported by the CLI in one line instead; bugs keep their tracebacks."""
+
+    seen = False  # once one was dropped, what fails downstream of it ("NotReady") is the same news
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        from_prefect = record.name.startswith("prefect") and record.levelno >= logging.ERROR
+        if isinstance(error, UserError) or (from_prefect and any(
+                f"{name}(" in record.getMessage() or f"{name}:" in record.getMessage()
+                for name in _user_error_names())):
+            self.seen = True
+            return False
+        return not (from_prefect and self.seen and error is None)
+
+
+def _user_error_names() -> set[str]:
+    names, todo = set(), [UserError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def _quiet_user_errors() -> None:
+    quiet = _NoUserErrorTracebacks()
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                                       if name.startswith("prefect")]
+    for logger in loggers:
+        for handler in logger.handlers:
+            handler.addFilter(quiet)
+
+
+def _interrupted(state: _Running, why: str) -> None:
+    """Record the run as interrupted, say so in one line, stop Prefect's ephemeral server and exit 130."""
+    logging.disable(logging.CRITICAL)  # Prefect's workers now fail to reach the server: not the user's news
+    threading.excepthook = lambda _args: None
+    session = state.session
+    if state.monitor is not None:
+        try:
+            state.monitor.stop()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+    recorded = True
+    if session is not None:
+        try:
+            session.ledger.flush(timeout=20)
+            session.ledger.set_run_status(session.run_id, RunStatus.INTERRUPTED)
+            session.ledger.release_lease(session.run_id)
+        except Exception:  # noqa: BLE001 - the ledger keeps what it committed; say how to go on
+            recorded = False
+    if state.weekend is not None:
+        try:
+            state.weekend.stop_local_server()
+        except Exception:  # noqa: BLE001
+            pass
+    if session is None:
+        line = f"Interrupted ({why}) before the run started."
+    else:
+        kept = "Every finished step is recorded" if recorded else "The ledger keeps what it had committed"
+        line = f"Interrupted ({why}). {kept}; continue with: bigbang run --resume {session.run_id}"
+    sys.stdout.flush()
+    sys.stderr.write(f"\n{line}\n")  # one line, never wrapped
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # device threads still running would otherwise keep the process alive
 
 
 def _summarise(ledger: Ledger, run_id: str, console: Console, wall: float, strict: bool) -> int:

@@ -65,6 +65,15 @@ class Connector(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ChecksApplied(Protocol):
+    """Optional: a connector that can tell whether a step's change is already in place. A resume asks it
+    about a step whose process died between its intent and its outcome; None means not applied (the step
+    then runs again, and being idempotent changes only what differs)."""
+
+    def applied(self, action: Action) -> Outcome | None: ...
+
+
 @dataclass(frozen=True)
 class ConnectorContext:
     """What a connector may use besides its settings."""

@@ -152,6 +152,21 @@ class SimulatedConnector:
         return Outcome(ok=True, changed=changed, facts=self._facts(action),
                        message="changed" if changed else "already as planned")
 
+    def applied(self, action: Action) -> Outcome | None:
+        """Ask the simulated device whether this step's change is in place (a resume does before redoing
+        a step its crashed predecessor had started); None when it is not."""
+        if self.ledger is None or action.kind.endswith((".verify", ".precheck")):
+            return None
+        if action.kind == "loc.signoff":
+            signed = self.ledger.signoff(self.run_id, action.target)
+            if signed is None:
+                return None
+            return Outcome(ok=True, changed=False, message=f"signed off by {signed['signed_by']}",
+                           facts={"signed_by": signed["signed_by"], "note": signed["note"]})
+        if not self.ledger.sim_effect_applied(self.run_id, action.step_id):
+            return None
+        return Outcome(ok=True, changed=False, facts=self._facts(action), message="already as planned")
+
     def _sign_off(self, action: Action) -> Outcome:
         """A simulated technician signs the location off as soon as its work is done."""
         if self.ledger is not None:

@@ -6,6 +6,15 @@ thousands of device steps do not each pay a transaction. A result counts as
 recorded once committed; `flush()` waits for that. Upserts never turn a
 succeeded step back into anything else, so a stale or repeated writer cannot
 undo finished work.
+
+Exactly once, under faults: the process executing a run (or a location, on a
+worker) holds a lease with a fencing token (`acquire_lease`), renewed by a small
+thread; every step and location write carries the token, and the transaction
+that writes it refuses it when the token is no longer the current one. Before a
+changing step touches a device its intent is committed (`record_intent`); the
+transaction that records the step's outcome settles it. A database that cannot
+be written (full disk, read-only, corrupted, unreachable) raises `LedgerError`
+with one line saying what is wrong; nothing committed before is lost.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Table,
     and_,
     create_engine,
     event,
@@ -33,10 +41,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from bigbang.errors import ConfigError, LedgerError
+from bigbang.errors import ConfigError, LeaseHeld, LeaseLost, LedgerError
 from bigbang.status import LocationStatus, RunStatus, StepStatus
 from bigbang.store.schema import (
     events,
+    intents,
+    leases,
     locations,
     metadata,
     problems,
@@ -50,6 +60,25 @@ from bigbang.store.schema import (
 
 FINAL = tuple(s.value for s in StepStatus if s.final)
 CHECKED_IN = "location.checked_in"
+RUN_SCOPE = "run"
+LEASE_SECONDS_ENV = "BIGBANG_LEASE_SECONDS"
+Fence = tuple[str, str, int]  # (run id, lease scope, fencing token)
+
+
+def location_scope(location_id: str) -> str:
+    return f"location:{location_id}"
+
+
+def lease_seconds() -> float:
+    """How long a lease lasts without renewal: how long a resume waits for a holder that died elsewhere."""
+    text = os.environ.get(LEASE_SECONDS_ENV, "20")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{LEASE_SECONDS_ENV}={text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ConfigError(f"{LEASE_SECONDS_ENV} must be above 0")
+    return value
 
 
 def default_state_dir() -> Path:
@@ -94,6 +123,24 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Who executes a run or a location; `token` is the fencing token its writes carry."""
+
+    run_id: str
+    scope: str
+    owner: str | None
+    token: int
+    acquired_at: float
+    expires_at: float
+
+    def describe(self) -> str:
+        what = f"run {self.run_id}" if self.scope == RUN_SCOPE else \
+            f"{self.scope.replace(':', ' ', 1)} of run {self.run_id}"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.acquired_at))
+        return f"{what} is being executed by {self.owner} since {since}"
+
+
+@dataclass(frozen=True)
 class FrozenPlan:
     """A run's plan as frozen in the store: the plan and the validated inventory it came from."""
 
@@ -115,7 +162,10 @@ class Ledger:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=20000)
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a signal handler may flush while its thread is in _put
+        self._held: dict[tuple[str, str], tuple[int, float]] = {}  # (run, scope) -> (token, ttl) of our leases
+        self._renewer: threading.Thread | None = None
+        self._stop_renewing = threading.Event()
         self._ensure_schema()
 
     @property
@@ -237,14 +287,25 @@ class Ledger:
             rows = conn.execute(select(runs).order_by(runs.c.created_at.desc()).limit(limit)).mappings().all()
         return [dict(r) for r in rows]
 
-    def set_run_status(self, run_id: str, status: RunStatus, *, halted_reason: str | None = None) -> None:
+    def set_run_status(self, run_id: str, status: RunStatus, *, halted_reason: str | None = None,
+                       finished_at: float | None = None) -> None:
         values: dict[str, Any] = {"status": status, "updated_at": now()}
         if RunStatus(status).finished:
-            values["finished_at"] = now()
+            values["finished_at"] = finished_at or now()
         if halted_reason is not None:
             values["halted_reason"] = halted_reason
         with self.engine.begin() as conn:
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
+
+    def written_since(self, run_id: str, moment: float) -> bool:
+        """Whether any step or location of the run was started or finished after `moment` (wall time)."""
+        with self.engine.connect() as conn:
+            for table in (steps, locations):
+                latest = conn.execute(select(func.max(table.c.started_at), func.max(table.c.finished_at))
+                                      .where(table.c.run_id == run_id)).first()
+                if latest is not None and any(t is not None and t > moment for t in latest):
+                    return True
+        return False
 
     def reopen_run(self, run_id: str, options: dict[str, Any], note: str = "") -> None:
         """A resumed run runs again, with another chance past an earlier halt. Playback counts again from
@@ -296,19 +357,157 @@ class Ledger:
             rows = conn.execute(select(events).where(events.c.run_id == run_id).order_by(events.c.id)).mappings()
             return [dict(r) for r in rows]
 
+    # ------------------------------------------------------------ leases (who executes a run)
+    def lease(self, run_id: str, scope: str = RUN_SCOPE) -> Lease | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(leases).where(and_(leases.c.run_id == run_id, leases.c.scope == scope))
+                               ).mappings().first()
+        return Lease(**dict(row)) if row else None
+
+    def acquire_lease(self, run_id: str, scope: str = RUN_SCOPE, *, ttl: float | None = None,
+                      wait: float = 0.0) -> Lease:
+        """Take the lease on a run or location, with the next fencing token; `LeaseHeld` if a live process
+        holds it (after waiting up to `wait` seconds for it to expire). A lease is free when released,
+        expired, ours, or held by a process of this host that no longer exists."""
+        ttl = ttl if ttl is not None else lease_seconds()
+        give_up = time.monotonic() + wait
+        while True:
+            current = self.lease(run_id, scope)
+            t = now()
+            try:
+                with self.engine.begin() as conn:
+                    if current is None:
+                        conn.execute(leases.insert().values(run_id=run_id, scope=scope, owner=self.worker, token=1,
+                                                            acquired_at=t, expires_at=t + ttl))
+                        token = 1
+                    elif self._free(current, t):
+                        token = current.token + 1
+                        taken = conn.execute(update(leases).where(and_(
+                            leases.c.run_id == run_id, leases.c.scope == scope, leases.c.token == current.token,
+                        )).values(owner=self.worker, token=token, acquired_at=t, expires_at=t + ttl))
+                        if taken.rowcount != 1:
+                            continue  # another process took it between our read and our write: look again
+                        if current.owner not in (None, self.worker):
+                            conn.execute(events.insert().values(
+                                run_id=run_id, at=t, kind="lease.taken_over", subject=scope,
+                                message=f"{self.worker} took over from {current.owner} (token {token})"))
+                    elif time.monotonic() < give_up:
+                        time.sleep(min(1.0, ttl / 4))
+                        continue
+                    else:
+                        raise LeaseHeld(current.describe() + "; wait or stop it")
+            except IntegrityError:
+                continue  # two first acquisitions at once: the other won the insert; look again
+            with self._lock:
+                self._held[(run_id, scope)] = (token, ttl)
+                if self._renewer is None or not self._renewer.is_alive():
+                    self._stop_renewing.clear()
+                    self._renewer = threading.Thread(target=self._renew_loop, name="bigbang-lease-renewer",
+                                                     daemon=True)
+                    self._renewer.start()
+            return Lease(run_id, scope, self.worker, token, t, t + ttl)
+
+    def release_lease(self, run_id: str, scope: str = RUN_SCOPE) -> None:
+        """Give the lease up (the next holder need not wait for it to expire)."""
+        with self._lock:
+            held = self._held.pop((run_id, scope), None)
+        if held is None:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(update(leases).where(and_(
+                leases.c.run_id == run_id, leases.c.scope == scope, leases.c.token == held[0],
+            )).values(owner=None, expires_at=now()))
+
+    def holds(self, run_id: str, scope: str = RUN_SCOPE) -> bool:
+        with self._lock:
+            return (run_id, scope) in self._held
+
+    def fence_for(self, run_id: str, scope: str) -> Fence | None:
+        """The lease a write for `scope` (a location id, or "servers") is made under: the location's, else
+        the run's; None for a writer that holds no lease on the run (tools, tests)."""
+        with self._lock:
+            for lease_scope in (location_scope(scope), RUN_SCOPE):
+                held = self._held.get((run_id, lease_scope))
+                if held is not None:
+                    return (run_id, lease_scope, held[0])
+        return None
+
+    def _free(self, lease: Lease, t: float) -> bool:
+        if lease.owner is None or lease.owner == self.worker or lease.expires_at <= t:
+            return True
+        host, _, pid = lease.owner.rpartition(":")
+        return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+    def _renew_loop(self) -> None:
+        while True:
+            with self._lock:
+                held = dict(self._held)
+            interval = min((ttl for _, ttl in held.values()), default=lease_seconds()) / 3
+            if self._stop_renewing.wait(interval):
+                return
+            for (run_id, scope), (token, ttl) in held.items():
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(update(leases).where(and_(
+                            leases.c.run_id == run_id, leases.c.scope == scope, leases.c.token == token,
+                        )).values(expires_at=now() + ttl))
+                except Exception:  # noqa: BLE001 - a lost lease is refused at the next write; keep trying
+                    pass
+
+    def _check_fences(self, conn: Any, fences: Iterable[Fence]) -> None:
+        """Refuse the transaction unless every token is still its lease's current one. Runs after the
+        transaction's writes: SQLite then holds its write lock, and on PostgreSQL FOR SHARE makes a
+        concurrent takeover wait until this transaction ends."""
+        for run_id, scope, token in sorted(set(fences)):
+            row = conn.execute(select(leases.c.token, leases.c.owner).where(and_(
+                leases.c.run_id == run_id, leases.c.scope == scope)).with_for_update(read=True)).first()
+            if row is None or row[0] != token or row[1] is None:  # taken over, or given up
+                what = f"run {run_id}" if scope == RUN_SCOPE else f"{scope.replace(':', ' ', 1)} of run {run_id}"
+                by = f"by {row[1]} " if row is not None and row[1] else ""
+                raise LeaseLost(f"{what} was taken over {by}(lease token {row[0] if row else None}, this process "
+                                f"held {token}): this process stops writing to it")
+
+    # ------------------------------------------------------------ intents (before a changing step)
+    def record_intent(self, run_id: str, step_id: str, scope: str, attempt: int) -> None:
+        """Commit that a changing step is about to touch its device; refused without the current lease."""
+        self._raise_writer_error()  # a ledger that cannot record the outcome must not let the change start
+        fence = self.fence_for(run_id, scope)
+        values = dict(attempt=attempt, token=fence[2] if fence else None, owner=self.worker, recorded_at=now(),
+                      settled_at=None, outcome=None)
+        stmt = _insert(self.dialect)(intents).values(run_id=run_id, step_id=step_id, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
+        for attempt_no in range(8):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(stmt)
+                    if fence is not None:
+                        self._check_fences(conn, [fence])
+                return
+            except OperationalError:
+                if attempt_no == 7:
+                    raise
+                time.sleep(0.02 * 2**attempt_no)
+
+    def open_intents(self, run_id: str) -> dict[str, int]:
+        """step id -> attempt of every intent without a recorded outcome (its process died in between)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(intents.c.step_id, intents.c.attempt).where(and_(
+                intents.c.run_id == run_id, intents.c.settled_at.is_(None)))).all()
+        return {step_id: attempt for step_id, attempt in rows}
+
     # ------------------------------------------------------------ steps (queued writes)
     def record_step(self, run_id: str, record: StepRecord) -> None:
-        self._put(("step", (run_id, record)))
+        self._put(("step", (run_id, record, self.fence_for(run_id, record.scope))))
 
     def record_location(self, run_id: str, location_id: str, status: LocationStatus, *, reason: str = "",
                         devices: int = 0, devices_failed: int = 0, devices_skipped: int = 0,
                         started_at: float | None = None, finished_at: float | None = None,
                         clock_start: float | None = None, clock_end: float | None = None) -> None:
-        self._put(("location", dict(
+        self._put(("location", (dict(
             run_id=run_id, location_id=location_id, status=status, reason=reason, devices=devices,
             devices_failed=devices_failed, devices_skipped=devices_skipped, started_at=started_at,
             finished_at=finished_at, clock_start=clock_start, clock_end=clock_end, worker=self.worker,
-        )))
+        ), self.fence_for(run_id, location_id))))
 
     def flush(self, timeout: float = 120.0) -> None:
         """Return once everything queued so far is committed."""
@@ -327,6 +526,9 @@ class Ledger:
             self._queue.put(("stop", None))
             self._writer.join(timeout=30)
             self._writer = None
+        for run_id, scope in list(self._held):
+            self.release_lease(run_id, scope)
+        self._stop_renewing.set()
         self.engine.dispose()
 
     def _put(self, item: tuple[str, Any]) -> None:
@@ -338,8 +540,11 @@ class Ledger:
         self._queue.put(item)
 
     def _raise_writer_error(self) -> None:
-        if self._writer_error is not None:
-            raise LedgerError(f"writing to the ledger failed: {self._writer_error}") from self._writer_error
+        error = self._writer_error
+        if isinstance(error, LedgerError):  # says what is wrong already (full disk, lease lost...)
+            raise type(error)(error.message, hint=error.hint)
+        if error is not None:
+            raise LedgerError(f"writing to the ledger failed: {error}") from error
 
     def _write_loop(self) -> None:
         while True:
@@ -351,14 +556,16 @@ class Ledger:
                 pass
             step_rows = [item for kind, item in batch if kind == "step"]
             location_rows = [item for kind, item in batch if kind == "location"]
+            fences = [item[2] for item in step_rows if item[2]] + [fence for _, fence in location_rows if fence]
             if step_rows or location_rows:
                 for attempt in range(5):
                     try:
                         with self.engine.begin() as conn:
                             if step_rows:
                                 self._upsert_steps(conn, step_rows)
-                            for row in location_rows:
-                                self._upsert(conn, locations, row, ("run_id", "location_id"))
+                            for row, _ in location_rows:
+                                self._upsert_location(conn, row)
+                            self._check_fences(conn, fences)  # a stale holder's writes roll back here
                         break
                     except OperationalError as exc:  # database busy: back off and retry the batch
                         if attempt == 4:
@@ -373,10 +580,10 @@ class Ledger:
                 elif kind == "stop":
                     return
 
-    def _upsert_steps(self, conn, items: list[tuple[str, StepRecord]]) -> None:
+    def _upsert_steps(self, conn, items: list[tuple[str, StepRecord, Fence | None]]) -> None:
         # The last write for a step in one batch wins; earlier ones are superseded.
         latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for run_id, r in items:
+        for run_id, r, _ in items:
             if latest.get((run_id, r.step_id), {}).get("status") == "succeeded":
                 continue  # as in the database below: nothing undoes a succeeded step
             latest[(run_id, r.step_id)] = dict(
@@ -395,12 +602,23 @@ class Ledger:
             where=steps.c.status != "succeeded",
         )
         conn.execute(stmt, rows)
+        # An outcome settles its step's intent in the same transaction: no window where one exists alone.
+        by_status: dict[str, list[tuple[str, str]]] = {}
+        for row in rows:
+            if row["status"] in FINAL:
+                by_status.setdefault(row["status"], []).append((row["run_id"], row["step_id"]))
+        for status, keys in sorted(by_status.items()):
+            for run_id in sorted({r for r, _ in keys}):
+                conn.execute(update(intents).where(and_(
+                    intents.c.run_id == run_id, intents.c.step_id.in_([s for r, s in keys if r == run_id]),
+                    intents.c.settled_at.is_(None))).values(settled_at=now(), outcome=status))
 
-    def _upsert(self, conn, table: Table, row: dict[str, Any], keys: tuple[str, ...]) -> None:
-        insert = _insert(self.dialect)
-        stmt = insert(table).values(**row)
-        stmt = stmt.on_conflict_do_update(index_elements=list(keys),
-                                          set_={k: v for k, v in row.items() if k not in keys})
+    def _upsert_location(self, conn, row: dict[str, Any]) -> None:
+        # As for steps: nothing rewrites a location that succeeded (its times and verdict are final).
+        stmt = _insert(self.dialect)(locations).values(**row)
+        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "location_id"],
+                                          set_={k: v for k, v in row.items() if k not in ("run_id", "location_id")},
+                                          where=locations.c.status != LocationStatus.SUCCEEDED.value)
         conn.execute(stmt)
 
     # ------------------------------------------------------------ reads
@@ -420,6 +638,12 @@ class Ledger:
         with self.engine.connect() as conn:
             rows = conn.execute(select(locations).where(locations.c.run_id == run_id)).mappings().all()
         return {r["location_id"]: dict(r) for r in rows}
+
+    def location_result(self, run_id: str, location_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(locations).where(and_(
+                locations.c.run_id == run_id, locations.c.location_id == location_id))).mappings().first()
+        return dict(row) if row else None
 
     def progress(self, run_id: str) -> dict[tuple[str, str, str], int]:
         """(scope, kind, status) -> number of steps, for live displays."""
@@ -522,9 +746,104 @@ def _insert(dialect: str) -> Any:
     raise ConfigError(f"unsupported ledger database '{dialect}' (use SQLite or PostgreSQL)")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+# What a database error means for the person running bigbang: (text in the driver's message, what to say).
+_FATAL = (
+    ("database or disk is full", "the ledger's disk is full: free space and resume; everything recorded so far is kept"),
+    ("disk i/o error", "the ledger's disk failed to read or write (I/O error): check the disk, then resume"),
+    ("readonly database", "the ledger is read-only: make it writable (file and directory) or use another --ledger"),
+    ("read-only", "the ledger is read-only: make it writable or use another --ledger"),
+    ("file is not a database", "the ledger file is not an SQLite database (truncated or corrupted): restore it "
+                               "from a backup or give another --ledger"),
+    ("database disk image is malformed", "the ledger file is corrupted: restore it from a backup or give another "
+                                         "--ledger (sqlite3 FILE '.recover' may save what it holds)"),
+    ("unable to open database file", "the ledger file cannot be opened: check that its directory exists and is "
+                                     "writable"),
+    ("connection refused", "the ledger database cannot be reached (connection refused): check that it runs and "
+                           "the URL in --ledger / BIGBANG_LEDGER_URL"),
+    ("could not translate host name", "the ledger database's host name is unknown: check --ledger / "
+                                      "BIGBANG_LEDGER_URL"),
+    ("name or service not known", "the ledger database's host name is unknown: check --ledger / BIGBANG_LEDGER_URL"),
+    ("timeout expired", "the ledger database did not answer in time: check that it runs and is reachable"),
+    ("password authentication failed", "the ledger database refused the user or password in the ledger URL"),
+    ('database "*does not exist', "the ledger database named in the URL does not exist: create it or fix the URL"),
+    ("no such table", "the ledger lacks its tables (a file from another program?): give another --ledger"),
+)
+
+
+def _fatal(exc: BaseException, safe_url: str) -> LedgerError | None:
+    """A LedgerError with one clear line for a database fault that retrying will not cure; None otherwise
+    (a busy SQLite database is retried)."""
+    text = str(exc).lower()
+    for needle, meaning in _FATAL:
+        if all(part in text for part in needle.split("*")):
+            detail = one_line_of(str(getattr(exc, "orig", None) or exc))
+            return LedgerError(f"{meaning} ({safe_url}: {detail})")
+    return None
+
+
+def one_line_of(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())[:300]
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(url.removeprefix("sqlite:///")).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = ("a part of that path is a file, not a directory"
+                   if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror or str(exc))
+            raise ConfigError(f"cannot use the ledger URL {url}: its directory {directory} cannot be created "
+                              f"({why})", hint="give a path in a writable directory") from None
+        _check_sqlite_file(directory / Path(url.removeprefix("sqlite:///")).name, url)
+    engine = _create_engine(url)
+    safe = engine.url.render_as_string(hide_password=True)
+
+    @event.listens_for(engine, "handle_error")
+    def _explain(context):  # noqa: ANN001
+        return _fatal(context.original_exception, safe)
+
+    return engine
+
+
+def _check_sqlite_file(path: Path, url: str) -> None:
+    """Refuse a ledger file that is cut short: SQLite would read what is left as an older, smaller ledger
+    (runs and steps silently missing). The header says how many pages the file has; a file is never shorter
+    than that unless the rest is still in its write-ahead log."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LedgerError(f"cannot read the ledger file {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        return  # a new, empty database
+    if not header.startswith(b"SQLite format 3\x00") or len(header) < 100:
+        raise LedgerError(f"the ledger file is not an SQLite database (truncated or corrupted): restore it from a "
+                          f"backup or give another --ledger ({url})")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    wal = path.with_name(path.name + "-wal")
+    pending = wal.exists() and wal.stat().st_size > 0  # pages not checkpointed yet are read from the WAL
+    if pages and size < pages * page_size and not pending:
+        raise LedgerError(f"the ledger file is truncated ({size} of {pages * page_size} bytes): restore it from a "
+                          f"backup or give another --ledger ({url})")
+
+
+def _create_engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},

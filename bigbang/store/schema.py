@@ -116,7 +116,33 @@ sim_effects = Table(
     Column("worker", String(120)),
 )
 
+# Who executes a run (scope "run") or one of its locations (scope "location:ID") now. `token` grows by one
+# with every acquisition: a write carrying an older token comes from a holder that lost the lease (it
+# stalled past `expires_at`, or was taken over) and is refused in the same transaction (fencing).
+leases = Table(
+    "leases", metadata,
+    Column("run_id", String(80), primary_key=True),
+    Column("scope", String(120), primary_key=True),
+    Column("owner", String(120)),  # HOST:PID; None once released
+    Column("token", Integer, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
 
+# A changing step about to touch a device: written (and committed) before the connector is called, settled
+# in the transaction that records the step's outcome. An open intent found on resume means the process died
+# in between: the device is asked what was applied before anything is redone.
+intents = Table(
+    "intents", metadata,
+    Column("run_id", String(80), primary_key=True),
+    Column("step_id", String(200), primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("token", Integer),  # the fencing token of the lease it was written under
+    Column("owner", String(120), nullable=False),
+    Column("recorded_at", Float, nullable=False),
+    Column("settled_at", Float),
+    Column("outcome", String(20)),
+)
 
 # The frozen plan: what a run does, written once at start (a new version only on an explicit
 # `--accept-inventory-changes`). Everyone reads the plan from here, never from the inventory's YAML.
