@@ -35,9 +35,11 @@ def run(args) -> int:
     console = Console()
     show(console, plan, inventory, args.location, args.all)
     if args.vcenter:
-        from bigbang.commands.vcenter import assess_inventory, show_diff
+        from bigbang.commands.vcenter import assess_inventory, diff_exit_status, show_diff
 
-        show_diff(console, assess_inventory(inventory))
+        results = assess_inventory(inventory)
+        show_diff(console, results)
+        return diff_exit_status(results)  # the same as `bigbang vcenter diff`
     return 0
 
 

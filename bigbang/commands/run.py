@@ -214,15 +214,15 @@ def _summarise(ledger: Ledger, run_id: str, console: Console, wall: float, stric
     out.print(f"Run {run_id} {data['run']['status']} in {wall:.1f} s: "
               f"{servers.count('succeeded')} of {len(servers)} servers done, {servers.count('failed')} failed; "
               f"{devices.get('succeeded', 0)} devices done, {devices.get('failed', 0)} failed, "
-              f"{devices.get('skipped', 0)} skipped.", markup=False)
+              f"{devices.get('skipped', 0)} skipped.", markup=False, soft_wrap=True)
     if data["run"]["halted_reason"]:
-        out.print(f"Halted: {data['run']['halted_reason']}", markup=False)
+        out.print(f"Halted: {data['run']['halted_reason']}", markup=False, soft_wrap=True)
     report_dir = os.path.join(os.environ.get("BIGBANG_REPORTS", "reports"), run_id)
-    out.print(f"Report: {report_dir}/summary.html (and summary.md)", markup=False)
+    out.print(f"Report: {report_dir}/summary.html (and summary.md)", markup=False, soft_wrap=True)
     for line in failure_lines(data):
-        out.print(line, markup=False)
+        out.print(line, markup=False, soft_wrap=True)
     code = exit_code(data)
     if code != EXIT_OK:
         retry = data["retry_command"] or f"bigbang run --resume {run_id} --retry-failed"
-        out.print(f"To retry what failed: {retry}", markup=False)
+        out.print(f"To retry what failed: {retry}", markup=False, soft_wrap=True)
     return code

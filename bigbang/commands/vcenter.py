@@ -158,4 +158,10 @@ def run_diff(args) -> int:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     else:
         show_diff(Console(), results)
-    return 1 if any(r.action == "error" for r in results) else 0
+    return diff_exit_status(results)
+
+
+def diff_exit_status(results: list) -> int:
+    """1 when a live run's precheck would fail on some server (an error, or drift it will not fix), else 0;
+    shared by `vcenter diff` and `plan --vcenter`."""
+    return 1 if any(r.action in ("error", "drift") for r in results) else 0
