@@ -192,3 +192,43 @@ def test_live_run_whose_servers_fail_exits_1_and_names_them(bigbang, env, two_dc
     assert "1 of 3 servers done, 2 failed" in proc.stdout
     assert lines[-1] == "To retry what failed: bigbang run --resume run-srv-fail --retry-failed"
     assert "Traceback" not in proc.stderr
+
+
+def test_a_standalone_esxi_host_is_discovered_diffed_and_says_it_is_one(bigbang, bb_env, tmp_path):
+    esx = Vcsim("-esx")
+    try:
+        env = {**bb_env, "BIGBANG_TEST_ESX_PASSWORD": esx.password}
+        si = esx.connect()
+        assert si.content.about.apiType == "HostAgent"
+        dc = si.content.rootFolder.childEntity[0]
+        host = dc.hostFolder.childEntity[0]
+        tpl = next(vm for vm in dc.vmFolder.childEntity if vm.name == "tpl-rhel9")
+        task = tpl.CloneVM_Task(folder=dc.vmFolder, name="esx-app01", spec=vim.vm.CloneSpec(
+            location=vim.vm.RelocateSpec(pool=host.resourcePool), powerOn=False))
+        assert task.info.state == "success", task.info.error
+        conf = esx.settings(datacenter=None, password={"env": "BIGBANG_TEST_ESX_PASSWORD"})
+        inv = tmp_path / "inv"
+        write(inv / "rollout.yaml", {"rollout": {"name": ROLLOUT, "window": WINDOW}, "connectors": {"vsphere": conf}})
+        out = inv / "servers.yaml"
+        bigbang("vcenter", "discover", "--inventory", inv / "rollout.yaml", "--out", out, env=env, check=True)
+        text = out.read_text()
+        assert f"# Discovered from standalone ESXi host {esx.host}:{esx.port} (VMware ESXi" in text
+        entry = yaml.safe_load(text)["servers"][0]
+        assert (entry["name"], entry["datacenter"], entry["cluster"]) == ("esx-app01", "ha-datacenter", host.name)
+        proc = bigbang("vcenter", "diff", inv, "--json", env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert [r["action"] for r in json.loads(proc.stdout)] == ["fine"]
+        assert "a standalone host, not vCenter" in proc.stderr
+
+        servers = yaml.safe_load(text)["servers"] + [{
+            "name": "esx-new01", "template": "tpl-rhel9", "cluster": host.name, "datastore": entry["datastore"],
+            "network": entry["network"], "customization": {"os": "linux"}}]
+        write(out, {"servers": servers})
+        proc = bigbang("vcenter", "diff", inv, "--json", env=env)
+        rows = {r["server"]: r for r in json.loads(proc.stdout)}
+        assert proc.returncode == 1 and rows["esx-app01"]["action"] == "fine"
+        assert rows["esx-new01"]["action"] == "error"
+        assert "is a standalone ESXi host, not vCenter, and cannot clone template tpl-rhel9" in \
+            rows["esx-new01"]["message"]
+    finally:
+        esx.stop()

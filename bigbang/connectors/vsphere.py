@@ -184,6 +184,10 @@ class VsphereConnector:
         found = assess(self.client, self.catalog, spec, default_datacenter=self.settings.datacenter,
                        drift_policy=self.settings.drift)
         facts = {"plan": found.action, "changes": [str(c) for c in found.changes]}
+        try:
+            facts["endpoint"] = self.catalog.endpoint_kind()
+        except Exception:  # noqa: BLE001 - only a fact; the assessment above has the real outcome
+            pass
         if found.placement is not None:
             facts.update(cluster=found.placement.cluster_name, datastore=found.placement.datastore_name,
                          network=found.placement.network_name, datacenter=found.placement.datacenter_name)

@@ -54,6 +54,11 @@ def assess(client: VcenterClient, catalog: Catalog, spec: dict[str, Any], *, def
         placement = catalog.place(spec, default_datacenter, need_template=ref is None)
     except PlacementError as exc:
         return Assessment(name, "error", str(exc))
+    if ref is None and catalog.data()["standalone"]:
+        return Assessment(name, "error", f"servers[{name}]: {catalog.endpoint_kind()} is a standalone ESXi host, "
+                                         f"not vCenter, and cannot clone template {spec['template']}; create "
+                                         f"{vm_name_of(spec)} through a vCenter, or make it by hand and mark it "
+                                         "existing: true", placement=placement)
     if ref is None:
         where = f"{placement.cluster_name}/{placement.datastore_name}"
         return Assessment(name, "create", f"clone {spec['template']} to {where} on {placement.network_name}",

@@ -79,6 +79,7 @@ class Catalog:
         portgroups = c.list_objects(vim.dvs.DistributedVirtualPortgroup, ["key", "config.distributedVirtualSwitch",
                                                                           "config.uplink"])
         vms = c.list_objects(vim.VirtualMachine, ["name", "parent", "config.template", "config.guestId"])
+        about = c.call(lambda content: content.about)
 
         parent = {obj: props.get("parent") for table in (folders, dcs, clusters, datastores, networks, vms)
                   for obj, props in table.items()}
@@ -122,6 +123,7 @@ class Catalog:
             "dc_by_name": {p["name"]: dc for dc, p in dcs.items()}, "vm_index": vm_index, "vms": vms,
             "switch_uuid": {s: p.get("uuid") for s, p in switches.items()},
             "portgroups": portgroups, "dc_of": dc_of,
+            "standalone": getattr(about, "apiType", "") == "HostAgent", "product": getattr(about, "fullName", ""),
         }
 
     def data(self, refresh: bool = False) -> dict[str, Any]:
@@ -131,6 +133,12 @@ class Catalog:
                 self._data = self._load()
                 self._loaded_at = time.monotonic()
             return self._data
+
+    def endpoint_kind(self) -> str:
+        """`vCenter (VMware vCenter Server ...)` or `standalone ESXi host (VMware ESXi ...)`."""
+        data = self.data()
+        kind = "standalone ESXi host" if data["standalone"] else "vCenter"
+        return f"{kind} {self.client.endpoint.where}" + (f" ({data['product']})" if data["product"] else "")
 
     # ------------------------------------------------------------ virtual machines
     def find_vm(self, name: str, refresh: bool = False, *, datacenter: str | None = None,

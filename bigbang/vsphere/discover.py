@@ -108,7 +108,7 @@ def discover(client: VcenterClient, catalog: Catalog, datacenter: str | None = N
 
 def to_yaml(servers: list[dict[str, Any]], skipped: list[str], source: str) -> str:
     lines = [
-        f"# Discovered from vCenter {source} by `bigbang vcenter discover`.",
+        f"# Discovered from {source} by `bigbang vcenter discover`.",
         "# Every server is marked existing: true (bigbang snapshots it before changing it).",
         "# 'template' is a template of the same guest OS in the VM's datacenter, or 'unknown': check it before "
         "creating new servers.",

@@ -499,6 +499,7 @@ func main() {
 	noDHCP := flag.String("no-dhcp", "vlan999-isolated", "port groups without a DHCP server")
 	templates := flag.String("templates", "tpl-win2022:windows2019srv_64Guest,tpl-rhel9:rhel8_64Guest", "templates [DATACENTER/]NAME:GUESTID (in the first datacenter unless named)")
 	boot := flag.Duration("boot", 50*time.Millisecond, "time from power-on to guest tools running")
+	esx := flag.Bool("esx", false, "a standalone ESXi host (API type HostAgent, datacenter ha-datacenter) instead of vCenter")
 	flag.Parse()
 	if *dir == "" || *password == "" {
 		log.Fatal("-dir and -password are required")
@@ -513,6 +514,13 @@ func main() {
 	m.Host = 0
 	m.Datastore = len(list(*datastores))
 	m.Portgroup = len(list(*networks))
+	if *esx {
+		m = simulator.ESX()
+		m.Datastore = len(list(*datastores))
+		dcNames = []string{"ha-datacenter"}
+		*networks = "VM Network"
+		*noDHCP = ""
+	}
 	m.Machine = 0
 	m.Pool = 0
 	m.App = 0
@@ -524,6 +532,14 @@ func main() {
 	defer m.Remove()
 
 	var generated []string
+	if *esx {
+		renameSorted("Datastore", "LocalDS_", list(*datastores), func(e mo.Entity, name string) {
+			ds := e.(*simulator.Datastore)
+			ds.Summary.Name = name
+			ds.Info.GetDatastoreInfo().Name = name
+		})
+		dcNames = dcNames[:0]
+	}
 	for i := range dcNames {
 		generated = append(generated, fmt.Sprintf("DC%d", i))
 	}
@@ -543,6 +559,9 @@ func main() {
 		_ = dc
 	}
 	renameSorted("Datacenter", "DC", dcNames, func(mo.Entity, string) {})
+	if *esx {
+		dcNames = []string{"ha-datacenter"}
+	}
 
 	cert, caFile, thumb := makeCerts(*dir)
 	m.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
