@@ -5,7 +5,9 @@ VMware's vCenter simulator with two datacenters, PostgreSQL (Prefect's database 
 `prefect server start`, one `bigbang worker` per region, the field app (`bigbang serve`), whose HTTP
 interface the technicians use to sign each location off. Faults while it runs: 300 ms latency and 5 %
 loss on one location's link, another location's link cut for 30 s while it works, a thin client that
-never comes back from its reboot, vCenter frozen (SIGSTOP) for 20 s during the server waves.
+never comes back from its reboot, vCenter frozen (SIGSTOP) for 20 s during the server waves. (Where the kernel
+has no sch_netem, as on the CI machine this was written on, the slow link is an htb rate limit instead: slow,
+not lossy; the test prints which it got.)
 
 Afterwards every peer's real state (each VM in the simulator, each thin client's running hostname and
 profile, each workstation's image, hostname and domain) is read and compared with the ledger and the
@@ -108,7 +110,8 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
                 env=env, cwd=tmp_path, start_new_session=True, stdout=open(tmp_path / f"worker-{region}.log", "w"),
                 stderr=subprocess.STDOUT))
 
-        lab.netem(next(s for s in lab.sites if s.id == SLOW))
+        slow_link = lab.netem(next(s for s in lab.sites if s.id == SLOW))
+        print(f"{SLOW}'s link: {slow_link}")
         run = subprocess.Popen(
             [sys.executable, "-m", "bigbang", "run", str(inventory), "--mode", "live", "--dispatch", "deployments",
              "--ledger", ledger_url, "--quiet", "--run-id", RUN_ID],
@@ -149,8 +152,7 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
                 timer.start()
                 timers.append(timer)
             cut_site = next(s for s in lab.sites if s.id == CUT)
-            if cut_at is None and any(s.scope == CUT and s.kind in ("tc.reassign", "ws.prestage")
-                                      for s in steps.values()):
+            if cut_at is None and ledger.location_results(RUN_ID).get(CUT, {}).get("status") == "running":
                 timers.append(lab.cut(cut_site, 30))
                 cut_at = time.monotonic()
             for site in lab.sites:
@@ -159,7 +161,8 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
             time.sleep(1)
         stdout, stderr = run.communicate(timeout=60)
         wall = time.monotonic() - started
-        assert frozen_at is not None and cut_at is not None, "a fault was never injected"
+        locations = {k: (v["status"], v["reason"]) for k, v in ledger.location_results(RUN_ID).items()}
+        assert frozen_at is not None and cut_at is not None, f"a fault was never injected: {locations}\n{stdout}"
         assert "Traceback" not in stderr, stderr[-3000:]
         assert signed == {s.id for s in lab.sites}
 

@@ -11,9 +11,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
-
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import yaml

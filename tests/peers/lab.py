@@ -213,10 +213,21 @@ class Lab:
                     f"l{site.index}-tc{n}", f"{site.subnet}.{10 + workstations + n}", never_returns=never))
 
     # ------------------------------------------------------------ faults
-    def netem(self, site: Site, spec: str = "delay 300ms loss 5%") -> None:
-        """Latency and loss on the location's link, both directions."""
-        ip("tc", "qdisc", "replace", "dev", site.link, "root", "netem", *spec.split())
-        ip("tc", "qdisc", "replace", "dev", "eth0", "root", "netem", *spec.split(), ns=site.ns)
+    def netem(self, site: Site, spec: str = "delay 300ms loss 5%", fallback_rate: str = "512kbit") -> str:
+        """Latency and loss on the location's link, both directions; returns what was applied. Where the kernel
+        has no netem (sch_netem), the link is throttled with htb to `fallback_rate` instead (a slow link, not
+        a lossy one) and the return value says so."""
+        applied = []
+        for dev, ns in ((site.link, None), ("eth0", site.ns)):
+            done = ip("tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split(), ns=ns, check=False)
+            if done.returncode == 0:
+                applied.append(f"netem {spec}")
+                continue
+            ip("tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "10", ns=ns)
+            ip("tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", fallback_rate,
+               "ceil", fallback_rate, ns=ns)
+            applied.append(f"htb {fallback_rate} (no netem in this kernel: {done.stderr.strip()})")
+        return "; ".join(sorted(set(applied)))
 
     def cut(self, site: Site, seconds: float) -> threading.Timer:
         """Take the location's link down now and up again after `seconds`."""
