@@ -5,7 +5,9 @@ VMware's vCenter simulator with two datacenters, PostgreSQL (Prefect's database 
 `prefect server start`, one `bigbang worker` per region, the field app (`bigbang serve`), whose HTTP
 interface the technicians use to sign each location off. Faults while it runs: 300 ms latency and 5 %
 loss on one location's link, another location's link cut for 30 s while it works, a thin client that
-never comes back from its reboot, vCenter frozen (SIGSTOP) for 20 s during the server waves. (Where the kernel
+never comes back from its reboot, a workstation whose imaging never finishes, vCenter frozen (SIGSTOP) for
+20 s during the server waves, and the worker running a location killed mid-location (a replacement starts; the
+location is dispatched again and resumes from the ledger). (Where the kernel
 has no sch_netem, as on the CI machine this was written on, the slow link is an htb rate limit instead: slow,
 not lossy; the test prints which it got.)
 
@@ -39,9 +41,11 @@ from tests.peers.postgres import postgres  # noqa: F401 - fixture
 from tests.peers.prefect_server import prefect_server, stop_group  # noqa: F401 - fixture
 from tests.peers.redis import redis  # noqa: F401 - fixture
 from tests.peers.vcsim import Vcsim
+from tests.test_distributed import descendants
 
 RUN_ID = "run-live-weekend"
 SLOW, CUT = "LAB-02", "LAB-03"  # netem on one location's link; the other's link cut for 30 s mid-run
+KILL = "LAB-04"  # region syd: its worker is killed (SIGKILL, with its flow-run processes) while it runs there
 
 
 class Technician:
@@ -95,20 +99,25 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
         ledger_url = postgres.create_database()
         env = prefect_server.client_env(bb_env)
         env.update(lab.env(), **{VCENTER_PASSWORD_ENV: sim.password}, BIGBANG_DISPATCH_POLL_SECONDS="1",
-                   PREFECT_LOGGING_LEVEL="WARNING")
+                   BIGBANG_PENDING_LIMIT_SECONDS="45", PREFECT_LOGGING_LEVEL="WARNING")
         print(f"lab built in {lab.build_seconds:.1f} s")
 
         def bigbang(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, "-m", "bigbang", *args], env=env, cwd=tmp_path,
                                   capture_output=True, text=True, timeout=180)
 
-        deployed = bigbang("deploy", str(inventory))
+        deployed = bigbang("deploy", str(inventory), "--crash-after", "50")
         assert deployed.returncode == 0, deployed.stderr
-        for region in ("nord", "syd"):
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "bigbang", "worker", "--name", f"worker-{region}", "--region", region],
-                env=env, cwd=tmp_path, start_new_session=True, stdout=open(tmp_path / f"worker-{region}.log", "w"),
-                stderr=subprocess.STDOUT))
+
+        def worker(name: str, region: str) -> subprocess.Popen:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bigbang", "worker", "--name", name, "--region", region],
+                env=env, cwd=tmp_path, start_new_session=True, stdout=open(tmp_path / f"{name}.log", "w"),
+                stderr=subprocess.STDOUT)
+            processes.append(process)
+            return process
+
+        workers = {region: worker(f"worker-{region}", region) for region in ("nord", "syd")}
 
         slow_link = lab.netem(next(s for s in lab.sites if s.id == SLOW))
         print(f"{SLOW}'s link: {slow_link}")
@@ -138,7 +147,8 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
         technicians = {site.team: Technician(base, f"tech-{site.region}") for site in lab.sites}
 
         # Faults during the run: vCenter frozen in the server waves; a location's link cut while it works.
-        frozen_at = cut_at = None
+        frozen_at = cut_at = killed_at = None
+        done_before_kill: dict[str, tuple] = {}
         signed: set[str] = set()
         deadline = time.monotonic() + 600
         while run.poll() is None:
@@ -155,6 +165,20 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
             if cut_at is None and ledger.location_results(RUN_ID).get(CUT, {}).get("status") == "running":
                 timers.append(lab.cut(cut_site, 30))
                 cut_at = time.monotonic()
+            row = ledger.location_results(RUN_ID).get(KILL, {})
+            done_here = {k: (s.finished_at, s.attempts) for k, s in steps.items()
+                         if s.scope == KILL and str(s.status) == "succeeded"}
+            if killed_at is None and row.get("status") == "running" and \
+                    sum(1 for k in done_here if k.endswith((":tc.reassign", ":ws.image"))) >= 2:
+                victim = workers["syd"]
+                for pid in [victim.pid, *descendants(victim.pid)]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                victim.wait()
+                killed_at, done_before_kill = time.monotonic(), done_here
+                workers["syd"] = worker("worker-syd-2", "syd")  # the replacement machine
             for site in lab.sites:
                 if site.id not in signed and technicians[site.team].try_sign_off(site.id):
                     signed.add(site.id)
@@ -162,7 +186,7 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
         stdout, stderr = run.communicate(timeout=60)
         wall = time.monotonic() - started
         locations = {k: (v["status"], v["reason"]) for k, v in ledger.location_results(RUN_ID).items()}
-        assert frozen_at is not None and cut_at is not None, f"a fault was never injected: {locations}\n{stdout}"
+        assert None not in (frozen_at, cut_at, killed_at), f"a fault was never injected: {locations}\n{stdout}"
         assert "Traceback" not in stderr, stderr[-3000:]
         print(f"locations: {locations}")
         gated = {loc for loc, (status, _) in locations.items() if status in ("succeeded", "completed_with_failures")}
@@ -236,6 +260,17 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
             assert (loc["succeeded"], loc["failed"], loc["skipped"]) == \
                 (counted["succeeded"], counted["failed"], counted["skipped"]), (site.id, loc)
         assert device_rows == 60
+        # the killed worker's location ran again and resumed: what had finished before the kill was not redone
+        redispatched = [e for e in ledger.events(RUN_ID) if e["kind"] == "location.redispatched"]
+        assert any(KILL in f"{e.get('subject') or ''} {e['message']}" for e in redispatched), ledger.events(RUN_ID)[-10:]
+        assert locations[KILL][0] in ("succeeded", "completed_with_failures"), locations[KILL]
+        for step_id, (finished_at, attempts) in done_before_kill.items():
+            assert (steps[step_id].finished_at, steps[step_id].attempts) == (finished_at, attempts), step_id
+            if step_id.endswith(":tc.reassign"):
+                name = step_id.split(":")[0]
+                tc = next(t for s in lab.sites for n, t in enumerate(s.thin_clients, start=1)
+                          if f"l{s.index}-old-tc{n}" == name)
+                assert tc.boots == 1, f"{name} was rebooted {tc.boots} times: its reassign ran twice"
         slow = next(loc for loc in report["locations"] if loc["id"] == SLOW)
         assert slow["failed"] == 0 and slow["status"] == "succeeded", slow  # latency and loss: slower, not failed
 
@@ -243,7 +278,9 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
         assert run.returncode == 1, stdout[-3000:] + stderr[-3000:]
         assert "l6-old-tc6" in stdout and any(f"l5-old-ws4" in line for line in stdout.splitlines())
         assert stdout.strip().splitlines()[-1] == f"To retry what failed: bigbang run --resume {RUN_ID} --retry-failed"
-        print(f"faults: vCenter frozen 20 s at +{frozen_at - started:.0f} s, {CUT} cut 30 s at "
+        print(f"faults: worker-syd killed at +{killed_at - started:.0f} s running {KILL} "
+              f"({len(done_before_kill)} steps done there before); "
+              f"vCenter frozen 20 s at +{frozen_at - started:.0f} s, {CUT} cut 30 s at "
               f"+{cut_at - started:.0f} s, netem on {SLOW}; {CUT}: "
               f"{next(loc for loc in report['locations'] if loc['id'] == CUT)}")
     finally:
