@@ -262,6 +262,14 @@ class _Server(ThreadingHTTPServer):
         self.connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-response (its process killed, its link cut) is no server error."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     def drop_connections(self) -> None:
         """Power loss: open keep-alive connections die too."""
         for conn in list(self.connections):
