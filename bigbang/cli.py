@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             err.print(plain(str(problem)))
         err.print(plain(f"error: {exc}"))
-        return 1
+        return getattr(exc, "exit_code", 1)  # `bigbang run` sets its own codes (README, "Exit codes")
     except (UserError, LedgerError) as exc:  # a ledger that cannot be opened is the user's to fix
         err.print(plain(f"error: {one_line(str(exc))}"))
-        return 1
+        return getattr(exc, "exit_code", 1)
     except BrokenPipeError:
         return 1
     except KeyboardInterrupt:

@@ -139,7 +139,7 @@ def test_worker_killed_mid_location_every_step_exactly_once(tmp_path, bb_env, pr
         for process in workers.values():
             stop_group(process)
 
-    assert run.returncode == 0, f"{stdout}\n{stderr}"
+    assert run.returncode == 1, f"{stdout}\n{stderr}"  # the demo's injected thin client failure: exit 1
 
     plan = build_plan(load_inventory(inventory), "rehearsal")
     planned = {step.id: step for step in plan.steps()}
@@ -193,17 +193,17 @@ def test_deploy_and_worker_need_a_server(bigbang):
 
 def test_dispatch_needs_a_server_and_a_shared_ledger(bigbang, bb_env, tmp_path):
     proc = bigbang("run", DEMO, "--dispatch", "deployments", "--quiet")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--dispatch deployments needs a Prefect server" in proc.stderr and "bigbang deploy" in proc.stderr
 
     env = dict(bb_env, PREFECT_API_URL="http://127.0.0.1:9/api")  # never reached: the ledger check comes first
     proc = bigbang("run", DEMO, "--dispatch", "deployments", "--ledger", "sqlite:///ledger.db", "--quiet", env=env)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "needs a ledger every worker reaches, not sqlite:///ledger.db" in proc.stderr
     assert "postgresql://" in proc.stderr
 
     proc = bigbang("run", DEMO, "--dispatch", "dask", "--ledger", f"sqlite:///{tmp_path / 'ledger.db'}", "--quiet")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "BIGBANG_DASK_ADDRESS" in proc.stderr
 
 
@@ -240,7 +240,7 @@ def test_dask_dispatch_runs_the_locations_on_the_dask_worker(tmp_path, bb_env, p
     finally:
         for process in reversed(cluster):
             stop_group(process)
-    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    assert run.returncode == 1, f"{run.stdout}\n{run.stderr}"  # the demo's injected failure: exit 1
 
     planned = {step.id: step for step in build_plan(load_inventory(DEMO), "rehearsal").steps()}
     engine = create_engine(ledger_url)

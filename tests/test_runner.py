@@ -158,6 +158,6 @@ def test_live_mode_refuses_clearly_without_connector_settings(tmp_path, ledger_u
 
 def test_run_cli_refuses_unknown_resume_in_one_line(bigbang):
     out = bigbang("run", "--resume", "run-nope")
-    assert out.returncode == 1
+    assert out.returncode == 2  # a usage error (README, "Exit codes")
     assert out.stderr.strip().startswith("error: no run run-nope in the ledger")
     assert "Traceback" not in out.stderr

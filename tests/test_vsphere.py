@@ -396,7 +396,8 @@ def test_guest_without_ip_fails_within_the_timeout_without_polling_and_is_rolled
     elapsed = time.monotonic() - started
     assert 2 <= elapsed < 6
     assert not out.ok and not out.transient
-    assert "noip-01: no IP address from the guest within 2 s" in out.message
+    assert "noip-01: expected an IP address (DHCP) from running guest tools within 2 s" in out.message
+    assert "the guest reports no address: no address" in out.message
     assert "destroyed the half-made clone" in out.message
     waits = [c for c in sim.calls() if c["method"] == "WaitForUpdatesEx"]
     assert 1 <= len(waits) <= 4, f"{len(waits)} waits in 2 s: the wait must block, not poll"
@@ -409,7 +410,7 @@ def test_a_failing_clone_task_is_an_explained_failure(sim):
     sim.fail_next("CloneVM_Task", "tpl-win2022", "insufficient disk space on ds-ssd-02")
     out = step(conn, "srv.provision", server("task-err", template="tpl-win2022", datastore="ds-ssd-02"))
     assert not out.ok and out.transient
-    assert "clone task-err from tpl-win2022: vCenter task failed" in out.message
+    assert "clone task-err from tpl-win2022 in datacenter DC-Holstebro: vCenter task failed" in out.message
     assert "insufficient disk space on ds-ssd-02" in out.message
     assert find_vm(sim.connect(), "task-err") is None
     retry = step(conn, "srv.provision", server("task-err", template="tpl-win2022", datastore="ds-ssd-02"), 2)

@@ -67,7 +67,7 @@ def test_the_flow_waits_for_each_sign_off_from_the_field_app(tmp_path, bb_env):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 1, err[-3000:]  # the demo's injected thin client failure: exit 1
     assert sorted(signed_order) == sorted(loc.id for loc in field.plan.locations)
     # the team's chain: HST-027 could only wait for its sign-off after HST-014 was signed off
     assert signed_order.index("HST-014") < signed_order.index("HST-027")

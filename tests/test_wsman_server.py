@@ -1,8 +1,16 @@
-"""The test WS-Man server checked with two independent clients: pywinrm and pypsrp."""
+"""The test WS-Man server checked with independent clients: pywinrm, pypsrp (both on pyspnego for NTLM) and Go's
+masterzen/winrm with Azure/go-ntlmssp (tests/peers/winrm_go, built by scripts/setup.d/21-winrm-go.sh), which
+shares no code with them."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
 import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import requests
@@ -155,3 +163,95 @@ def test_ntlm_without_message_encryption_with_both_clients(wsman_http_lab):
             process = Process(shell, f"echo {auth}")
             process.invoke()
             assert process.stdout == f"{auth}\n".encode()
+
+
+# ---------------------------------------------------------------- MaxEnvelopeSize, NTLM domains, SOAP faults
+
+BIG = 2_000_000  # bytes of output: far more than one 150 KB envelope holds
+BIG_COMMAND = f"head -c {BIG} /dev/zero | tr '\\0' x"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def go_client(*args: str) -> dict:
+    """Run the Go WinRM client (built here when missing, like the simulator)."""
+    subprocess.run(["bash", str(ROOT / "scripts" / "setup.d" / "21-winrm-go.sh")], check=True, capture_output=True,
+                   timeout=600)
+    binary = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bigbang" / "winrm-go" / "winrm-go"
+    proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_receive_honours_max_envelope_size_for_pywinrm(wsman_lab):
+    host = wsman_lab.add_host("srv-big")
+    started = time.monotonic()
+    result = pywinrm_session(wsman_lab, host).run_cmd(BIG_COMMAND)
+    print(f"pywinrm: {BIG} bytes in {len(host.receive_sizes)} Receive responses, {time.monotonic() - started:.2f} s")
+    assert result.status_code == 0 and result.std_out == b"x" * BIG
+    assert len(host.receive_sizes) >= BIG * 4 // 3 // 153600  # split over many responses, as Windows does
+    assert {limit for _, limit in host.receive_sizes} == {153600}  # pywinrm's MaxEnvelopeSize
+    assert max(size for size, _ in host.receive_sizes) <= 153600
+
+
+def test_receive_honours_max_envelope_size_for_the_go_client(wsman_lab):
+    host = wsman_lab.add_host("srv-big-go")
+    started = time.monotonic()
+    out = go_client("-host", host.address, "-port", str(wsman_lab.port), "-https", "-cacert", wsman_lab.ca_file,
+                    "-user", wsman_lab.username, "-password", wsman_lab.password, "-envelope", "51200",
+                    "-command", BIG_COMMAND)
+    print(f"go winrm: {BIG} bytes in {len(host.receive_sizes)} Receive responses, {time.monotonic() - started:.2f} s")
+    assert "error" not in out, out
+    assert out["exit"] == 0 and out["stdout_bytes"] == BIG
+    assert out["stdout_sha256"] == hashlib.sha256(b"x" * BIG).hexdigest()
+    assert {limit for _, limit in host.receive_sizes} == {51200}
+    assert max(size for size, _ in host.receive_sizes) <= 51200 and len(host.receive_sizes) >= 50
+
+
+def test_ntlm_accepts_the_target_name_domain_from_an_independent_client(wsman_http_lab):
+    host = wsman_http_lab.hosts.get("srv-ntlm") or wsman_http_lab.add_host("srv-ntlm")
+    common = ["-host", host.address, "-port", str(wsman_http_lab.port), "-ntlm", "-command", "echo go-ntlm; exit 7"]
+    # A bare user name: go-ntlmssp sends the challenge's TargetName as the domain, as Windows clients do.
+    out = go_client(*common, "-user", wsman_http_lab.username, "-password", wsman_http_lab.password)
+    assert "error" not in out, out
+    assert out["exit"] == 7 and out["stdout_bytes"] == len(b"go-ntlm\n")
+    wrong = go_client(*common, "-user", wsman_http_lab.username, "-password", "wrong")
+    assert "401" in wrong.get("error", "") or "invalid" in wrong.get("error", "").lower(), wrong
+    # and the empty domain (pyspnego's clients with a bare user name) still works
+    session = winrm.Session(wsman_http_lab.endpoint(host), auth=(wsman_http_lab.username, wsman_http_lab.password),
+                            transport="ntlm", message_encryption="never")
+    assert session.run_cmd("echo empty-domain").std_out == b"empty-domain\n"
+
+
+def _soap_fault(response) -> dict:
+    ns = {"s": "http://www.w3.org/2003/05/soap-envelope", "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
+          "f": "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"}
+    root = ET.fromstring(response.content)
+    fault = root.find("s:Body/s:Fault", ns)
+    detail = fault.find("s:Detail/f:WSManFault", ns)
+    return {"status": response.status_code, "type": response.headers["Content-Type"],
+            "action": root.findtext("s:Header/a:Action", namespaces=ns),
+            "code": fault.findtext("s:Code/s:Value", namespaces=ns),
+            "subcode": fault.findtext("s:Code/s:Subcode/s:Value", namespaces=ns),
+            "reason": fault.findtext("s:Reason/s:Text", namespaces=ns),
+            "wsman_code": detail.get("Code"), "machine": detail.get("Machine")}
+
+
+def test_faults_are_soap_faults_even_for_broken_requests(wsman_http_lab):
+    host = wsman_http_lab.hosts.get("srv-faults") or wsman_http_lab.add_host("srv-faults")
+    url = wsman_http_lab.endpoint(host)
+    auth = (wsman_http_lab.username, wsman_http_lab.password)
+    headers = {"Content-Type": "application/soap+xml;charset=UTF-8"}
+    malformed = _soap_fault(requests.post(url, data=b"<s:Envelope", auth=auth, headers=headers, timeout=10))
+    assert malformed["status"] == 500 and malformed["type"].startswith("application/soap+xml")
+    assert (malformed["code"], malformed["subcode"], malformed["wsman_code"]) == \
+        ("s:Sender", "w:SchemaValidationError", "2150858817")
+    assert malformed["action"] == "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
+    envelope = ('<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+                'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header><a:Action>urn:nothing'
+                '</a:Action><a:MessageID>uuid:1</a:MessageID></s:Header><s:Body/></s:Envelope>')
+    unknown = _soap_fault(requests.post(url, data=envelope, auth=auth, headers=headers, timeout=10))
+    assert unknown["subcode"] == "a:ActionNotSupported" and "urn:nothing" in unknown["reason"]
+    assert unknown["action"] == "http://schemas.xmlsoap.org/ws/2004/08/addressing/fault"
+    send = envelope.replace("urn:nothing", "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Send")
+    broken = _soap_fault(requests.post(url, data=send, auth=auth, headers=headers, timeout=10))
+    assert broken["status"] == 500 and broken["code"] in ("s:Sender", "s:Receiver") and broken["machine"] == "srv-faults"

@@ -50,9 +50,11 @@ def run(args) -> int:
         out.width = 1000
     show(out, plan, inventory, args.location, args.all, verbose=args.verbose)
     if args.vcenter:
-        from bigbang.commands.vcenter import assess_inventory, show_diff
+        from bigbang.commands.vcenter import assess_inventory, diff_exit_status, show_diff
 
-        show_diff(out, assess_inventory(inventory))
+        results = assess_inventory(inventory)
+        show_diff(out, results)
+        return diff_exit_status(results)  # the same as `bigbang vcenter diff`
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from bigbang import warm
-from bigbang.errors import LedgerError, RunError, UserError
+from bigbang.errors import ConfigError, InventoryError, LedgerError, RunError, UserError
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
 from bigbang.report import report_data
@@ -22,7 +22,11 @@ from bigbang.session import MODES, RunOptions, RunSession
 from bigbang.status import Mode, RunStatus
 from bigbang.store.ledger import Ledger, default_ledger_url
 
-EXIT_HALTED = 3
+# Exit codes of `bigbang run` (README, "Exit codes").
+EXIT_OK = 0  # every step succeeded
+EXIT_FAILED = 1  # a step, server or device failed, was skipped or not run; a location halted or was blocked
+EXIT_USAGE = 2  # usage or inventory error: nothing ran
+EXIT_UNREACHABLE = 3  # the engine (Prefect server, ledger database) or a peer could not be reached
 
 
 def register(sub) -> None:
@@ -44,7 +48,7 @@ def register(sub) -> None:
                    help="where locations run: this process (default), Prefect workers via the deployments, "
                         "or a Dask cluster (BIGBANG_DASK_ADDRESS); see docs/distributed.md")
     p.add_argument("--run-id", help=argparse.SUPPRESS)
-    p.add_argument("--strict", action="store_true", help="exit 3 when any step failed, not only on a halt")
+    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # kept: failures always exit 1 now
     p.add_argument("--quiet", action="store_true", help="no live display")
     p.set_defaults(func=run)
 
@@ -91,9 +95,30 @@ def run(args: argparse.Namespace) -> int:
     previous = _on_signals(state)
     try:
         return _run(args, state)
+    except (InventoryError, RunError, ConfigError) as exc:
+        vars(exc)["exit_code"] = EXIT_USAGE  # read by bigbang.cli.main
+        raise
+    except LedgerError as exc:
+        vars(exc)["exit_code"] = EXIT_UNREACHABLE
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def unreachable(exc: BaseException) -> BaseException | None:
+    """The connection error behind `exc` (the Prefect API, the ledger's database), if that is what it is."""
+    import httpx
+    from sqlalchemy.exc import OperationalError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, httpx.TransportError, OperationalError, TimeoutError)):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _run(args: argparse.Namespace, state: _Running) -> int:
@@ -145,14 +170,23 @@ def _run(args: argparse.Namespace, state: _Running) -> int:
     except Exception as exc:
         if monitor is not None:
             monitor.stop()
+        cause = None if isinstance(exc, UserError) else unreachable(exc)
         try:
             session.ledger.flush(timeout=30)
             session.ledger.set_run_status(session.run_id, RunStatus.FAILED)
         except LedgerError:
             pass  # the ledger itself is what failed: the error below says so
+        except Exception:  # noqa: BLE001 - the ledger's database may be what cannot be reached
+            cause = cause or exc
         session.close_quietly()
         if isinstance(exc, UserError):
             raise  # one line (bigbang.cli); what was committed before is kept
+        if cause is not None:
+            console.print(f"error: the run stopped: cannot reach {_engine_name(cause)}: "
+                          f"{type(cause).__name__}: {cause}", markup=False, highlight=False)
+            console.print(f"Every finished step is recorded. When it answers again continue with:\n"
+                          f"  bigbang run --resume {session.run_id}", markup=False)
+            return EXIT_UNREACHABLE
         console.print(f"The run stopped on an unexpected error (below). Every finished step is recorded; "
                       f"after fixing the cause continue with: bigbang run --resume {session.run_id}")
         raise
@@ -238,22 +272,67 @@ def _interrupted(state: _Running, why: str) -> None:
     os._exit(130)  # device threads still running would otherwise keep the process alive
 
 
-def _summarise(ledger: Ledger, run_id: str, console: Console, wall: float, strict: bool) -> int:
+def _engine_name(cause: BaseException) -> str:
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(cause, OperationalError):
+        return "the ledger database"
+    return f"the Prefect API ({os.environ['PREFECT_API_URL']})" if os.environ.get("PREFECT_API_URL") else "the engine"
+
+
+def _names(items: list[str], limit: int = 12) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def failure_lines(data: dict) -> list[str]:
+    """What did not succeed, one line per kind: servers, devices, locations, steps never run."""
+    lines = []
+    servers = [s for s in data["servers"] if s["status"] != "succeeded"]
+    if servers:
+        lines.append(f"Servers not done ({len(servers)}): " + _names(
+            [f"{s['name']} ({s['status']}{': ' + s['message'] if s['message'] else ''})" for s in servers], 6))
+    failed_devices = data["failed_devices"]
+    if failed_devices:
+        lines.append(f"Devices failed ({len(failed_devices)}): {_names(failed_devices)}")
+    stopped = [loc for loc in data["locations"] if loc["status"] not in ("succeeded",)]
+    if stopped:
+        lines.append(f"Locations not done ({len(stopped)}): " + _names(
+            [f"{loc['id']} ({loc['status']}{': ' + loc['reason'] if loc['reason'] else ''})" for loc in stopped], 6))
+    steps = data["steps"]
+    left = {k: steps.get(k, 0) for k in ("skipped", "pending", "running") if steps.get(k, 0)}
+    if left:
+        lines.append("Steps not done: " + ", ".join(f"{n} {k}" for k, n in left.items()))
+    return lines
+
+
+def exit_code(data: dict) -> int:
+    """0 only when the run completed and every planned step succeeded."""
+    steps = data["steps"]
+    all_done = all(n == 0 for k, n in steps.items() if k != "succeeded")
+    if data["run"]["status"] == "completed" and all_done and not data["failures"]:
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+def _summarise(ledger: Ledger, run_id: str, console: Console, wall: float, strict: bool = False) -> int:
     data = report_data(ledger, run_id)
     out = Console(highlight=False)
     out.print(summary_table(data))
     devices = data["devices"]
+    servers = [s["status"] for s in data["servers"]]
     out.print(f"Run {run_id} {data['run']['status']} in {wall:.1f} s: "
+              f"{servers.count('succeeded')} of {len(servers)} servers done, {servers.count('failed')} failed; "
               f"{devices.get('succeeded', 0)} devices done, {devices.get('failed', 0)} failed, "
-              f"{devices.get('skipped', 0)} skipped.")
+              f"{devices.get('skipped', 0)} skipped.", markup=False, soft_wrap=True)
     if data["run"]["halted_reason"]:
-        out.print(f"[red]Halted:[/] {data['run']['halted_reason']}")
+        out.print(f"Halted: {data['run']['halted_reason']}", markup=False, soft_wrap=True)
     report_dir = os.path.join(os.environ.get("BIGBANG_REPORTS", "reports"), run_id)
-    out.print(f"Report: {report_dir}/summary.html (and summary.md)")
-    if data["retry_command"]:
-        out.print(f"To retry what failed: {data['retry_command']}", markup=False)
-    if data["run"]["status"] in ("halted", "failed"):
-        return EXIT_HALTED
-    if strict and data["failures"]:
-        return EXIT_HALTED
-    return 0
+    out.print(f"Report: {report_dir}/summary.html (and summary.md)", markup=False, soft_wrap=True)
+    for line in failure_lines(data):
+        out.print(line, markup=False, soft_wrap=True)
+    code = exit_code(data)
+    if code != EXIT_OK:
+        retry = data["retry_command"] or f"bigbang run --resume {run_id} --retry-failed"
+        out.print(f"To retry what failed: {retry}", markup=False, soft_wrap=True)
+    return code

@@ -104,9 +104,10 @@ def run_discover(args) -> int:
     client, catalog = open_client(settings)
     try:
         servers, skipped = _vcenter_errors(discover)(client, catalog, args.datacenter or settings.datacenter)
+        source = catalog.endpoint_kind()
     finally:
         client.close()
-    text = to_yaml(servers, skipped, f"{settings.host}:{settings.port}")
+    text = to_yaml(servers, skipped, source)
     if args.out:
         out = Path(args.out)
         try:
@@ -132,9 +133,14 @@ def assess_inventory(inventory: Any) -> list:
     client, catalog = open_client(settings)
     try:
         run = _vcenter_errors(assess)
-        return [run(client, catalog, srv.model_dump(exclude={"kind", "connector"}, mode="json"),
-                    default_datacenter=settings.datacenter, drift_policy=settings.drift)
-                for srv in inventory.servers if srv.connector == "vsphere"]
+        results = [run(client, catalog, srv.model_dump(exclude={"kind", "connector"}, mode="json"),
+                       default_datacenter=settings.datacenter, drift_policy=settings.drift)
+                   for srv in inventory.servers if srv.connector == "vsphere"]
+        if results and catalog.data()["standalone"]:
+            Console(stderr=True, highlight=False).print(
+                f"{_vcenter_errors(catalog.endpoint_kind)()}: a standalone host, not vCenter; existing VMs "
+                "can be changed, new ones cannot be cloned", markup=False)
+        return results
     finally:
         client.close()
 
@@ -158,4 +164,10 @@ def run_diff(args) -> int:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     else:
         show_diff(Console(), results)
-    return 1 if any(r.action == "error" for r in results) else 0
+    return diff_exit_status(results)
+
+
+def diff_exit_status(results: list) -> int:
+    """1 when a live run's precheck would fail on some server (an error, or drift it will not fix), else 0;
+    shared by `vcenter diff` and `plan --vcenter`."""
+    return 1 if any(r.action in ("error", "drift") for r in results) else 0

@@ -96,8 +96,14 @@ class ConnectorType:
     factory: str  # "module:callable" imported only when a run needs it (keeps pyvmomi etc. lazy)
     live: bool = True
 
-    def create(self, settings: BaseModel, context: ConnectorContext) -> Connector:
+    def create(self, settings: BaseModel | dict[str, Any], context: ConnectorContext) -> Connector:
         import importlib
+
+        if not isinstance(settings, self.settings_model):
+            # A run attached from the store (a Prefect worker) has its frozen inventory's settings as plain
+            # data: validate them into the connector's model, as loading the inventory does.
+            settings = self.settings_model.model_validate(
+                settings.model_dump() if isinstance(settings, BaseModel) else settings or {})
 
         module_name, _, attr = self.factory.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)

@@ -154,6 +154,28 @@ class VsphereConnector:
                 "cluster_peaks": {k: v.peak for k, v in self.cluster_limits.items()},
                 "datastore_peaks": {k: v.peak for k, v in self.datastore_limits.items()}}
 
+    # ------------------------------------------------------------ finding a server's VM
+    def _server_spec(self, name: str) -> dict[str, Any]:
+        server = getattr(self.context.inventory, "server_by_name", {}).get(name)
+        if server is None:
+            return {"name": name}
+        return server.model_dump(exclude={"kind", "connector"}, mode="json")
+
+    def _vm_name(self, name: str) -> str:
+        from bigbang.vsphere.catalog import vm_name_of
+
+        return vm_name_of(self._server_spec(name))
+
+    def _find(self, name: str) -> Any:
+        """The server's VM, looked up in its datacenter (and folder) only."""
+        return self.catalog.lookup(self._server_spec(name), self.settings.datacenter)
+
+    def _where(self, name: str) -> str:
+        from bigbang.vsphere.assess import where_text
+
+        spec = self._server_spec(name)
+        return self._vm_name(name) + where_text(spec, self.settings.datacenter)
+
     # ------------------------------------------------------------ srv.precheck
     def _precheck(self, action: Action) -> Outcome:
         from bigbang.vsphere.assess import assess
@@ -162,6 +184,10 @@ class VsphereConnector:
         found = assess(self.client, self.catalog, spec, default_datacenter=self.settings.datacenter,
                        drift_policy=self.settings.drift)
         facts = {"plan": found.action, "changes": [str(c) for c in found.changes]}
+        try:
+            facts["endpoint"] = self.catalog.endpoint_kind()
+        except Exception:  # noqa: BLE001 - only a fact; the assessment above has the real outcome
+            pass
         if found.placement is not None:
             facts.update(cluster=found.placement.cluster_name, datastore=found.placement.datastore_name,
                          network=found.placement.network_name, datacenter=found.placement.datacenter_name)
@@ -181,10 +207,10 @@ class VsphereConnector:
 
         name = action.target
         label = action.params.get("snapshot") or self.snapshot_name
-        ref = self.catalog.find_vm(name)
+        ref = self._find(name)
         if ref is None:
-            return Outcome.failed(f"servers[{name}] is marked existing: true, but vCenter has no VM named {name}",
-                                  transient=False)
+            return Outcome.failed(f"servers[{name}] is marked existing: true, but vCenter has no VM named "
+                                  f"{self._where(name)}", transient=False)
         state = read_vm(self.client, ref)
         _snap, made = self._ensure_snapshot(name, state, label)
         return Outcome(ok=True, changed=made, facts={"snapshot": label, "vm": ref._moId},
@@ -211,13 +237,13 @@ class VsphereConnector:
 
         name = action.target
         spec = dict(action.params)
-        ref = self.catalog.find_vm(name)
+        ref = self.catalog.lookup(spec, self.settings.datacenter)
         placement = self.catalog.place(spec, self.settings.datacenter, need_template=ref is None)
         created = False
         if ref is None:
             if spec.get("existing"):
-                return Outcome.failed(f"servers[{name}] is marked existing: true, but vCenter has no VM named {name}",
-                                      transient=False)
+                return Outcome.failed(f"servers[{name}] is marked existing: true, but vCenter has no VM named "
+                                      f"{self._where(name)}", transient=False)
             ref = self._clone(name, spec, placement)
             created = True
         try:
@@ -233,8 +259,10 @@ class VsphereConnector:
     def _clone(self, name: str, spec: dict[str, Any], placement: Any) -> Any:
         from pyVmomi import vim
 
+        from bigbang.vsphere.catalog import vm_name_of
         from bigbang.vsphere.client import VcenterError
 
+        vm_name = vm_name_of(spec)
         s = self.settings
         cluster = self._limit(self.cluster_limits, placement.cluster_name, s.max_parallel_clones)
         datastore = self._limit(self.datastore_limits, placement.datastore_name, s.max_parallel_per_datastore)
@@ -244,14 +272,15 @@ class VsphereConnector:
                 datastore.hold(s.task_timeout, f"datastore {placement.datastore_name}"):
             try:
                 ref = self.client.run_task(
-                    lambda _c: placement.template.CloneVM_Task(folder=placement.folder, name=name, spec=clone_spec),
-                    s.task_timeout, f"clone {name} from {spec['template']}")
+                    lambda _c: placement.template.CloneVM_Task(folder=placement.folder, name=vm_name, spec=clone_spec),
+                    s.task_timeout, f"clone {vm_name} from {spec['template']} in datacenter "
+                                    f"{placement.datacenter_name}")
             except VcenterError as exc:
                 if "DuplicateName" in exc.message:
-                    self.catalog.find_vm(name, refresh=True)
+                    self.catalog.data(refresh=True)
                 raise
         self._made[name] = ref
-        self.catalog.remember_vm(name, ref)
+        self.catalog.remember_vm(vm_name, ref, placement)
         return ref
 
     def _converge(self, name: str, ref: Any, spec: dict[str, Any], placement: Any, created: bool) -> Outcome:
@@ -345,13 +374,13 @@ class VsphereConnector:
                 self.client.run_task(lambda _c: ref.Destroy_Task(), timeout, f"destroy {name}")
             except VcenterError as exc:
                 return f"rollback failed, the half-made clone is still there: {exc.message}"
-            self.catalog.forget_vm(name)
+            self.catalog.forget_vm(self._vm_name(name), ref)
             return "rolled back: destroyed the half-made clone"
         if name in self._changed and name in self._snapshots:
             snap, was_on = self._snapshots[name]
             try:
                 self.client.run_task(lambda _c: snap.RevertToSnapshot_Task(), timeout, f"revert {name}")
-                vm = self.catalog.find_vm(name)
+                vm = self._find(name)
                 power = self.client.retrieve([vm], ["runtime.powerState"]).get(vm, {}).get("runtime.powerState")
                 if was_on and power != "poweredOn":
                     self.client.run_task(lambda _c: vm.PowerOnVM_Task(), timeout, f"power on {name}")
@@ -367,9 +396,10 @@ class VsphereConnector:
 
         name = action.target
         planned = action.params.get("ip") or "dhcp"
-        ref = self.catalog.find_vm(name)
+        ref = self._find(name)
         if ref is None:
-            return Outcome.failed(f"vCenter has no VM named {name} (its provisioning did not finish)", transient=False)
+            return Outcome.failed(f"vCenter has no VM named {self._where(name)} (its provisioning did not finish)",
+                                  transient=False)
         props = ["runtime.powerState", "guest.toolsRunningStatus", "guest.ipAddress", "guest.net", "guest.hostName"]
 
         def addresses(v: dict) -> list[str]:
@@ -388,10 +418,8 @@ class VsphereConnector:
             values = self.client.wait_for(ref, props, ready, self.settings.ip_timeout)
         except WaitTimeout as exc:
             values = exc.values
-            ips = addresses(values)
-            failure = (f"{name}: no {'IP address' if planned == 'dhcp' else 'address ' + planned} from the guest "
-                       f"within {self.settings.ip_timeout:g} s (tools: {values.get('guest.toolsRunningStatus')}, "
-                       f"reported: {', '.join(ips) or 'none'})")
+            failure = verify_failure(name, planned, values.get("guest.toolsRunningStatus"), addresses(values),
+                                     self.settings.ip_timeout)
         else:
             if values.get("runtime.powerState") != "poweredOn":
                 failure = f"{name} is {values.get('runtime.powerState')}, not powered on"
@@ -404,6 +432,22 @@ class VsphereConnector:
             note = self._rollback(name)
             failure = f"{failure}; {note}" if note else failure
         return Outcome.failed(failure, transient=False)
+
+
+def verify_failure(name: str, planned: str, tools: str | None, ips: list[str], timeout: float) -> str:
+    """Why srv.verify failed, as expected versus seen. The guest's address counts only while its tools run:
+    an address vCenter still shows from before is not an answer from the guest."""
+    expected = "an IP address (DHCP)" if planned == "dhcp" else f"address {planned}"
+    seen_ips = ", ".join(ips) or "no address"
+    running = tools == "guestToolsRunning"
+    if not running:
+        why = f"guest tools are {tools or 'not reported'}, not running"
+        seen = f"vCenter shows {seen_ips} (from before; not confirmed by the guest)" if ips else "no address"
+    elif planned != "dhcp":
+        why, seen = "the guest reports another address", f"the guest reports {seen_ips}"
+    else:
+        why, seen = "the guest reports no address", "no address"
+    return f"{name}: expected {expected} from running guest tools within {timeout:g} s; {why}: {seen}"
 
 
 def create(settings: VsphereSettings, context: ConnectorContext) -> VsphereConnector:

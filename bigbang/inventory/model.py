@@ -21,7 +21,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -461,8 +464,13 @@ class Server(_Model):
     network: str
     cpu: int = Field(2, ge=1, le=768)
     memory_gb: int = Field(4, ge=1, le=24576)
-    disks_gb: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=list)
+    memory_mb: int | None = Field(None, ge=4, le=24576 * 1024,
+                                  description="memory in MB, where it is not whole GB (wins over memory_gb)")
+    disks_gb: list[Annotated[int | float, Field(gt=0, le=65536)]] = Field(
+        default_factory=list, description="disk sizes in GB; fractions as vCenter reports them (e.g. 0.5)")
     datacenter: str | None = None
+    vm_name: str | None = Field(None, description="the VM's name in vCenter where it is not the server's name "
+                                                  "(e.g. the same name in two datacenters)")
     resource_pool: str | None = None
     folder: str | None = None
     platform: Literal["vmware", "citrix"] = "vmware"
@@ -474,6 +482,21 @@ class Server(_Model):
     vars: dict[str, AnyValue] = Field(default_factory=dict)
 
     kind: Literal["server"] = "server"
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_vsphere_fields(self, handler: SerializerFunctionWrapHandler,
+                                        info: SerializationInfo) -> dict[str, Any]:
+        # memory_mb and vm_name are written only when set, so plans and digests of inventories that do not
+        # use them stay as they were.
+        data = handler(self)
+        for key in ("memory_mb", "vm_name"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    @property
+    def memory_in_mb(self) -> int:
+        return self.memory_mb if self.memory_mb is not None else self.memory_gb * 1024
 
     @model_validator(mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bigbang.vsphere.catalog import Catalog, Placement, PlacementError
+from bigbang.vsphere.catalog import Catalog, Placement, PlacementError, vm_name_of
 from bigbang.vsphere.client import VcenterClient
 from bigbang.vsphere.machine import VM_PROPS, Change, VmState, differences, vm_state
 
@@ -36,24 +36,36 @@ def read_vm(client: VcenterClient, ref: Any) -> VmState:
     return vm_state(ref, props)
 
 
+def where_text(spec: dict[str, Any], default_datacenter: str | None) -> str:
+    """` in datacenter D, folder F` for messages about a server's VM."""
+    dc = spec.get("datacenter") or default_datacenter
+    folder = (spec.get("folder") or "").strip("/")
+    return (f" in datacenter {dc}" if dc else "") + (f", folder {folder}" if folder else "")
+
+
 def assess(client: VcenterClient, catalog: Catalog, spec: dict[str, Any], *, default_datacenter: str | None,
            drift_policy: str) -> Assessment:
     name = spec["name"]
     try:
-        ref = catalog.find_vm(name)
+        ref = catalog.lookup(spec, default_datacenter)
         if ref is None and spec.get("existing"):
             return Assessment(name, "error", f"servers[{name}] is marked existing: true, but vCenter has no VM "
-                                             f"named {name}")
+                                             f"named {vm_name_of(spec)}{where_text(spec, default_datacenter)}")
         placement = catalog.place(spec, default_datacenter, need_template=ref is None)
     except PlacementError as exc:
         return Assessment(name, "error", str(exc))
+    if ref is None and catalog.data()["standalone"]:
+        return Assessment(name, "error", f"servers[{name}]: {catalog.endpoint_kind()} is a standalone ESXi host, "
+                                         f"not vCenter, and cannot clone template {spec['template']}; create "
+                                         f"{vm_name_of(spec)} through a vCenter, or make it by hand and mark it "
+                                         "existing: true", placement=placement)
     if ref is None:
         where = f"{placement.cluster_name}/{placement.datastore_name}"
         return Assessment(name, "create", f"clone {spec['template']} to {where} on {placement.network_name}",
                           placement=placement)
     state = read_vm(client, ref)
     if state.template:
-        return Assessment(name, "error", f"servers[{name}]: '{name}' is a template in vCenter, not a VM",
+        return Assessment(name, "error", f"servers[{name}]: '{vm_name_of(spec)}' is a template in vCenter, not a VM",
                           placement=placement, state=state)
     changes = tuple(differences(state, spec, catalog))
     if not changes:

@@ -45,6 +45,19 @@ def _names(items: dict, limit: int = 20) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def vm_name_of(spec: dict[str, Any]) -> str:
+    """The VM's name in vCenter for an inventory server."""
+    return spec.get("vm_name") or spec["name"]
+
+
+def _folder_path(folders: dict[Any, dict], roots: set[Any], folder: Any) -> str:
+    parts = []
+    while folder is not None and folder not in roots and folder in folders:
+        parts.append(folders[folder]["name"])
+        folder = folders[folder].get("parent")
+    return "/".join(reversed(parts))
+
+
 class Catalog:
     def __init__(self, client: VcenterClient, ttl: float = 300.0):
         self.client = client
@@ -66,6 +79,7 @@ class Catalog:
         portgroups = c.list_objects(vim.dvs.DistributedVirtualPortgroup, ["key", "config.distributedVirtualSwitch",
                                                                           "config.uplink"])
         vms = c.list_objects(vim.VirtualMachine, ["name", "parent", "config.template", "config.guestId"])
+        about = c.call(lambda content: content.about)
 
         parent = {obj: props.get("parent") for table in (folders, dcs, clusters, datastores, networks, vms)
                   for obj, props in table.items()}
@@ -95,18 +109,21 @@ class Catalog:
                 continue  # uplink port groups carry no VMs
             if dc_of(obj) in per_dc:
                 per_dc[dc_of(obj)]["networks"][props["name"]] = obj
-        vm_index: dict[str, list[Any]] = {}
+        vm_index: dict[str, list[tuple[Any, Any, str]]] = {}  # lower name -> [(vm, datacenter, folder path)]
+        roots = {p["vmFolder"] for p in dcs.values()}
         for obj, props in vms.items():
             if props.get("config.template"):
                 if dc_of(obj) in per_dc:
                     per_dc[dc_of(obj)]["templates"][props["name"]] = obj
             else:
-                vm_index.setdefault(props["name"].lower(), []).append(obj)
+                path = _folder_path(folders, roots, props.get("parent"))
+                vm_index.setdefault(props["name"].lower(), []).append((obj, dc_of(obj), path))
         return {
             "folders": folders, "dcs": dcs, "clusters": clusters, "pools": pools, "per_dc": per_dc,
             "dc_by_name": {p["name"]: dc for dc, p in dcs.items()}, "vm_index": vm_index, "vms": vms,
             "switch_uuid": {s: p.get("uuid") for s, p in switches.items()},
             "portgroups": portgroups, "dc_of": dc_of,
+            "standalone": getattr(about, "apiType", "") == "HostAgent", "product": getattr(about, "fullName", ""),
         }
 
     def data(self, refresh: bool = False) -> dict[str, Any]:
@@ -117,25 +134,63 @@ class Catalog:
                 self._loaded_at = time.monotonic()
             return self._data
 
+    def endpoint_kind(self) -> str:
+        """`vCenter (VMware vCenter Server ...)` or `standalone ESXi host (VMware ESXi ...)`."""
+        data = self.data()
+        kind = "standalone ESXi host" if data["standalone"] else "vCenter"
+        return f"{kind} {self.client.endpoint.where}" + (f" ({data['product']})" if data["product"] else "")
+
     # ------------------------------------------------------------ virtual machines
-    def find_vm(self, name: str, refresh: bool = False) -> Any:
-        refs = self.data(refresh).get("vm_index", {}).get(name.lower(), [])
-        if len(refs) > 1:
-            raise PlacementError(f"{len(refs)} VMs are named {name} in vCenter; rename or remove the extra ones")
-        return refs[0] if refs else None
+    def find_vm(self, name: str, refresh: bool = False, *, datacenter: str | None = None,
+                folder: str | None = None) -> Any:
+        """The VM named `name` (any case) in `datacenter` (all of them when None) and, when given, `folder`;
+        None when there is none; a PlacementError when the name is ambiguous there."""
+        data = self.data(refresh)
+        found = data.get("vm_index", {}).get(name.lower(), [])
+        where = ""
+        if datacenter is not None:
+            dc = data["dc_by_name"].get(datacenter)
+            if dc is None:
+                raise PlacementError(f"datacenter '{datacenter}' not found in vCenter; datacenters there: "
+                                     f"{_names(data['dc_by_name'])}")
+            found = [f for f in found if f[1] == dc]
+            where = f" in datacenter {datacenter}"
+        if folder:
+            path = folder.strip("/")
+            found = [f for f in found if f[2] == path]
+            where += f" in folder {path}"
+        if len(found) > 1:
+            dcs = sorted({data["dcs"].get(f[1], {}).get("name", "?") for f in found})
+            hint = ("; name the server's datacenter (servers[].datacenter or connectors.vsphere.datacenter)"
+                    if datacenter is None and len(dcs) > 1 else "; rename or remove the extra ones")
+            raise PlacementError(f"{len(found)} VMs are named {name}{where or ' in vCenter'} "
+                                 f"(datacenters: {', '.join(dcs)}){hint}")
+        return found[0][0] if found else None
 
-    def remember_vm(self, name: str, ref: Any) -> None:
+    def lookup(self, spec: dict[str, Any], default_datacenter: str | None, refresh: bool = False) -> Any:
+        """The VM of an inventory server: its vm_name (or name), in its datacenter and folder."""
+        return self.find_vm(vm_name_of(spec), refresh, datacenter=spec.get("datacenter") or default_datacenter,
+                            folder=spec.get("folder"))
+
+    def remember_vm(self, name: str, ref: Any, placement: Placement) -> None:
         with self._lock:
             if self._data is not None:
-                self._data["vm_index"][name.lower()] = [ref]
+                entries = [e for e in self._data["vm_index"].get(name.lower(), [])
+                           if not (e[1] == placement.datacenter and e[2] == placement.folder_path)]
+                entries.append((ref, placement.datacenter, placement.folder_path))
+                self._data["vm_index"][name.lower()] = entries
 
-    def forget_vm(self, name: str) -> None:
+    def forget_vm(self, name: str, ref: Any) -> None:
         with self._lock:
             if self._data is not None:
-                self._data["vm_index"].pop(name.lower(), None)
+                entries = [e for e in self._data["vm_index"].get(name.lower(), []) if e[0] != ref]
+                self._data["vm_index"][name.lower()] = entries
 
-    def templates(self) -> dict[str, Any]:
-        return {name: ref for dc in self.data()["per_dc"].values() for name, ref in dc["templates"].items()}
+    def templates(self, datacenter: str | None = None) -> dict[str, Any]:
+        data = self.data()
+        return {name: ref for dc, inside in data["per_dc"].items()
+                if datacenter is None or data["dcs"][dc]["name"] == datacenter
+                for name, ref in inside["templates"].items()}
 
     def dvs_port(self, network: Any) -> tuple[str, str] | None:
         """(switch uuid, port group key) when `network` is a distributed port group."""
@@ -168,12 +223,7 @@ class Catalog:
     def folder_path(self, folder: Any) -> str:
         """`a/b` of a VM folder below its datacenter's vm folder ('' for the root)."""
         data = self.data()
-        roots = {p["vmFolder"] for p in data["dcs"].values()}
-        parts = []
-        while folder is not None and folder not in roots and folder in data["folders"]:
-            parts.append(data["folders"][folder]["name"])
-            folder = data["folders"][folder].get("parent")
-        return "/".join(reversed(parts))
+        return _folder_path(data["folders"], {p["vmFolder"] for p in data["dcs"].values()}, folder)
 
     # ------------------------------------------------------------ placement
     def place(self, spec: dict[str, Any], default_datacenter: str | None, *, need_template: bool = True

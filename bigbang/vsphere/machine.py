@@ -106,23 +106,41 @@ def nic_network(nic: Any, catalog: Catalog) -> str | None:
     return None
 
 
+def memory_mb_of(spec: dict[str, Any]) -> int:
+    """A server's memory in MB: memory_mb where given, else memory_gb."""
+    return int(spec["memory_mb"]) if spec.get("memory_mb") is not None else int(spec["memory_gb"]) * 1024
+
+
+def disk_kb(gb: float) -> int:
+    """A disk size in GB (fractions allowed, as discover writes them) in KB, as vCenter counts."""
+    return round(gb * GB_KB)
+
+
+def size_gb(kb: int) -> int | float:
+    """KB as GB, exactly: whole GB as an int, else a float (KB / 2**20 is exact in binary floating point)."""
+    return kb // GB_KB if kb % GB_KB == 0 else kb / GB_KB
+
+
 def differences(state: VmState, spec: dict[str, Any], catalog: Catalog) -> list[Change]:
     """What would have to change for the VM to match its inventory entry."""
     changes = []
     if state.cpu != spec["cpu"]:
         changes.append(Change("cpu", state.cpu, spec["cpu"]))
-    want_mb = spec["memory_gb"] * 1024
+    want_mb = memory_mb_of(spec)
     if state.memory_mb != want_mb:
-        changes.append(Change("memory_gb", f"{state.memory_mb / 1024:g}", spec["memory_gb"]))
+        if spec.get("memory_mb") is not None or state.memory_mb % 1024:
+            changes.append(Change("memory_gb", f"{state.memory_mb} MB", f"{want_mb} MB"))
+        else:
+            changes.append(Change("memory_gb", f"{state.memory_mb // 1024}", spec["memory_gb"]))
     for i, want_gb in enumerate(spec.get("disks_gb") or []):
         if i >= len(state.disks):
             changes.append(Change(f"disk {i + 1}", "absent", f"{want_gb} GB"))
             continue
         have_kb = state.disks[i].capacity_kb
-        if have_kb < want_gb * GB_KB:
-            changes.append(Change(f"disk {i + 1}", f"{have_kb / GB_KB:g} GB", f"{want_gb} GB"))
-        elif have_kb > want_gb * GB_KB:
-            changes.append(Change(f"disk {i + 1}", f"{have_kb / GB_KB:g} GB", f"{want_gb} GB", fixable=False,
+        if have_kb < disk_kb(want_gb):
+            changes.append(Change(f"disk {i + 1}", f"{size_gb(have_kb)} GB", f"{want_gb} GB"))
+        elif have_kb > disk_kb(want_gb):
+            changes.append(Change(f"disk {i + 1}", f"{size_gb(have_kb)} GB", f"{want_gb} GB", fixable=False,
                                   note="vSphere cannot shrink a disk"))
     if not state.nics:
         changes.append(Change("network", "no network card", spec["network"]))
@@ -152,7 +170,8 @@ def config_spec(state: VmState, spec: dict[str, Any], placement: Placement, cata
     if "cpu" in fields:
         config.numCPUs = spec["cpu"]
     if "memory_gb" in fields:
-        config.memoryMB = spec["memory_gb"] * 1024
+        memory: Any = memory_mb_of(spec)
+        config.memoryMB = memory
     controller = next((d for d in state.devices if isinstance(d, vim.vm.device.VirtualSCSIController)), None)
     used_units = {d.unit for d in state.disks if controller is not None and d.controller_key == controller.key}
     new_key = -100
@@ -161,8 +180,8 @@ def config_spec(state: VmState, spec: dict[str, Any], placement: Placement, cata
             continue
         if i < len(state.disks):
             disk = state.disks[i].device
-            disk.capacityInKB = want_gb * GB_KB
-            disk.capacityInBytes = want_gb * GB_KB * 1024
+            disk.capacityInKB = disk_kb(want_gb)
+            disk.capacityInBytes = disk_kb(want_gb) * 1024
             device_changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk))
             continue
         if controller is None:
@@ -170,7 +189,7 @@ def config_spec(state: VmState, spec: dict[str, Any], placement: Placement, cata
         unit = next(u for u in range(16) if u != 7 and u not in used_units)  # unit 7 is the controller's own
         used_units.add(unit)
         disk = vim.vm.device.VirtualDisk(
-            key=new_key, controllerKey=controller.key, unitNumber=unit, capacityInKB=want_gb * GB_KB,
+            key=new_key, controllerKey=controller.key, unitNumber=unit, capacityInKB=disk_kb(want_gb),
             backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(diskMode="persistent", thinProvisioned=True,
                                                                   fileName="", datastore=placement.datastore))
         new_key -= 1

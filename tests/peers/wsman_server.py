@@ -105,6 +105,7 @@ class WsmanHost:
     server: ThreadingHTTPServer | None = None
     shells: dict[str, Shell] = field(default_factory=dict)
     commands_run: list[str] = field(default_factory=list)
+    receive_sizes: list[tuple[int, int]] = field(default_factory=list)  # (response bytes, client's MaxEnvelopeSize)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -129,9 +130,13 @@ class WsmanLab:
         self.scheme = scheme
         self.auth = auth
         if "ntlm" in auth:
-            # pyspnego's NTLM acceptor reads its accounts from this file (DOMAIN:USER:PASSWORD).
+            # pyspnego's NTLM acceptor reads its accounts from this file (DOMAIN:USER:PASSWORD). A local account
+            # of a Windows host answers to an empty domain, to the host's target name (what Windows clients and
+            # other NTLM libraries send with a bare user name: the TargetName of the server's challenge) and to
+            # the NetBIOS domain the challenge names.
             users = self.dir / "ntlm_users"
-            users.write_text(f":{username}:{password}\n")
+            target = socket.gethostname().upper()  # the TargetName pyspnego's acceptor puts in its challenge
+            users.write_text("".join(f"{domain}:{username}:{password}\n" for domain in ("", target, "WORKSTATION")))
             os.environ["NTLM_USER_FILE"] = str(users)
         self.username, self.password = username, password
         self.subnet = subnet
@@ -257,6 +262,14 @@ class _Server(ThreadingHTTPServer):
         self.connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-response (its process killed, its link cut) is no server error."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     def drop_connections(self) -> None:
         """Power loss: open keep-alive connections die too."""
         for conn in list(self.connections):
@@ -298,9 +311,16 @@ class _Handler(BaseHTTPRequestHandler):
             if op is None:
                 raise WsmanFault(2150858754, "a:ActionNotSupported", f"The action {action!r} is not supported.")
             response_action, response_body = getattr(self, "_op_" + op)(envelope)
-            self._send(200, _envelope(response_action, message_id, response_body))
+            data = _envelope(response_action, message_id, response_body)
+            if op == "receive":
+                self.server.host.receive_sizes.append((len(data), _max_envelope(envelope)))
+            self._send(200, data)
         except WsmanFault as fault:
             self._send(fault.status, _fault(fault, message_id, self.server.host.name))
+        except Exception as exc:  # noqa: BLE001 - like the service: an internal error is a SOAP fault too
+            fault = WsmanFault(2150858782, "w:InternalError", f"The WS-Management service cannot process the "
+                               f"request: {type(exc).__name__}: {exc}", sender=False)
+            self._send(500, _fault(fault, message_id, self.server.host.name))
 
     def _authorised(self) -> bool:
         """Basic per request; NTLM per connection (as the Windows service does). Answers 401 itself."""
@@ -453,6 +473,14 @@ class _Handler(BaseHTTPRequestHandler):
         desired = envelope.find("s:Body/rsp:Receive/rsp:DesiredStream", NS)
         command = self._command(shell, desired)
         deadline = time.monotonic() + _duration(_text(envelope, "s:Header/w:OperationTimeout") or "PT60S")
+        limit = _max_envelope(envelope)
+        # What fits: the envelope around the streams takes about 1.2 KB (ids, actions, namespaces); base64 adds a
+        # third; PowerShell's CLIXML error records can more than double stderr. Windows splits output the same way:
+        # the rest stays for the next Receive, and the command is Done only once everything has been received.
+        room = (limit - 2048) * 3 // 4
+        if room <= 0:
+            raise WsmanFault(2150858817, "w:EncodingLimit", f"The MaxEnvelopeSize {limit} is too small for any "
+                             "response.")
         with command.changed:
             while not (command.stdout or command.stderr or command.exit_code is not None):
                 remaining = deadline - time.monotonic()
@@ -460,10 +488,14 @@ class _Handler(BaseHTTPRequestHandler):
                     raise WsmanFault(OPERATION_TIMEOUT, "w:TimedOut", "The WS-Management service cannot complete "
                                      "the operation within the time specified in OperationTimeout.", sender=False)
                 command.changed.wait(remaining)
-            out, err = bytes(command.stdout), bytes(command.stderr)
-            command.stdout.clear()
-            command.stderr.clear()
-            exit_code = command.exit_code
+            out = bytes(command.stdout[:room])
+            del command.stdout[:len(out)]
+            err_room = (room - len(out)) // (3 if command.powershell else 1)
+            err = bytes(command.stderr[:err_room])
+            if command.powershell and len(err) < len(command.stderr) and b"\n" in err:
+                err = err[:err.rindex(b"\n") + 1]  # whole lines: each becomes one error record
+            del command.stderr[:len(err)]
+            exit_code = command.exit_code if not (command.stdout or command.stderr) else None
         if command.powershell and err:
             err = _clixml(err)
         cid = command.id
@@ -521,6 +553,17 @@ def _text(element: ET.Element, path: str) -> str:
     return (found.text or "").strip() if found is not None else ""
 
 
+def _max_envelope(envelope: ET.Element) -> int:
+    """The client's w:MaxEnvelopeSize in bytes (WinRM's default, 500 KB, when it sends none)."""
+    text = _text(envelope, "s:Header/w:MaxEnvelopeSize")
+    if not text:
+        return 512000
+    try:
+        return int(text)
+    except ValueError:
+        raise WsmanFault(2150858817, "w:InvalidOptions", f"MaxEnvelopeSize {text!r} is not a number.") from None
+
+
 def _duration(value: str) -> float:
     """Seconds from an xs:duration like PT20S or PT60.000S."""
     match = re.match(r"^P(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$", value.strip())
@@ -542,11 +585,14 @@ def _envelope(action: str, relates_to: str, body: str) -> bytes:
 
 def _fault(fault: WsmanFault, relates_to: str, machine: str) -> bytes:
     side = "s:Sender" if fault.sender else "s:Receiver"
+    addressing = fault.subcode.startswith("a:")  # WS-Addressing faults carry their own action, as Windows sends
     body = (f"<s:Fault><s:Code><s:Value>{side}</s:Value><s:Subcode><s:Value>{fault.subcode}</s:Value></s:Subcode>"
             f'</s:Code><s:Reason><s:Text xml:lang="en-US">{escape(fault.reason)}</s:Text></s:Reason><s:Detail>'
             f'<f:WSManFault xmlns:f="{NS["f"]}" Code="{fault.code}" Machine="{escape(machine)}">'
             f"<f:Message>{escape(fault.reason)}</f:Message></f:WSManFault></s:Detail></s:Fault>")
-    return _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", relates_to, body)
+    action = ("http://schemas.xmlsoap.org/ws/2004/08/addressing/fault" if addressing
+              else "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault")
+    return _envelope(action, relates_to, body)
 
 
 def _clixml(stderr: bytes) -> bytes:

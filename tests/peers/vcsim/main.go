@@ -374,9 +374,35 @@ func (c *control) serveControl(w http.ResponseWriter, r *http.Request) {
 // ---------------------------------------------------------------- inventory
 
 func renameSorted(kind, prefix string, names []string, rename func(mo.Entity, string)) {
+	renameIn(kind, prefix, "", names, rename)
+}
+
+// dcOf is the name of the datacenter an entity is in ("" when none).
+func dcOf(e mo.Entity) string {
+	ref := e.Entity().Parent
+	for ref != nil {
+		obj := simulator.Map.Get(*ref)
+		if obj == nil {
+			return ""
+		}
+		if dc, ok := obj.(*simulator.Datacenter); ok {
+			return dc.Name
+		}
+		ent, ok := obj.(mo.Entity)
+		if !ok {
+			return ""
+		}
+		ref = ent.Entity().Parent
+	}
+	return ""
+}
+
+// renameIn renames the entities of a kind whose name starts with prefix, in name order; only those in
+// datacenter dc when dc is not "".
+func renameIn(kind, prefix, dc string, names []string, rename func(mo.Entity, string)) {
 	var found []mo.Entity
 	for _, e := range simulator.Map.All(kind) {
-		if strings.HasPrefix(e.Entity().Name, prefix) {
+		if strings.HasPrefix(e.Entity().Name, prefix) && (dc == "" || dcOf(e) == dc) {
 			found = append(found, e)
 		}
 	}
@@ -465,14 +491,15 @@ func main() {
 	dir := flag.String("dir", "", "directory for ca.pem (required)")
 	user := flag.String("user", "bigbang", "user name vcsim accepts")
 	password := flag.String("password", "", "password vcsim accepts (required)")
-	dcName := flag.String("datacenter", "DC-Holstebro", "datacenter name")
+	dcName := flag.String("datacenter", "DC-Holstebro", "datacenter names (comma-separated; each gets the same clusters, datastores and networks)")
 	clusters := flag.String("clusters", "cl-prod-01,cl-prod-02,cl-lab-01", "cluster names")
 	hosts := flag.Int("hosts", 2, "hosts per cluster")
 	datastores := flag.String("datastores", "ds-ssd-01,ds-nl-01,ds-ssd-02", "datastore names (on every host)")
 	networks := flag.String("networks", "vlan110-servers,vlan120-citrix,vlan999-isolated", "distributed port group names")
 	noDHCP := flag.String("no-dhcp", "vlan999-isolated", "port groups without a DHCP server")
-	templates := flag.String("templates", "tpl-win2022:windows2019srv_64Guest,tpl-rhel9:rhel8_64Guest", "templates NAME:GUESTID")
+	templates := flag.String("templates", "tpl-win2022:windows2019srv_64Guest,tpl-rhel9:rhel8_64Guest", "templates [DATACENTER/]NAME:GUESTID (in the first datacenter unless named)")
 	boot := flag.Duration("boot", 50*time.Millisecond, "time from power-on to guest tools running")
+	esx := flag.Bool("esx", false, "a standalone ESXi host (API type HostAgent, datacenter ha-datacenter) instead of vCenter")
 	flag.Parse()
 	if *dir == "" || *password == "" {
 		log.Fatal("-dir and -password are required")
@@ -480,12 +507,20 @@ func main() {
 	log.SetOutput(ioutil.Discard) // vcsim logs every property update; keep stderr for real errors
 
 	m := simulator.VPX()
-	m.Datacenter = 1
+	dcNames := list(*dcName)
+	m.Datacenter = len(dcNames)
 	m.Cluster = len(list(*clusters))
 	m.ClusterHost = *hosts
 	m.Host = 0
 	m.Datastore = len(list(*datastores))
 	m.Portgroup = len(list(*networks))
+	if *esx {
+		m = simulator.ESX()
+		m.Datastore = len(list(*datastores))
+		dcNames = []string{"ha-datacenter"}
+		*networks = "VM Network"
+		*noDHCP = ""
+	}
 	m.Machine = 0
 	m.Pool = 0
 	m.App = 0
@@ -496,18 +531,37 @@ func main() {
 	}
 	defer m.Remove()
 
-	renameSorted("Datacenter", "DC", []string{*dcName}, func(mo.Entity, string) {})
-	renameSorted("ClusterComputeResource", "DC0_C", list(*clusters), func(mo.Entity, string) {})
-	renameSorted("Datastore", "LocalDS_", list(*datastores), func(e mo.Entity, name string) {
-		ds := e.(*simulator.Datastore)
-		ds.Summary.Name = name
-		ds.Info.GetDatastoreInfo().Name = name
-	})
-	renameSorted("DistributedVirtualPortgroup", "DC0_DVPG", list(*networks), func(e mo.Entity, name string) {
-		pg := e.(*simulator.DistributedVirtualPortgroup)
-		pg.Name = name // mo.Network's own name field, which the "name" property reads
-		pg.Config.Name = name
-	})
+	var generated []string
+	if *esx {
+		renameSorted("Datastore", "LocalDS_", list(*datastores), func(e mo.Entity, name string) {
+			ds := e.(*simulator.Datastore)
+			ds.Summary.Name = name
+			ds.Info.GetDatastoreInfo().Name = name
+		})
+		dcNames = dcNames[:0]
+	}
+	for i := range dcNames {
+		generated = append(generated, fmt.Sprintf("DC%d", i))
+	}
+	for i, dc := range dcNames {
+		prefix := generated[i]
+		renameSorted("ClusterComputeResource", prefix+"_C", list(*clusters), func(mo.Entity, string) {})
+		renameSorted("DistributedVirtualPortgroup", prefix+"_DVPG", list(*networks), func(e mo.Entity, name string) {
+			pg := e.(*simulator.DistributedVirtualPortgroup)
+			pg.Name = name // mo.Network's own name field, which the "name" property reads
+			pg.Config.Name = name
+		})
+		renameIn("Datastore", "LocalDS_", prefix, list(*datastores), func(e mo.Entity, name string) {
+			ds := e.(*simulator.Datastore)
+			ds.Summary.Name = name
+			ds.Info.GetDatastoreInfo().Name = name
+		})
+		_ = dc
+	}
+	renameSorted("Datacenter", "DC", dcNames, func(mo.Entity, string) {})
+	if *esx {
+		dcNames = []string{"ha-datacenter"}
+	}
 
 	cert, caFile, thumb := makeCerts(*dir)
 	m.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
@@ -522,9 +576,19 @@ func main() {
 	s.Server.Config.Handler = ctl.wrap(s.Server.Config.Handler)
 	defer s.Close()
 
-	if err := makeTemplates(context.Background(), s.URL, *dcName, list(*templates), list(*datastores)[0], list(*networks)[0]); err != nil {
-		fmt.Fprintln(os.Stderr, "vcsim: templates:", err)
-		os.Exit(1)
+	perDC := map[string][]string{}
+	for _, t := range list(*templates) {
+		dc, name := dcNames[0], t
+		if at := strings.Index(t, "/"); at >= 0 {
+			dc, name = t[:at], t[at+1:]
+		}
+		perDC[dc] = append(perDC[dc], name)
+	}
+	for _, dc := range dcNames {
+		if err := makeTemplates(context.Background(), s.URL, dc, perDC[dc], list(*datastores)[0], list(*networks)[0]); err != nil {
+			fmt.Fprintln(os.Stderr, "vcsim: templates:", err)
+			os.Exit(1)
+		}
 	}
 	ctl.requests = 0
 	ctl.log = nil
