@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bigbang.cli import port_number
 from bigbang.errors import ConfigError, RunError, UserError
 
 LEAD_ENV = "BIGBANG_OPS_LEAD"
@@ -36,7 +37,7 @@ def register(sub) -> None:
     s.add_argument("--run", metavar="RUN_ID", help="the run to show (default: the inventory's newest run)")
     s.add_argument("--ledger", metavar="URL")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=port_number, default=8000)
     s.add_argument("--lang", default="en", help="default language (each user can switch)")
     s.add_argument("--url", metavar="BASE_URL", help="public address of the app (for QR codes in PDFs)")
     s.add_argument("--session-hours", type=float, default=12.0, help="sign-in lasts this long")

@@ -17,6 +17,7 @@ import subprocess
 
 from rich.console import Console
 
+from bigbang.cli import port_number
 from bigbang.errors import ConfigError
 from bigbang.prefect_env import AUTH_FILE_ENV, apply_defaults, check_auth_string, read_auth_env, read_auth_file
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
     p = sub.add_parser("server", help="start a long-lived Prefect server (UI, pauses for sign-off, schedules)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: loopback; any other address needs --auth-env or --auth-file)")
-    p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--port", type=port_number, default=4200)
     p.add_argument("--database", metavar="URL",
                    help="Prefect's database, e.g. postgresql+asyncpg://prefect@db/prefect (default: SQLite in PREFECT_HOME)")
     p.add_argument("--redis", metavar="HOST:PORT",

@@ -49,8 +49,17 @@ def load(inventory_path: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def slots_of(data: dict[str, Any]) -> Slots:
-    return {lid: (s["team"], float(s["offset_s"]), int(s.get("crew", 0))) for lid, s in data["slots"].items()}
+def slots_of(data: dict[str, Any], where: str = "the schedule") -> Slots:
+    """location id -> (team, start offset in seconds, crew); a slot without its fields is refused in one line."""
+    out: Slots = {}
+    for lid, slot in data["slots"].items():
+        try:
+            out[lid] = (str(slot["team"]), float(slot["offset_s"]), int(slot.get("crew", 0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            missing = f"no {exc.args[0]}" if isinstance(exc, KeyError) else f"a bad value ({exc})"
+            raise RunError(f"{where}: slot {lid} has {missing}",
+                           hint="run `bigbang schedule` again, or delete the file to run without a schedule") from None
+    return out
 
 
 def stored_schedule(inventory_path: str | Path, inventory) -> dict[str, Any] | None:
@@ -62,7 +71,7 @@ def stored_schedule(inventory_path: str | Path, inventory) -> dict[str, Any] | N
     if data.get("inventory_digest") != inventory.digest:
         raise RunError(f"the schedule {schedule_path(inventory_path)} was made for another version of the inventory",
                        hint=f"run `bigbang schedule {inventory_path}` again, or delete the file to run without it")
-    slots = slots_of(data)
+    slots = slots_of(data, str(schedule_path(inventory_path)))
     known = inventory.team_by_id
     for lid, (team, _, crew) in slots.items():
         if lid not in inventory.location_by_id or team not in known or crew >= known[team].capacity.parallel_locations:
