@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from bigbang import warm
-from bigbang.errors import ConfigError, InventoryError, LeaseHeld, LedgerError, RunError, UserError
+from bigbang.errors import LeaseHeld, LedgerError, RunError, UserError
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
 from bigbang.report import report_data
@@ -98,11 +98,11 @@ def run(args: argparse.Namespace) -> int:
     except LeaseHeld as exc:  # another executor has the run: it is not done by this command
         vars(exc)["exit_code"] = EXIT_FAILED
         raise
-    except (InventoryError, RunError, ConfigError) as exc:
-        vars(exc)["exit_code"] = EXIT_USAGE  # read by bigbang.cli.main
-        raise
     except LedgerError as exc:
         vars(exc)["exit_code"] = EXIT_UNREACHABLE
+        raise
+    except UserError as exc:  # usage, inventory, configuration, an unknown run: nothing ran
+        vars(exc)["exit_code"] = EXIT_USAGE  # read by bigbang.cli.main
         raise
     finally:
         for sig, handler in previous.items():
