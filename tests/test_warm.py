@@ -19,7 +19,7 @@ def test_second_rehearsal_uses_the_warm_server_and_it_stops_when_asked(bigbang, 
     state = tmp_path / "prefect" / warm.STATE_NAME
     try:
         first = bigbang("run", DEMO, "--quiet", "--compression", "max", env=env)
-        assert first.returncode in (0, 3), first.stderr[-2000:]
+        assert first.returncode in (0, 1), first.stderr[-2000:]  # the demo fails one device on purpose
         assert "(warm)" not in first.stderr  # cold: Prefect's embedded server, as before
         deadline = time.monotonic() + 180
         while not state.exists() and time.monotonic() < deadline:
@@ -28,7 +28,7 @@ def test_second_rehearsal_uses_the_warm_server_and_it_stops_when_asked(bigbang, 
         assert data["url"].startswith("http://127.0.0.1:") and warm.healthy(data["url"])
 
         second = bigbang("run", DEMO, "--quiet", "--compression", "max", env=env)
-        assert second.returncode in (0, 3), second.stderr[-2000:]
+        assert second.returncode in (0, 1), second.stderr[-2000:]
         assert f"Prefect {data['url']} (warm)" in second.stderr
         runs = json.loads(bigbang("runs", "--json", env=env).stdout)
         assert [r["status"] for r in runs[:2]] == ["completed", "completed"]
