@@ -106,7 +106,7 @@ def run_size(name: str, workdir: Path, prefect_home: Path, *, warm: bool, extra:
     cmd = [sys.executable, "-m", "bigbang", "run", str(inventory_dir), "--quiet", "--failure-rate", "0",
            *(extra or ("--zero-duration",))]
     wall, peak, out, err, rc = timed(cmd, env, workdir)
-    if rc != 0:
+    if rc not in (0, 1):  # 1: the run ended with a failed device (the demo fails one on purpose)
         raise SystemExit(f"{name}: bigbang run failed ({rc})\n{out}\n{err}")
     used_warm = "(warm)" in err
     return {"size": name, "start": "warm" if used_warm else "cold", "wall_s": round(wall, 2),
