@@ -119,7 +119,7 @@ def test_shell_changes_on_someones_behalf_need_an_ops_leads_credential(field, bi
     r = bigbang("check", LOCATION, "location.arrive", *run, "--by", "aha", "--lead", "ops",
                 env={**bb_env, "BIGBANG_OPS_LEAD_PASSWORD": "demo-ops"})
     assert r.returncode == 0, r.stderr
-    r = bigbang("signoff", LOCATION, *run, "--by", "ops", "--force",
+    r = bigbang("signoff", LOCATION, *run, "--by", "ops", "--force", "--note", "the rest is checked tomorrow",
                 env={**bb_env, "BIGBANG_OPS_LEAD_PASSWORD": "demo-ops"})  # an ops lead acting as themself
     assert r.returncode == 0, r.stderr
     audit = FieldStore(session.ledger).audit(session.run_id)

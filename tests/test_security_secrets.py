@@ -39,7 +39,7 @@ def test_a_ledger_password_never_reaches_the_prefect_server(tmp_path, bb_env, pr
     done = subprocess.run([sys.executable, "-m", "bigbang", "run", str(DEMO), "--ledger", ledger_url,
                            "--compression", "max", "--quiet", "--run-id", run_id], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: the demo fails one device on purpose
     assert PASSWORD not in done.stdout + done.stderr
 
     api = prefect_server.api_url
