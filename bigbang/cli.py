@@ -64,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # Ledgers, reports, checklists and state hold names, addresses and serials: readable by their owner only
-    # (files 0600, directories 0700), also in the workers and flow runs started from here.
-    os.umask(0o077)
+    # (files 0600, directories 0700), also in the workers and flow runs started from here. Only as the
+    # process's own command (argv None): a program that calls main() keeps its umask.
+    previous = os.umask(0o077)
+    if argv is not None:
+        os.umask(previous)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
