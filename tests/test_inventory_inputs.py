@@ -252,7 +252,7 @@ locations:
     assert problems(path) == [
         "inv.yaml:9: servers[0].customization.dns[1]: not an IP address: 'x'",
         "inv.yaml:9: servers[0].customization.ip: not an IP address: '10.0.0.300'",
-        "inv.yaml:9: servers[0].disks_gb[1]: Input should be greater than or equal to 1",
+        "inv.yaml:9: servers[0].disks_gb[1]: Input should be greater than 0",
         "inv.yaml:11: defaults.location.groups[1]: unknown group 'g9' (known: g1, g2)",
         "inv.yaml:14: groups.g1.location.groups: a group cannot name other groups; list each group on the "
         "location (or under defaults.location.groups)",
