@@ -14,6 +14,7 @@ BIGBANG_PREFECT_AUTH_FILE; `bigbang server` takes `--auth-env NAME` or
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 
@@ -30,12 +31,25 @@ DEFAULTS = {
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
 }
 
+# With Prefect's logging level quieter than INFO (bigbang's default WARNING, or the user's), the flow and task
+# runs' own loggers still pass INFO: the weekend's one line per phase, server wave and location reaches the
+# Prefect UI's Logs tab, while Prefect's console handler keeps the terminal at the quiet level. These are
+# overrides of Prefect's logging.yml by name; a user's own value of any of them wins.
+RUN_LOGGERS = ("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL")
+CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+
 AUTH_FILE_ENV = "BIGBANG_PREFECT_AUTH_FILE"
 
 
 def apply_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    level = os.environ["PREFECT_LOGGING_LEVEL"].strip().upper()
+    number = logging.getLevelName(level)
+    if isinstance(number, int) and number > logging.INFO:
+        for key in RUN_LOGGERS:
+            os.environ.setdefault(key, "INFO")
+        os.environ.setdefault(CONSOLE_LEVEL, level)
     if not os.environ.get("PREFECT_API_AUTH_STRING") and os.environ.get(AUTH_FILE_ENV):
         os.environ["PREFECT_API_AUTH_STRING"] = read_auth_file(os.environ[AUTH_FILE_ENV])
 

@@ -173,8 +173,10 @@ def _planned_vs_actual(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
         return None
 
 
-def render_report(ledger: Ledger, run_id: str, out_dir: Path | None = None) -> ReportFiles:
-    data = report_data(ledger, run_id)
+def render_report(ledger: Ledger, run_id: str, out_dir: Path | None = None,
+                  data: dict[str, Any] | None = None) -> ReportFiles:
+    """Write the report's files; `data` is report_data's, when the caller has it already."""
+    data = report_data(ledger, run_id) if data is None else data
     directory = (out_dir or reports_dir()) / run_id
     directory.mkdir(parents=True, exist_ok=True)
     env = jinja_env()

@@ -25,6 +25,7 @@ from prefect.states import Crashed
 from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy.engine import make_url
 
+from bigbang import run_log
 from bigbang.errors import ConfigError
 from bigbang.ledger_ref import ledger_reference, resolve_ledger
 from bigbang.session import RunSession
@@ -106,7 +107,9 @@ def dispatch_location(run_id: str, ledger_url: str | None, location_id: str) -> 
             run_id, "location.waiting_for_worker", location_id,
             f"no worker took it for {waited:.0f} s: start `bigbang worker --region {region or 'default'}`"))
         if state.is_completed():
-            return _location_row(ledger, run_id, location_id, flow_run)
+            row = ledger.location_result(run_id, location_id)
+            rollout.log_location(run_log.location_from_ledger(location_id, row))  # the worker's result
+            return _location_row(row, location_id, flow_run)
         message = f"flow run {flow_run.name} ended {state.name}: {state.message or ''}"  # type: ignore[union-attr]
         if not state.is_crashed() or attempt == MAX_ATTEMPTS:
             raise RuntimeError(message)
@@ -146,7 +149,7 @@ def wait_for_final_state(flow_run_id, on_no_worker):
             time.sleep(poll_seconds())
 
 
-def _location_row(ledger, run_id: str, location_id: str, flow_run) -> dict[str, Any]:
-    row = ledger.location_results(run_id).get(location_id, {})
+def _location_row(row: dict[str, Any] | None, location_id: str, flow_run) -> dict[str, Any]:
+    row = row or {}
     return {"location_id": location_id, "status": row.get("status"), "reason": row.get("reason"),
             "flow_run": str(flow_run.id), "worker": row.get("worker")}

@@ -19,6 +19,7 @@ from bigbang.ledger_ref import resolve_ledger
 from bigbang.runner import Runner
 from bigbang.session import RunSession
 from flows.secrets import register_prefect_secrets
+from tasks.rollout import log_location
 
 
 @flow(name="bigbang-location", flow_run_name="{run_id}-{location_id}", persist_result=False, log_prints=False,
@@ -30,4 +31,5 @@ def location(run_id: str, location_id: str, ledger_url: str | None = None) -> di
     session = RunSession.attach(run_id, resolve_ledger(ledger_url))
     result = Runner(session).run_location(location_id)
     session.ledger.flush()
+    log_location(result)
     return asdict(result)

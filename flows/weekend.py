@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from bigbang import run_log
 from bigbang.errors import ConfigError
 from bigbang.ledger_ref import ledger_reference, resolve_ledger
 from bigbang.plan import LocationPlan, Plan
-from bigbang.report import render_report
+from bigbang.report import render_report, report_data
 from bigbang.session import RunOptions, RunSession
 from flows import dispatch as dispatching
 from flows.secrets import register_prefect_secrets
@@ -45,8 +46,9 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
         run_id = RunSession.start(inventory, RunOptions(mode=mode), ledger_url=ledger_url).run_id
     session = RunSession.attach(run_id, ledger_url)
     plan = session.plan
+    get_run_logger().info(run_log.weekend_started(run_id, plan))
 
-    pre = rollout.prechecks.submit(run_id, ledger_ref)
+    pre = rollout.prechecks.with_options(task_run_name="prechecks").submit(run_id, ledger_ref)
     waves = []
     previous = pre
     for index in range(len(plan.waves)):
@@ -71,6 +73,8 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
         future.wait()
 
     session.finish(crashed)
+    for loc_id in sorted(crashed):  # its task died before it could log its line
+        rollout.log_location(run_log.location_from_ledger(loc_id, session.ledger.location_result(run_id, loc_id)))
     return publish(session, crashed)
 
 
@@ -87,18 +91,17 @@ def dispatch_order(plan: Plan) -> list[LocationPlan]:
 
 
 def publish(session: RunSession, crashed: dict[str, str]) -> dict[str, Any]:
-    """The core has finished the run; attach its report to the flow run as artifacts."""
-    ledger = session.ledger
-    files = render_report(ledger, session.run_id)
+    """The core has finished the run; attach its report to the flow run as artifacts and log its last line.
+
+    Called in the flow run's body, so the artifacts belong to it (its Artifacts tab in the UI)."""
+    data = report_data(session.ledger, session.run_id)
+    files = render_report(session.ledger, session.run_id, data=data)
     markdown = files.markdown.read_text(encoding="utf-8")
-    key = "bigbang-" + "".join(c if c.isalnum() else "-" for c in session.run_id.lower())
+    key = run_log.artifact_key(session.run_id)
     create_markdown_artifact(key=key, markdown=markdown, description=f"bigbang report for {session.run_id}")
-    rows = [
-        {"location": loc_id, "status": row["status"], "devices": row["devices"],
-         "failed": row["devices_failed"], "note": row["reason"]}
-        for loc_id, row in sorted(ledger.location_results(session.run_id).items())
-    ]
-    create_table_artifact(key=key + "-locations", table=rows, description="per-location status")
+    create_table_artifact(key=key + "-locations", table=run_log.location_table(data),
+                          description=f"per-location status of {session.run_id}")
+    get_run_logger().info(run_log.run_finished(data))
     return {"run_id": session.run_id, "report": str(files.directory), "crashed": crashed}
 
 

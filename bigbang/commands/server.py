@@ -5,6 +5,10 @@ start without API authentication: the basic-auth string `user:password` comes
 from a reference (`--auth-env NAME` or `--auth-file PATH`, or BIGBANG_PREFECT_AUTH_FILE
 / PREFECT_SERVER_API_AUTH_STRING in the environment), never from a plain-text
 option. Prefect's CSRF protection is on and CORS answers only the UI's own origin.
+
+The UI in the browser calls the API at `/api` of the address it was loaded from, so it
+connects on any port, host name or reverse proxy; `--ui-origin` makes that address
+explicit (a proxy under a path, e.g. https://ops.example.dk/prefect).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+from urllib.parse import urlsplit
 
 from rich.console import Console
 
@@ -37,8 +42,9 @@ def register(sub) -> None:
                    help=f"file (mode 600) holding `user:password` (default: ${AUTH_FILE_ENV}); "
                         "clients read the same file through that variable")
     p.add_argument("--ui-origin", metavar="URL",
-                   help="the origin browsers reach the UI at, e.g. https://prefect.example.dk "
-                        "(CORS answers only it; default: http://HOST:PORT)")
+                   help="where browsers reach the UI, e.g. https://prefect.example.dk or a proxy's "
+                        "https://ops.example.dk/prefect (the UI calls URL/api; CORS answers only its origin; "
+                        "default: the UI calls /api of whatever address it was loaded from)")
     p.set_defaults(func=run)
 
 
@@ -67,15 +73,31 @@ def auth_string(auth_env: str | None = None, auth_file: str | None = None) -> st
 
 
 def ui_origin(host: str, port: int, given: str | None = None) -> str:
+    """The origin (scheme://host:port) CORS answers: `given`'s, or the address the server listens on."""
     if given:
-        return given.rstrip("/")
+        parts = urlsplit(given)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"--ui-origin {given!r} is not an http(s) URL", hint="e.g. https://prefect.example.dk")
+        return f"{parts.scheme}://{parts.netloc}"
     if host in ("0.0.0.0", "::", "[::]", ""):
         host = socket.getfqdn()
     return f"http://{host}:{port}"
 
 
+# Relative: the browser calls the server that served the UI, on whatever host, port or proxy it was reached
+# through. Prefect's own default (PREFECT_API_URL, else http://HOST:4200/api) breaks on any other port.
+RELATIVE_UI_API_URL = "/api"
+
+
+def ui_api_url(given_origin: str | None = None) -> str:
+    """Where the UI's browser code calls the API: under `--ui-origin` when given (path included)."""
+    return given_origin.rstrip("/") + "/api" if given_origin else RELATIVE_UI_API_URL
+
+
 def server_env(database: str | None, redis: str | None, *, auth: str | None = None,
-               origin: str | None = None) -> dict[str, str]:
+               origin: str | None = None, ui_url: str | None = None) -> dict[str, str]:
+    """The server's environment. `ui_url` given (from --ui-origin) wins over PREFECT_UI_API_URL in the
+    environment; without it the operator's own PREFECT_UI_API_URL, else the relative /api, is used."""
     env = dict(os.environ)
     apply_defaults()
     env.update({k: os.environ[k] for k in ("PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED")})
@@ -83,7 +105,11 @@ def server_env(database: str | None, redis: str | None, *, auth: str | None = No
     env["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] = "true"
     if origin:
         env["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"] = origin
-        env.setdefault("PREFECT_UI_API_URL", origin + "/api")
+    if ui_url:
+        env.pop("PREFECT_SERVER_UI_API_URL", None)  # Prefect reads this alias first
+        env["PREFECT_UI_API_URL"] = ui_url
+    elif not env.get("PREFECT_SERVER_UI_API_URL"):
+        env.setdefault("PREFECT_UI_API_URL", RELATIVE_UI_API_URL)
     if auth:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth
         env["PREFECT_API_AUTH_STRING"] = auth  # the server's own clients (services) authenticate too
@@ -114,10 +140,13 @@ def run(args) -> int:
     if prefect is None:
         raise ConfigError("the `prefect` command is not installed", hint="pip install -e .")
     origin = ui_origin(args.host, args.port, args.ui_origin)
-    env = server_env(args.database, args.redis, auth=auth, origin=origin)
+    env = server_env(args.database, args.redis, auth=auth, origin=origin,
+                     ui_url=ui_api_url(args.ui_origin) if args.ui_origin else None)
     shown = args.host if args.host not in ("0.0.0.0", "::") else "THIS-HOST"
     Console(stderr=True, highlight=False).print(
-        f"Prefect server on http://{args.host}:{args.port} — point runs and workers at it with\n"
+        f"Prefect server on http://{args.host}:{args.port}; its UI (flow runs, logs, reports):\n"
+        f"  {args.ui_origin.rstrip('/') if args.ui_origin else f'http://{shown}:{args.port}'}\n"
+        f"Point runs and workers at it with\n"
         f"  export PREFECT_API_URL=http://{shown}:{args.port}/api"
         + (f"\n  export {AUTH_FILE_ENV}=FILE-WITH-THE-AUTH-STRING   (API authentication is on)" if auth else
            "\n  (API authentication is off: loopback only)"))
