@@ -6,6 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from bigbang.checklists import build_checklist, item_ids, languages, translator
@@ -103,9 +104,9 @@ def _keys(lang: str) -> set[str]:
 
 
 def test_translations_cover_the_templates():
-    assert {"en", "da", "sv", "nb"} <= set(languages())
+    assert {"en", "da", "sv", "nb", "nn"} <= set(languages())
     english = _keys("en")
-    for lang in ("da", "sv", "nb"):  # complete: no English leaks into a Danish, Swedish or Norwegian page
+    for lang in ("da", "sv", "nb", "nn"):  # complete: no English leaks into a Danish, Swedish or Norwegian page
         assert _keys(lang) == english, (f"{lang} lacks {sorted(english - _keys(lang))}; "
                                         f"has extra {sorted(_keys(lang) - english)}")
     used = set()
@@ -125,6 +126,32 @@ def test_translations_cover_the_templates():
     assert t("schedule_place", n=3) == "Nr. 3 i teamets plan"
     assert translator("sv")("web.board") == "Driftstavla"
     assert translator("nb")("web.n_items_unticked.other", n=3) == "3 punkter ikke avkrysset"
+    assert translator("nn")("web.n_items_unticked.other", n=3) == "3 punkt ikkje kryssa av"
+
+
+def test_nynorsk_is_its_own_language_and_the_inventory_may_choose_it(tmp_path):
+    import shutil
+
+    from bigbang.inventory.loader import InventoryError
+    from bigbang.web.app import inventory_language
+
+    nb, nn = translator("nb"), translator("nn")
+    assert nn("lang_name") == "Nynorsk"
+    # written in nynorsk, not bokmål with another code
+    assert (nn("web.no_run"), nn("error.home"), nn("web.text")) == (
+        "Inga køyring har byrja enno; du kan lese sjekklistene, men ikkje krysse av.", "Til framsida",
+        "Kva er gale?")
+    assert sum(nn(key) != nb(key) for key in _keys("nn")) > len(_keys("nn")) / 2
+
+    inventory = tmp_path / "inventory"
+    shutil.copytree(DEMO, inventory)
+    (inventory / "zz-language.yaml").write_text("rollout:\n  language: nn\n")
+    assert inventory_language(load_inventory(inventory)) == "nn"
+    (inventory / "zz-language.yaml").write_text("rollout:\n  language: nx\n")
+    with pytest.raises(InventoryError) as info:
+        load_inventory(inventory)
+    assert [str(p) for p in info.value.problems] == [
+        f"{inventory / 'zz-language.yaml'}:2: rollout.language: unknown language 'nx' (known: da, en, nb, nn, sv)"]
 
 
 def test_every_location_has_a_checklist_item_per_device_task():

@@ -23,7 +23,7 @@ def register(sub) -> None:
     p = sub.add_parser("checklists", help="print-ready checklists per location (HTML and PDF)")
     p.add_argument("path", help="inventory file or directory")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write <location>.html/.pdf")
-    p.add_argument("--lang", default="en", help="language of the texts (en, da, sv, nb)")
+    p.add_argument("--lang", default="en", help="language of the texts (en, da, sv, nb, nn)")
     p.add_argument("--url", metavar="BASE_URL", help="the field app's address, for the QR code per location "
                                                      "(default: $BIGBANG_FIELD_URL)")
     p.add_argument("--run", metavar="RUN_ID", help="include the run's live state (check-offs, step results)")

@@ -401,6 +401,18 @@ class Rollout(_Model):
     signoff_timeout: Duration = Field(
         12 * 3600.0, description="how long a location waits for its technician's sign-off before it fails"
     )
+    language: str | None = Field(
+        None, description="default language of the field app and checklists (en, da, sv, nb, nn; "
+                          "default: from the window's timezone)")
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        from bigbang.checklists import languages  # the catalogues in templates/i18n
+
+        if value is not None and value.lower() not in languages():
+            raise ValueError(f"unknown language '{value}' (known: {', '.join(languages())})")
+        return value.lower() if value is not None else None
 
 
 # ---------------------------------------------------------------- devices
