@@ -67,6 +67,8 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
         future.wait()
         if not future.state.is_completed():
             crashed[loc_id] = str(future.state.message)
+        elif isinstance(result := future.result(), dict) and result.get(dispatching.CRASHED_KEY):
+            crashed[loc_id] = result[dispatching.CRASHED_KEY]
     for future in [pre, *waves]:
         future.wait()
 
