@@ -2,8 +2,8 @@
 
 Real peers: six locations in network namespaces with real sshd thin clients and WS-Man workstations,
 VMware's vCenter simulator with two datacenters, PostgreSQL (Prefect's database and the ledger), Redis,
-`prefect server start`, one `bigbang worker` per region, the field app (`bigbang serve`), whose HTTP
-interface the technicians use to sign each location off. Faults while it runs: 300 ms latency and 5 %
+`prefect server start`, one `bigbang worker` per region, each on a worker machine of its own (a namespace),
+the field app (`bigbang serve`), whose HTTP interface the technicians use to sign each location off. Faults while it runs: 300 ms latency and 5 %
 loss on one location's link, another location's link cut for 30 s while it works, a thin client that
 never comes back from its reboot, a workstation whose imaging never finishes, vCenter frozen (SIGSTOP) for
 20 s during the server waves, and the worker running a location killed mid-location (a replacement starts; the
@@ -112,14 +112,19 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
         assert deployed.returncode == 0, deployed.stderr
 
         def worker(name: str, region: str) -> subprocess.Popen:
+            """A worker machine of its own (a namespace on the lab's bridge) for the region."""
+            machine = lab.worker_host(name, [prefect_server.port, postgres.port])
             process = subprocess.Popen(
-                [sys.executable, "-m", "bigbang", "worker", "--name", name, "--region", region],
+                ["ip", "netns", "exec", machine, sys.executable, "-m", "bigbang", "worker", "--name", name,
+                 "--region", region],
                 env=env, cwd=tmp_path, start_new_session=True, stdout=open(tmp_path / f"{name}.log", "w"),
                 stderr=subprocess.STDOUT)
             processes.append(process)
             return process
 
         workers = {region: worker(f"worker-{region}", region) for region in ("nord", "syd")}
+        spaces = {net_namespace(w.pid) for w in workers.values()}
+        assert len(spaces) == 2 and os.readlink("/proc/self/ns/net") not in spaces, "a worker machine each"
 
         slow_link = lab.netem(next(s for s in lab.sites if s.id == SLOW))
         print(f"{SLOW}'s link: {slow_link}")
@@ -312,6 +317,14 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
             stop_group(process)
         sim.stop()
         lab.stop()
+
+
+def net_namespace(pid: int) -> str:
+    """The network namespace of a process started through `ip netns exec` (once it has become the command)."""
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ip\0") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return os.readlink(f"/proc/{pid}/ns/net")
 
 
 def yaml_servers(path: Path) -> list[dict]:

@@ -1,13 +1,15 @@
 """A small municipality on one machine, for the live weekend: `python -m tests.peers.lab`.
 
     root namespace (ops): bridge bbl<N>-br, 10.250.0.1/16; vcsim (two datacenters), PostgreSQL,
-                          a Prefect server, process workers for the regions, the field app, all on 127.0.0.1
+                          a Prefect server, the field app, all on 127.0.0.1
+    one namespace per worker machine (`Lab.worker_host`, veth into the bridge, 10.250.0.<n>): a region's
+                          process worker; the ops centre's Prefect server and ledger reach it through a
+                          forwarder on its own 127.0.0.1 (what the VPN to the ops centre gives a worker)
     one network namespace per location (veth into the bridge): its thin clients (a real sshd each)
                           and workstations (WS-Man hosts), each on its own 10.250.<location>.<n> address
 
 Everything bigbang talks to at a location is reached over the location's veth, so tc/netem on it, or
-taking it down, is what a slow or cut-off site link does. Workers run in the root namespace (they also
-need the Prefect server and the ledger on 127.0.0.1). Needs root (ip netns); `Lab.stop` removes every
+taking it down, is what a slow or cut-off site link does. Needs root (ip netns); `Lab.stop` removes every
 namespace, link and process it made. Addresses stay inside 10.250.0.0/16 on links of its own.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -145,6 +148,56 @@ class NsWsmanLab(WsmanLab):
             super()._image(host)
 
 
+class LoopbackForwarder:
+    """Makes TCP ports of the root namespace's 127.0.0.1 reachable at the same 127.0.0.1 ports inside other
+    namespaces: each listener is opened inside its namespace, each connection it accepts is relayed to the
+    root namespace's loopback (the threads here run there)."""
+
+    def __init__(self) -> None:
+        self.listeners: list[socket.socket] = []
+
+    def add(self, ns: str, port: int) -> None:
+        with netns(ns):
+            listener = socket.create_server(("127.0.0.1", port))
+        self.listeners.append(listener)
+        threading.Thread(target=self._accept, args=(listener, port), daemon=True, name=f"fwd-{ns}-{port}").start()
+
+    def _accept(self, listener: socket.socket, port: int) -> None:
+        while True:
+            try:
+                inside, _ = listener.accept()
+            except OSError:  # closed by stop()
+                return
+            try:
+                outside = socket.create_connection(("127.0.0.1", port), timeout=10)
+                outside.settimeout(None)
+            except OSError:
+                inside.close()
+                continue
+            for a, b in ((inside, outside), (outside, inside)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def stop(self) -> None:
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.close()
+        self.listeners.clear()
+
+
 class Lab:
     """Namespaces, hosts and the inventory; the engine (vcsim, PostgreSQL, Prefect) is started by `engine`."""
 
@@ -156,6 +209,8 @@ class Lab:
         self.sites: list[Site] = []
         self.servers = servers
         self.ns_of: dict[str, str] = {}
+        self.worker_hosts: list[str] = []
+        self.forwarder = LoopbackForwarder()
         self._made: list[tuple[str, str]] = []  # ("ns"|"link", name) to remove
         self.dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bigbang-lab-{self.tag}-{os.getpid()}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +250,28 @@ class Lab:
             ip("ip", "link", "set", "eth0", "up", ns=ns)
             region = REGIONS[(i - 1) % len(REGIONS)]
             self.sites.append(Site(i, f"LAB-{i:02d}", ns, outside, region, f"team-{region}"))
+
+    def worker_host(self, name: str, ops_ports: list[int]) -> str:
+        """A worker machine: its own namespace on the bridge (10.250.0.<n>), with the ops centre's services on
+        `ops_ports` of the root namespace's loopback forwarded to its 127.0.0.1. Returns the namespace, for
+        `ip netns exec NS ...`."""
+        n = len(self.worker_hosts) + 2
+        ns, outside = f"{self.prefix}-W{n}", f"{self.prefix}-w{n}"
+        ip("ip", "netns", "add", ns)
+        self._made.append(("ns", ns))
+        ip("ip", "link", "add", outside, "type", "veth", "peer", "name", f"{self.prefix}-q{n}")
+        self._made.append(("link", outside))
+        ip("ip", "link", "set", f"{self.prefix}-q{n}", "netns", ns)
+        ip("ip", "link", "set", f"{self.prefix}-q{n}", "name", "eth0", ns=ns)
+        ip("ip", "link", "set", outside, "master", self.bridge)
+        ip("ip", "link", "set", outside, "up")
+        ip("ip", "link", "set", "lo", "up", ns=ns)
+        ip("ip", "addr", "add", f"10.250.0.{n}/16", "dev", "eth0", ns=ns)
+        ip("ip", "link", "set", "eth0", "up", ns=ns)
+        for port in ops_ports:
+            self.forwarder.add(ns, port)
+        self.worker_hosts.append(ns)
+        return ns
 
     def _addresses(self, workstations: int, thin_clients: int) -> list[str]:
         out = []
@@ -314,6 +391,7 @@ class Lab:
 
     # ------------------------------------------------------------ teardown
     def stop(self) -> None:
+        self.forwarder.stop()
         for part in ("ssh", "win"):
             peer = getattr(self, part, None)
             if peer is not None:
