@@ -1,7 +1,8 @@
 """The whole live weekend through Prefect on the lab (tests/peers/lab.py), with faults, and the truth checked.
 
-Real peers: six locations in network namespaces with real sshd thin clients and WS-Man workstations,
-VMware's vCenter simulator with two datacenters, PostgreSQL (Prefect's database and the ledger), Redis,
+Real peers: six locations in network namespaces with real sshd thin clients and WS-Man workstations (the
+first location's thin clients managed through IGEL UMS instead: the IMI test server), VMware's vCenter
+simulator with two datacenters, Citrix servers on a Citrix Hypervisor pool (the XenAPI test server), PostgreSQL (Prefect's database and the ledger), Redis,
 `prefect server start`, one `bigbang worker` per region, each on a worker machine of its own (a namespace),
 the field app (`bigbang serve`), whose HTTP interface the technicians use to sign each location off. Faults while it runs: 300 ms latency and 5 %
 loss on one location's link, another location's link cut for 30 s while it works, a thin client that
@@ -11,8 +12,9 @@ location is dispatched again and resumes from the ledger). (Where the kernel
 has no sch_netem, as on the CI machine this was written on, the slow link is an htb rate limit instead: slow,
 not lossy; the test prints which it got.)
 
-Afterwards every peer's real state (each VM in the simulator, each thin client's running hostname and
-profile, each workstation's image, hostname and domain) is read and compared with the ledger and the
+Afterwards every peer's real state (each VM in the simulator and in the pool, each thin client's running
+hostname and profile or its directory, profile, firmware and reboots in UMS, each workstation's image,
+hostname and domain) is read and compared with the ledger and the
 report, device by device.
 """
 
@@ -37,7 +39,7 @@ from bigbang.report import report_data
 from bigbang.status import device_status
 from bigbang.store.ledger import Ledger
 from tests.peers import free_port
-from tests.peers.lab import DATACENTERS, TECH_PASSWORD, VCENTER_PASSWORD_ENV, Lab
+from tests.peers.lab import DATACENTERS, TECH_PASSWORD, UMS_NEW_PROFILE, VCENTER_PASSWORD_ENV, Lab
 from tests.peers.postgres import postgres  # noqa: F401 - fixture
 from tests.peers.prefect_server import prefect_server, stop_group  # noqa: F401 - fixture
 from tests.peers.redis import redis  # noqa: F401 - fixture
@@ -232,8 +234,18 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
         assert all(s.attempts <= retries + 1 for s in steps.values())
 
         vms = vms_by_datacenter(sim)
+        pool_vms = xen_vms(lab)
         for server in report["servers"]:
             entry = next(s for s in yaml_servers(inventory) if s["name"] == server["name"])
+            assert server["status"] == "succeeded", server
+            if entry.get("platform") == "citrix":  # on the Citrix Hypervisor pool, through XenAPI
+                same_name = [vm for vm in pool_vms if vm["name_label"] == entry["name"]]
+                assert len(same_name) == 1, f"{entry['name']}: {len(same_name)} VMs in the pool"
+                vm = same_name[0]
+                assert vm["power_state"] == "Running" and int(vm["VCPUs_max"]) == entry["cpu"]
+                assert int(vm["memory_static_max"]) == entry["memory_gb"] * 1024 ** 3
+                assert vm["other_config"].get("bigbang"), "marked as made by bigbang"
+                continue
             vm = vms.get((entry["datacenter"], entry["name"]))
             assert server["status"] == "succeeded", server  # vCenter frozen for 20 s: slower, not failed
             assert vm is not None, f"{server['name']} succeeded but has no VM in {entry['datacenter']}"
@@ -264,6 +276,14 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
                     assert status == "failed" and ("did not come back" in message or "cannot connect" in message), \
                         message
                     assert tc.down
+                device_rows += 1
+            for n, device in enumerate(site.ums_thin_clients, start=1):  # through IGEL UMS: its view is the truth
+                name = f"l{site.index}-old-tc{n}"
+                status = device_status([steps[r["id"]].status for r in by_target[name]])
+                assert status == "succeeded", [(r["kind"], r["status"], r["message"]) for r in by_target[name]]
+                assert lab.ums.directories[device.parent_id]["name"] == f"{site.id} Lab site {site.index}", name
+                assert lab.ums.assigned(device) == [UMS_NEW_PROFILE] and device.firmware_id == "2", name
+                assert device.reboots == 1, f"{name} was rebooted {device.reboots} times"
                 device_rows += 1
             for n, ws in enumerate(site.workstations, start=1):
                 name = f"l{site.index}-old-ws{n}"
@@ -327,6 +347,13 @@ def net_namespace(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/net")
 
 
+def xen_vms(lab: Lab) -> list[dict]:
+    """The pool's VMs (not templates, snapshots or the control domain), as its database holds them."""
+    with lab.xen.lock:
+        return [dict(vm) for vm in lab.xen.db["VM"].values()
+                if not (vm["is_a_template"] or vm["is_a_snapshot"] or vm["is_control_domain"])]
+
+
 def yaml_servers(path: Path) -> list[dict]:
     import yaml
 
@@ -334,7 +361,7 @@ def yaml_servers(path: Path) -> list[dict]:
 
 
 def device_statuses(site, steps, by_target) -> list[str]:
-    names = [f"l{site.index}-old-tc{n}" for n in range(1, len(site.thin_clients) + 1)] + \
+    names = [f"l{site.index}-old-tc{n}" for n in range(1, len(site.thin_clients) + len(site.ums_thin_clients) + 1)] + \
             [f"l{site.index}-old-ws{n}" for n in range(1, len(site.workstations) + 1)]
     return [str(device_status([steps[r["id"]].status for r in by_target[name]])) for name in names]
 
