@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 
 import pytest
@@ -126,3 +127,32 @@ def test_shell_changes_on_someones_behalf_need_an_ops_leads_credential(field, bi
     assert [(a["actor"], a["action"]) for a in audit] == [("aha", "check"), ("ops", "signoff")]
     assert all(a["source"].startswith("cli ") and a["source"].endswith("entered by ops lead ops") for a in audit)
     assert FieldStore(session.ledger).verify_chain().ok
+
+
+def test_a_checkin_from_the_shell_needs_an_ops_leads_credential_and_names_the_lead(field, bigbang, bb_env):
+    inventory, ledger_url, session = field
+    for key in ("BIGBANG_OPS_LEAD", "BIGBANG_OPS_LEAD_PASSWORD"):
+        bb_env.pop(key, None)
+    checkin = ["schedule", "checkin", session.run_id, LOCATION, "--by", "aha", "--ledger", ledger_url]
+    refusals = [
+        ([], {}, "error: changing a run from the shell as aha needs an ops lead's credential"),
+        (["--lead", "ops"], {"BIGBANG_OPS_LEAD_PASSWORD": "wrong-password-1"}, "error: wrong password for ops lead ops"),
+        (["--lead", "sni"], {"BIGBANG_OPS_LEAD_PASSWORD": "demo-sni"}, "error: 'sni' is not an ops lead"),
+        (["--lead", "ops"], {}, "error: no password for ops lead ops"),  # no terminal to ask on
+    ]
+    for extra, env, line in refusals:
+        r = bigbang(*checkin, *extra, env={**bb_env, **env}, stdin=subprocess.DEVNULL)
+        assert r.returncode == 1 and r.stdout == "", (extra, r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(line), r.stderr
+    assert not session.ledger.checked_in(session.run_id, LOCATION)
+    assert FieldStore(session.ledger).audit(session.run_id) == []
+
+    r = bigbang(*checkin, "--lead", "ops", env={**bb_env, "BIGBANG_OPS_LEAD_PASSWORD": "demo-ops"})
+    assert r.returncode == 0 and r.stdout.strip() == f"{LOCATION} checked in by aha", r.stderr
+    assert session.ledger.checked_in(session.run_id, LOCATION)
+    event = [e for e in session.ledger.events(session.run_id) if e["kind"] == "location.checked_in"]
+    assert len(event) == 1 and event[0]["message"].startswith("by aha (cli ")
+    assert event[0]["message"].endswith("entered by ops lead ops)")
+    audit = FieldStore(session.ledger).audit(session.run_id)
+    assert [(a["actor"], a["action"], a["location_id"]) for a in audit] == [("aha", "checkin", LOCATION)]
+    assert audit[0]["source"].startswith("cli ") and audit[0]["source"].endswith("entered by ops lead ops")

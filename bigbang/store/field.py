@@ -6,9 +6,9 @@ request with a client request key: the audit row is inserted first and its key
 is unique, so a retried request (a flaky phone connection, a double tap) finds
 its row and changes nothing. The audit rows form a hash chain: each row's `hash`
 covers its content and the previous row's hash (`prev_hash`), so `verify_chain`
-finds the first row that was altered, removed or slipped in. Sign-offs and problems go through the ledger
-(`Ledger.sign_off`, `Ledger.add_problem`): the sign-off gate and the defect
-tracking read them there.
+finds the first row that was altered, removed or slipped in. Sign-offs, problems and check-ins go
+through the ledger (`Ledger.sign_off`, `Ledger.add_problem`, `Ledger.check_in`): the sign-off gate,
+the defect tracking and a location's start read them there.
 """
 
 from __future__ import annotations
@@ -212,6 +212,15 @@ class FieldStore:
                     f"{failed_devices} device{'' if failed_devices == 1 else 's'} failed. Reason: {note}")
             self.ledger.add_problem(_derived_key(request_key, "signoff"), run_id, location_id, "other",
                                     text[:MAX_TEXT], actor.id, source="signoff")
+        return done
+
+    def check_in(self, run_id: str, location_id: str, actor: Actor, request_key: str) -> bool:
+        """Record that `actor` arrived at the location (which may let it start); False if it was checked in
+        before. The ledger's event and the audit row both say who entered it, and from where."""
+        _check_key(request_key)
+        done = self.ledger.check_in(run_id, location_id, f"by {actor.id} ({actor.source})")
+        self._audit_once(request_key, actor, "checkin" if done else "checkin.repeated", run_id, location_id,
+                         location_id, {})
         return done
 
     def _audit_once(self, request_key: str, actor: Actor, action: str, run_id: str, location_id: str,

@@ -348,6 +348,17 @@ class Ledger:
                 events.c.run_id == run_id, events.c.kind == CHECKED_IN, events.c.subject == location_id,
             )).limit(1)).first() is not None
 
+    def check_in(self, run_id: str, location_id: str, message: str) -> bool:
+        """Record a technician's arrival at a location once; False if it was checked in before."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(events.c.id).where(and_(
+                    events.c.run_id == run_id, events.c.kind == CHECKED_IN, events.c.subject == location_id,
+            )).limit(1)).first() is not None:
+                return False
+            conn.execute(events.insert().values(run_id=run_id, at=now(), kind=CHECKED_IN, subject=location_id,
+                                                message=message))
+        return True
+
     def add_event(self, run_id: str, kind: str, subject: str = "", message: str = "") -> None:
         with self.engine.begin() as conn:
             conn.execute(events.insert().values(run_id=run_id, at=now(), kind=kind, subject=subject, message=message))
