@@ -61,12 +61,18 @@ from bigbang.store.schema import (
 FINAL = tuple(s.value for s in StepStatus if s.final)
 CHECKED_IN = "location.checked_in"
 RUN_SCOPE = "run"
+SERVERS_SCOPE = "servers"  # the prechecks and server waves: the steps of scope "servers" (one at a time)
 LEASE_SECONDS_ENV = "BIGBANG_LEASE_SECONDS"
 Fence = tuple[str, str, int]  # (run id, lease scope, fencing token)
 
 
 def location_scope(location_id: str) -> str:
     return f"location:{location_id}"
+
+
+def lease_scope(step_scope: str) -> str:
+    """The lease that covers writes of a step scope ("servers", or a location id) besides the run's."""
+    return SERVERS_SCOPE if step_scope == SERVERS_SCOPE else location_scope(step_scope)
 
 
 def lease_seconds() -> float:
@@ -434,13 +440,13 @@ class Ledger:
             return (run_id, scope) in self._held
 
     def fence_for(self, run_id: str, scope: str) -> Fence | None:
-        """The lease a write for `scope` (a location id, or "servers") is made under: the location's, else
-        the run's; None for a writer that holds no lease on the run (tools, tests)."""
+        """The lease a write for `scope` (a location id, or "servers") is made under: the location's (the
+        servers'), else the run's; None for a writer that holds no lease on the run (tools, tests)."""
         with self._lock:
-            for lease_scope in (location_scope(scope), RUN_SCOPE):
-                held = self._held.get((run_id, lease_scope))
+            for held_scope in (lease_scope(scope), RUN_SCOPE):
+                held = self._held.get((run_id, held_scope))
                 if held is not None:
-                    return (run_id, lease_scope, held[0])
+                    return (run_id, held_scope, held[0])
         return None
 
     def _free(self, lease: Lease, t: float) -> bool:
