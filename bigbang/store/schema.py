@@ -189,6 +189,20 @@ field_audit = Table(
     Column("hash", String(64)),
 )
 
+# The audit trail's head: how many rows it has and the last one's hash, signed (HMAC with the audit key,
+# bigbang.store.field). Updated in the transaction of every audit row, so rows removed from the end,
+# or removed anywhere with the chain recomputed, no longer match it. One row (id 1).
+field_audit_head = Table(
+    "field_audit_head", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("row_count", Integer, nullable=False),
+    Column("last_id", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    Column("key_id", String(16)),  # the audit key that signs the head and the rows (None: no key, plain hashes)
+    Column("signature", String(64), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 # Signed-in field-app sessions, server-side so sign-out revokes them (bigbang.store.sessions).
 field_sessions = Table(
     "field_sessions", metadata,

@@ -90,6 +90,7 @@ class FieldApp:
             self.inventory = load_inventory(self.inventory_path)
             self.plan = inventory_plan(self.inventory, self.inventory_path)
         self.store = FieldStore(self.ledger)
+        self.store.check_audit_key()  # a trail signed with another key: refuse to start, not every request
         self.fixed_run_id = run_id
         self.lang = lang or inventory_language(self.inventory)
         self.zone = self.inventory.rollout.window.zone
