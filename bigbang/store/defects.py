@@ -59,6 +59,7 @@ from bigbang.store.schema import (
     lock,
     metadata,
     observations,
+    report_admissions,
     reports,
     tickets,
 )
@@ -87,6 +88,7 @@ class DefectError(UserError):
 
 
 _ADVISORY_LOCK = 0x6269_6762  # "bigb"
+_ADMISSION_LOCK = 0x6262_726C  # "bbrl": the self-service rate limit, apart from collections' lock
 
 
 @dataclass
@@ -674,6 +676,27 @@ class DefectQueue:
             if new:
                 conn.execute(insert(reports), list(new.values()))
         return len(new)
+
+    def admit_report(self, keys: Sequence[str], limit: int, *, window: float = 3600.0,
+                     now: float | None = None) -> float | None:
+        """Count one self-service report against each of `keys` (its device, its source address) if each
+        had fewer than `limit` in the last `window` seconds. None: admitted; else refused, and the time
+        (epoch) the next one will be admitted. Every field-app process on this database shares the count."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            # One admission at a time, so that two processes cannot both take the last place.
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADMISSION_LOCK})
+            conn.execute(delete(report_admissions).where(report_admissions.c.at <= now - window))  # SQLite: its write lock
+            retry_at: float | None = None
+            for key in keys:
+                latest = conn.execute(select(report_admissions.c.at).where(report_admissions.c.key == key)
+                                      .order_by(report_admissions.c.at.desc()).limit(limit)).scalars().all()
+                if len(latest) >= limit:  # a place frees up when the oldest of the last `limit` leaves the window
+                    retry_at = max(retry_at or 0.0, latest[-1] + window)
+            if retry_at is None:
+                conn.execute(insert(report_admissions), [{"key": key, "at": now} for key in keys])
+        return retry_at
 
     def pending_reports(self, run_id: str | None = None) -> builtins.list[dict[str, Any]]:
         """Reports not filed yet: those of `run_id` (and, for compatibility, those without a run)."""

@@ -328,6 +328,16 @@ reports = Table(
     Column("reference", String(20)),  # what the reporter is told (self-service form)
 )
 
+# Self-service reports accepted, one row per limited key ("device:HOST", "address:IP") and report: the
+# rate limit's ledger, shared by every field-app process on this database (bigbang.store.defects).
+report_admissions = Table(
+    "defect_report_admissions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(200), nullable=False),
+    Column("at", Float, nullable=False, index=True),
+    Index("ix_defect_report_admissions_key_at", "key", "at"),
+)
+
 # One row per defect and external ticket system: what was pushed there, and the last failure.
 tickets = Table(
     "defect_tickets", metadata,
