@@ -121,6 +121,9 @@ def test_support_staff_work_the_queue_and_an_end_user_reports_from_a_phone(tmp_p
             page.click(f'a[href="/defects/{filed[0]["key"]}"]')
             page.wait_for_load_state()
             assert "Reported by Hanne Jensen · +45 97 42 11 04" in page.inner_text("#people")
+            assert page.inner_text("#references") == reference
+            page.goto(server.url + "/defects")
+            assert _search(page, reference) == {filed[0]["key"]}  # the caller gives the reference number
             page.screenshot(path=str(SHOTS / "self-service-in-queue.png"), full_page=True)
             desk.close()
     finally:

@@ -221,6 +221,7 @@ def test_self_service_report_without_sign_in(tmp_path):
             d = queue.list(run_id=session.run_id, search="+45 97 42 11 04")  # in the queue at once, by contact
             assert len(d) == 1 and d[0]["target"] == "hst-ws-104" and d[0]["reporter"] == "Hanne Jensen"
             assert d[0]["reporter_contact"] == "+45 97 42 11 04" and d[0]["run_id"] == session.run_id
+            assert [x["key"] for x in queue.list(run_id=session.run_id, search=ref.group(1))] == [d[0]["key"]]
             # The same complaint again (a retry, or a colleague): the same defect, counted.
             client.post("/r", data={**data, "request_key": "selfservice-2", "text": "still no printer"})
             assert len(queue.list(run_id=session.run_id, search="hst-ws-104")) == 1

@@ -119,9 +119,20 @@ def search_text(row: dict[str, Any], target: Target) -> str:
     parts = [row["key"], row.get("problem_key") or "", row["target"], target.serial, target.mac, target.user_id,
              target.user_name, target.user_phone, _digits(target.user_phone), row.get("location_id") or "", target.location_name,
              row.get("reporter") or "", row.get("reporter_contact") or "", _digits(row.get("reporter_contact") or ""),
-             row["category"], row["title"],
+             row.get("report_refs") or "", row["category"], row["title"],
              row["message"][:1000], row.get("assignee") or ""]
     return " ".join(" ".join(str(p).split()) for p in parts if p).lower()
+
+
+def _with_reference(refs: str | None, obs: Observation) -> str | None:
+    """The defect's reporters' reference numbers with this report's (a caller gives theirs; staff search it)."""
+    ref = str(obs.details.get("reference") or "")
+    known = (refs or "").split()
+    if ref and ref not in known:
+        known = [*known, ref]
+        while len(" ".join(known)) > 400:  # the newest are kept
+            known.pop(0)
+    return " ".join(known) or None
 
 
 def _digits(value: str) -> str:
@@ -288,7 +299,7 @@ class DefectQueue:
                         user_phone=target.user_phone[:60] or None, reporter=obs.reporter[:200] or None,
                         reporter_contact=str(obs.details.get("contact") or "")[:200] or None, search="",
                         priority_reason="", response_due=None, resolve_due=None, responded_at=None,
-                        duplicate_of=None,
+                        duplicate_of=None, report_refs=_with_reference(None, obs),
                     )
                     created[key] = row
                     if obs.source in TECHNICAL_SOURCES:
@@ -298,6 +309,7 @@ class DefectQueue:
                     summary.created += 1
                     continue
                 row["occurrences"] += 1
+                row["report_refs"] = _with_reference(row.get("report_refs"), obs)
                 row["message"] = obs.message[:MAX_TEXT]
                 row["last_seen"] = max(row["last_seen"], obs.observed_at)
                 row["updated_at"] = now

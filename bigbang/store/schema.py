@@ -247,6 +247,7 @@ defects = Table(
     Column("resolve_due", Float),
     Column("responded_at", Float),  # first human action
     Column("duplicate_of", String(16), index=True),  # merged into this defect
+    Column("report_refs", String(400)),  # the reference numbers self-service reporters were given (R-...)
 )
 
 # Search on PostgreSQL: a trigram index answers `search LIKE '%term%'` without reading every row.
