@@ -159,7 +159,7 @@ def test_every_location_has_a_checklist_item_per_device_task():
         assert all(d.report_url is None for d in checklist.devices)  # no address known: no stickers
 
 
-def test_the_public_address_comes_from_the_inventory_when_no_url_is_given(bigbang, tmp_path):
+def test_the_public_address_comes_from_the_inventory_when_no_url_is_given(bigbang, bb_env, tmp_path):
     """`rollout.field_url` sets the QR codes' address; $BIGBANG_FIELD_URL and --url win over it."""
     import shutil
 
@@ -181,3 +181,7 @@ def test_the_public_address_comes_from_the_inventory_when_no_url_is_given(bigban
                 "--url", "https://field.example.dk")
     html = (tmp_path / "flag" / "HST-027.html").read_text()
     assert "https://field.example.dk/r/" in html and "support.example.dk" not in html
+    r = bigbang("checklists", inventory, "--out", tmp_path / "env", "--location", "HST-027", "--no-pdf",
+                env={**bb_env, "BIGBANG_FIELD_URL": "https://env.example.dk"})
+    html = (tmp_path / "env" / "HST-027.html").read_text()
+    assert "https://env.example.dk/r/" in html and "support.example.dk" not in html
