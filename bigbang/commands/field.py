@@ -21,8 +21,9 @@ def register(sub) -> None:
     p.add_argument("path", help="inventory file or directory")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write <location>.html/.pdf")
     p.add_argument("--lang", default="en", help="language of the texts (en, da, sv, nb)")
-    p.add_argument("--url", metavar="BASE_URL", help="the field app's address, for the QR code per location "
-                                                     "(default: $BIGBANG_FIELD_URL)")
+    p.add_argument("--url", metavar="BASE_URL", help="the field app's address, for the QR codes per location "
+                                                     "(technicians) and per desk (end users' reports; "
+                                                     "default: $BIGBANG_FIELD_URL, else rollout.field_url)")
     p.add_argument("--run", metavar="RUN_ID", help="include the run's live state (check-offs, step results)")
     p.add_argument("--ledger", metavar="URL")
     p.add_argument("--location", action="append", metavar="ID", help="only this location (repeatable)")
@@ -36,7 +37,8 @@ def register(sub) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=port_number, default=8000)
     s.add_argument("--lang", default="en", help="default language (each user can switch)")
-    s.add_argument("--url", metavar="BASE_URL", help="public address of the app (for QR codes in PDFs)")
+    s.add_argument("--url", metavar="BASE_URL", help="public address of the app, for QR codes in PDFs "
+                                                            "(default: rollout.field_url, else the request's)")
     s.add_argument("--session-hours", type=float, default=12.0, help="sign-in lasts this long")
     s.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: send cookies over HTTPS only")
     s.add_argument("--idle-minutes", type=float, default=120.0,
@@ -107,7 +109,7 @@ def checklists(args) -> int:
     if unknown:
         raise UserError(f"unknown location {unknown[0]}", hint="locations: " + ", ".join(inventory.location_by_id))
     files = write_checklists(inventory, plan, Path(args.out), lang=args.lang,
-                             base_url=args.url or default_base_url(), ledger=ledger, run_id=args.run,
+                             base_url=args.url or default_base_url(inventory), ledger=ledger, run_id=args.run,
                              pdf=not args.no_pdf, only=args.location)
     out = Console(highlight=False)
     for f in files:
