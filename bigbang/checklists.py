@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -140,6 +141,7 @@ class DeviceCard:
     new: str  # target image (version) or profile
     steps: list[StepView]
     items: list[Item]
+    report_url: str | None = None  # the end user's self-service form for this desk (its sticker's QR code)
 
     @property
     def status(self) -> str:
@@ -279,7 +281,7 @@ def build_checklist(inventory: Inventory, plan: Plan, location_id: str, *, ledge
         devices.append(DeviceCard(
             hostname=dev.hostname, kind=dev.kind, new_hostname=new_hostname, serial=dev.serial, mac=dev.mac,
             model=dev.model, room=dev.room, desk=dev.desk, user=getattr(dev, "user", None), old=old, new=new,
-            steps=views, items=items))
+            steps=views, items=items, report_url=report_url(base_url, dev.hostname) if base_url else None))
 
     window = inventory.rollout.window
     planned = window.start + timedelta(seconds=loc_plan.start_offset) if loc_plan.start_offset is not None else None
@@ -339,7 +341,13 @@ def _risks(loc: Location) -> list[tuple[str, dict[str, Any]]]:
 
 
 def location_url(base_url: str, location_id: str) -> str:
+    """The technicians' page of a location in the field app (the QR code at the top of its checklist)."""
     return f"{base_url.rstrip('/')}/l/{location_id}"
+
+
+def report_url(base_url: str, hostname: str) -> str:
+    """The end users' self-service report form of a device, pre-filled (the QR code on its desk's sticker)."""
+    return f"{base_url.rstrip('/')}/r/{quote(hostname, safe='')}"
 
 
 def qr_data_uri(text: str) -> str:
@@ -429,5 +437,6 @@ def _safe_name(location_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in location_id)
 
 
-def default_base_url() -> str | None:
-    return os.environ.get("BIGBANG_FIELD_URL")
+def default_base_url(inventory: Inventory | None = None) -> str | None:
+    """The field app's public address when no `--url` is given: $BIGBANG_FIELD_URL, else `rollout.field_url`."""
+    return os.environ.get("BIGBANG_FIELD_URL") or (inventory.rollout.field_url if inventory is not None else None)

@@ -208,12 +208,13 @@ class Runner:
     def run_prechecks(self) -> PhaseResult:
         clock = self._open("prechecks", 0.0)
         try:
-            known = self.ledger.step_results(self.run_id, scope="servers")
-            halted = self.ledger.halted_reason(self.run_id, by=clock.now())
-            results = clock.parallel(list(self.plan.servers),
-                                     lambda srv: self._server_steps(srv, srv.prechecks, known, halted, clock),
-                                     self.options.parallel_servers, "bigbang-server")
-            self.ledger.flush()
+            with self.session.servers_lease():  # a second executor of the prechecks cannot write
+                known = self.ledger.step_results(self.run_id, scope="servers")
+                halted = self.ledger.halted_reason(self.run_id, by=clock.now())
+                results = clock.parallel(list(self.plan.servers),
+                                         lambda srv: self._server_steps(srv, srv.prechecks, known, halted, clock),
+                                         self.options.parallel_servers, "bigbang-server")
+                self.ledger.flush()
         finally:
             clock.close()
         return _phase("prechecks", results)
@@ -221,16 +222,19 @@ class Runner:
     def run_wave(self, index: int) -> PhaseResult:
         clock = self._open(wave_unit(index), self.prechecks_end() if index == 0 else self.wave_end(index - 1))
         try:
-            known = self.ledger.step_results(self.run_id, scope="servers")
-            halted = self.ledger.halted_reason(self.run_id, by=clock.now())
-            wave = [s for s in self.plan.servers if s.wave == index]
-            results = clock.parallel(wave, lambda srv: self._server_steps(srv, srv.steps, known, halted, clock),
-                                     self.options.parallel_servers, "bigbang-server")
-            self.ledger.flush()
-            phase = _phase(f"servers wave {index + 1}", results)
-            if phase.failed and self.policy.halt_on_server_failure:
-                self.ledger.halt_run(self.run_id, f"server {phase.failed[0]} failed: {phase.reasons[phase.failed[0]]}",
-                                     at=clock.now())
+            with self.session.servers_lease():  # a second executor of the wave cannot write
+                known = self.ledger.step_results(self.run_id, scope="servers")
+                halted = self.ledger.halted_reason(self.run_id, by=clock.now())
+                wave = [s for s in self.plan.servers if s.wave == index]
+                results = clock.parallel(wave,
+                                         lambda srv: self._server_steps(srv, srv.steps, known, halted, clock),
+                                         self.options.parallel_servers, "bigbang-server")
+                self.ledger.flush()
+                phase = _phase(f"servers wave {index + 1}", results)
+                if phase.failed and self.policy.halt_on_server_failure:
+                    self.ledger.halt_run(self.run_id,
+                                         f"server {phase.failed[0]} failed: {phase.reasons[phase.failed[0]]}",
+                                         at=clock.now())
         finally:
             clock.close()
         return phase

@@ -20,7 +20,7 @@ import secrets as _random
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from bigbang.schedule.store import slots_of, stored_schedule
 from bigbang.secrets import resolve
 from bigbang.status import LocationStatus, Mode, RunStatus
 from bigbang.store import Ledger, default_ledger_url
-from bigbang.store.ledger import RUN_SCOPE, lease_seconds, location_scope
+from bigbang.store.ledger import RUN_SCOPE, SERVERS_SCOPE, lease_seconds, location_scope
 
 MODES = tuple(m.value for m in Mode)
 
@@ -260,19 +260,27 @@ class RunSession:
                 _SESSIONS[(run_id, ledger.url)] = session
         return session
 
+    def location_lease(self, location_id: str) -> AbstractContextManager[None]:
+        """Hold the location's lease while running it, unless this process executes the whole run."""
+        return self._unit_lease(location_scope(location_id))
+
+    def servers_lease(self) -> AbstractContextManager[None]:
+        """Hold the servers' lease while running the prechecks or a server wave, unless this process executes
+        the whole run: with `--dispatch dask` they run on a worker that holds no lease of its own."""
+        return self._unit_lease(SERVERS_SCOPE)
+
     @contextmanager
-    def location_lease(self, location_id: str) -> Iterator[None]:
-        """Hold the location's lease while running it, unless this process executes the whole run. A worker
-        re-running a location whose first worker died waits for that lease to expire."""
+    def _unit_lease(self, scope: str) -> Iterator[None]:
+        """A worker re-running a unit whose first worker died waits for that lease to expire."""
         if self.ledger.holds(self.run_id, RUN_SCOPE):
             yield
             return
-        self.ledger.acquire_lease(self.run_id, location_scope(location_id), wait=2 * lease_seconds())
+        self.ledger.acquire_lease(self.run_id, scope, wait=2 * lease_seconds())
         try:
             yield
         finally:
             self.ledger.flush()
-            self.ledger.release_lease(self.run_id, location_scope(location_id))
+            self.ledger.release_lease(self.run_id, scope)
 
     # ------------------------------------------------------------ the clock
     def play_here(self) -> None:

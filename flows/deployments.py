@@ -55,7 +55,9 @@ def ensure_crash_automation(crash_after: float) -> str:
     """(Re)create the automation that marks a silent location flow run Crashed.
 
     A flow run sends a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds
-    (`bigbang worker` sets 30); `crash_after` must be longer than that.
+    (`bigbang worker` sets 30); `crash_after` must be longer than that. The silence is counted from the
+    last heartbeat and also from the flow run entering Running: a worker killed between starting the
+    flow run and its first heartbeat would otherwise leave it Running for ever.
     """
     try:
         Automation.read(name=CRASH_AUTOMATION).delete()  # type: ignore[attr-defined]  # sync in a sync context
@@ -66,7 +68,7 @@ def ensure_crash_automation(crash_after: float) -> str:
         description="A bigbang location flow run that stopped sending heartbeats lost its worker: mark it "
                     "Crashed so the weekend flow dispatches it again (the re-run resumes from the ledger).",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
                     "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),

@@ -34,6 +34,7 @@ from tasks import rollout
 DISPATCH_MODES = ("local", "deployments", "dask")
 LOCATION_DEPLOYMENT = "bigbang-location/location"
 MAX_ATTEMPTS = 3  # flow runs per location and resume generation: the first and two after crashes
+CRASHED_KEY = "crashed"  # in a location task's result: why its location could not be run to its end
 
 
 def dispatch_mode(requested: str | None) -> str:
@@ -112,7 +113,10 @@ def dispatch_location(run_id: str, ledger_url: str | None, location_id: str) -> 
             return _location_row(row, location_id, flow_run)
         message = f"flow run {flow_run.name} ended {state.name}: {state.message or ''}"  # type: ignore[union-attr]
         if not state.is_crashed() or attempt == MAX_ATTEMPTS:
-            raise RuntimeError(message)
+            # A result, not an exception: the weekend flow records the location as crashed and the run's
+            # summary names it, without a traceback from Prefect's task engine.
+            return {**_location_row(ledger.location_result(run_id, location_id), location_id, flow_run),
+                    CRASHED_KEY: message}
         attempt += 1
         ledger.add_event(run_id, "location.redispatched", location_id,
                          f"{message}; dispatching again (attempt {attempt})")

@@ -69,11 +69,13 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
         future.wait()
         if not future.state.is_completed():
             crashed[loc_id] = str(future.state.message)
+        elif isinstance(result := future.result(), dict) and result.get(dispatching.CRASHED_KEY):
+            crashed[loc_id] = result[dispatching.CRASHED_KEY]
     for future in [pre, *waves]:
         future.wait()
 
     session.finish(crashed)
-    for loc_id in sorted(crashed):  # its task died before it could log its line
+    for loc_id in sorted(crashed):  # its task or worker died before a location line was logged
         rollout.log_location(run_log.location_from_ledger(loc_id, session.ledger.location_result(run_id, loc_id)))
     return publish(session, crashed)
 

@@ -28,6 +28,20 @@ def _pdf_pages(path: Path) -> int:
     return int(re.search(r"^Pages:\s+(\d+)", info, re.M).group(1))
 
 
+def _qr_codes_in(pdf: Path, scratch: Path) -> list[str]:
+    """Every QR code printed in the PDF, decoded from its images (zxing-cpp, as a phone's camera would)."""
+    import zxingcpp
+    from PIL import Image
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["pdfimages", "-png", str(pdf), str(scratch / "img")], check=True)
+    found = []
+    for png in sorted(scratch.glob("img-*.png")):
+        found += [code.text for code in zxingcpp.read_barcodes(Image.open(png).convert("L"))
+                  if code.format == zxingcpp.BarcodeFormat.QRCode]
+    return found
+
+
 def test_checklists_command_writes_html_and_pdf_per_location(bigbang, tmp_path):
     out = tmp_path / "print"
     r = bigbang("checklists", DEMO, "--out", out, "--lang", "da", "--url", "https://field.example.dk")
@@ -53,10 +67,17 @@ def test_checklists_command_writes_html_and_pdf_per_location(bigbang, tmp_path):
         assert text.count("Strøm, netværk og sk") == len(loc.devices)
         assert "Afslutning" in text and "Underskrift" in text
         assert f"https://field.example.dk/l/{loc.id}" in flat  # the QR code's address, printed beside it
+        for device in loc.devices:  # each desk's sticker: the end user's report form, its address beside it
+            assert f"https://field.example.dk/r/{device.hostname}" in flat
         images = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True).stdout
-        assert len(images.strip().splitlines()) == 3  # header, rule, one QR code
+        assert len(images.strip().splitlines()) == 2 + 1 + len(loc.devices)  # header, rule, QR codes
         html = (out / f"{loc.id}.html").read_text()
         assert "data:image/png;base64," in html and "scrypt$" not in html
+
+    # What a phone reads off the paper: the location's page for technicians, and one report form per desk.
+    loc = inventory.location_by_id["HST-027"]
+    assert sorted(_qr_codes_in(out / "HST-027.pdf", tmp_path / "qr")) == sorted(
+        ["https://field.example.dk/l/HST-027"] + [f"https://field.example.dk/r/{d.hostname}" for d in loc.devices])
 
     critical = _pdf_text(out / "HST-014.pdf")
     assert "Åbent døgnet rundt (24/7)" in critical and "Kritisk lokation" in critical
@@ -162,3 +183,32 @@ def test_every_location_has_a_checklist_item_per_device_task():
         assert [d.hostname for d in checklist.devices] == [d.hostname for d in loc.devices]
         assert len(checklist.items) == 2 + 4 * len(loc.workstations) + 3 * len(loc.thin_clients)
         assert checklist.status == "planned" and checklist.url is None
+        assert all(d.report_url is None for d in checklist.devices)  # no address known: no stickers
+
+
+def test_the_public_address_comes_from_the_inventory_when_no_url_is_given(bigbang, bb_env, tmp_path):
+    """`rollout.field_url` sets the QR codes' address; $BIGBANG_FIELD_URL and --url win over it."""
+    import shutil
+
+    inventory = tmp_path / "inventory"
+    shutil.copytree(DEMO, inventory)
+    (inventory / "zz-url.yaml").write_text("rollout:\n  field_url: https://support.example.dk/\n")
+    plan = build_plan(load_inventory(inventory))
+    checklist = build_checklist(load_inventory(inventory), plan, "HST-027", base_url="https://support.example.dk/")
+    assert checklist.devices[0].report_url == f"https://support.example.dk/r/{checklist.devices[0].hostname}"
+
+    r = bigbang("checklists", inventory, "--out", tmp_path / "inv", "--location", "HST-027", "--no-pdf")
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "inv" / "HST-027.html").read_text()
+    assert "https://support.example.dk/l/HST-027" in html
+    assert f'id="sticker-{checklist.devices[0].hostname}"' in html
+    assert html.count("https://support.example.dk/r/") == len(checklist.devices)  # printed beside each code
+
+    r = bigbang("checklists", inventory, "--out", tmp_path / "flag", "--location", "HST-027", "--no-pdf",
+                "--url", "https://field.example.dk")
+    html = (tmp_path / "flag" / "HST-027.html").read_text()
+    assert "https://field.example.dk/r/" in html and "support.example.dk" not in html
+    r = bigbang("checklists", inventory, "--out", tmp_path / "env", "--location", "HST-027", "--no-pdf",
+                env={**bb_env, "BIGBANG_FIELD_URL": "https://env.example.dk"})
+    html = (tmp_path / "env" / "HST-027.html").read_text()
+    assert "https://env.example.dk/r/" in html and "support.example.dk" not in html

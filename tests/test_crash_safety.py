@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from bigbang.errors import LeaseHeld, LeaseLost
-from bigbang.runner import changes_device
-from bigbang.session import RunOptions, RunSession
+from bigbang.runner import Runner, changes_device
+from bigbang.session import RunOptions, RunSession, frozen_run
 from bigbang.status import LocationStatus, RunStatus, StepStatus
-from bigbang.store.ledger import Ledger, StepRecord
+from bigbang.store.ledger import SERVERS_SCOPE, Ledger, StepRecord
 from tests.helpers import ROOT, copy_demo, finish, rehearse
 from tests.peers.postgres import postgres  # noqa: F401 - fixture
 
@@ -183,6 +183,50 @@ def test_a_stale_writer_is_refused_and_an_expired_lease_taken_over(tmp_path, mon
     assert second.step_results("run-x")["srv:srv.provision"].status == StepStatus.SUCCEEDED
     second.release_lease("run-x")
     assert first.acquire_lease("run-x").token == new.token + 1  # released: free at once
+
+
+def dask_worker_session(url: str, run_id: str, worker: str) -> RunSession:
+    """The session `RunSession.attach` makes in a Dask worker's process (tasks/rollout.py): its own ledger,
+    no lease of the run (the weekend flow's process holds that)."""
+    ledger = Ledger(url)
+    ledger.worker = worker
+    run = frozen_run(ledger, run_id)
+    return RunSession(run.inventory, run.plan, ledger, run_id, RunOptions.from_dict(run.row["options"]),
+                      plan_version=run.plan_version, clock_kind=run.row["clock"], clock_origin=run.row["clock_origin"])
+
+
+def test_with_dask_a_second_executor_of_the_prechecks_or_a_server_wave_cannot_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIGBANG_LEASE_SECONDS", "0.5")
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    flow = RunSession.start(copy_demo(tmp_path), RunOptions(zero_duration=True), ledger_url=url)
+    run_id = flow.run_id  # the weekend flow's process holds the run's lease; the tasks run on Dask workers
+    first, second = dask_worker_session(url, run_id, "dask-a:1"), dask_worker_session(url, run_id, "dask-b:2")
+
+    assert not Runner(first).run_prechecks().failed
+    lease = flow.ledger.lease(run_id, SERVERS_SCOPE)
+    assert lease is not None and (lease.owner, lease.token) == (None, 1)  # held while they ran, then released
+
+    first.ledger.acquire_lease(run_id, SERVERS_SCOPE)  # the first executor of wave 1 is at work...
+    with pytest.raises(LeaseHeld, match=f"servers of run {run_id} is being executed by dask-a:1"):
+        Runner(second).run_wave(0)  # ... so a second one (a retried task) waits, then gives up
+    wave = [step for srv in flow.plan.servers if srv.wave == 0 for step in srv.steps]
+    assert not set(flow.ledger.step_results(run_id)) & {step.id for step in wave}  # it wrote nothing
+
+    first.ledger._stop_renewing.set()  # the first executor stalls past its lease
+    first.ledger._renewer.join()
+    time.sleep(0.6)
+    assert not Runner(second).run_wave(0).failed  # the second takes the lease over and does the wave
+    step = wave[0]
+    stale = StepRecord(step_id=step.id, scope="servers", target=step.target, kind=step.kind,
+                       status=StepStatus.FAILED, attempts=1, message="the stalled executor woke up")
+    first.ledger.record_step(run_id, stale)
+    with pytest.raises(LeaseLost, match=rf"servers of run {run_id} was taken over \(lease token 3"):
+        first.ledger.flush()
+    with pytest.raises(LeaseLost):
+        first.ledger.record_intent(run_id, step.id, "servers", 2)
+    assert flow.ledger.step_results(run_id)[step.id].status == StepStatus.SUCCEEDED  # the second's outcome
+    assert flow.ledger.lease(run_id, SERVERS_SCOPE).token == 3
+    flow.close()
 
 
 def test_a_lease_of_a_dead_process_on_this_host_is_free_at_once(tmp_path):

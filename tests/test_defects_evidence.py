@@ -2,14 +2,21 @@
 
 Nothing of a never-started, blocked or failed device is resolved by the collection; after a resume
 that fixes them (the injected failures removed, failed steps retried) the next collection resolves them.
+Once in this process (the core, without Prefect), once through the real CLI (`bigbang run`, `bigbang
+defects collect`, `bigbang run --resume`: separate processes on one ledger, Prefect's ephemeral server).
 """
 
 from __future__ import annotations
 
+import json
+import re
+
+import pytest
 import yaml
 
 from bigbang.defects.collect import collect
 from bigbang.defects.triage import Observation
+from bigbang.inventory import load_inventory
 from bigbang.session import RunSession
 from bigbang.store.defects import DefectQueue
 from tests.helpers import finish
@@ -103,3 +110,44 @@ def test_a_passing_probe_after_a_recorded_fix_resolves(tmp_path):
         assert "verified after the recorded fix" in queue.history(d["key"])[-1]["text"]
     finally:
         session.close()
+
+
+def _queue(bigbang, run_id: str, ledger: str) -> dict[str, dict]:
+    listed = bigbang("defects", "list", "--run", run_id, "--status", "all", "--limit", "1000", "--json",
+                     "--ledger", ledger, check=True)
+    return {d["target"]: d for d in json.loads(listed.stdout)}
+
+
+@pytest.mark.engine
+def test_the_evidence_rule_through_the_command_line(bigbang, tmp_path):
+    """The same story as above, as support staff live it: `bigbang run`, `bigbang defects collect`, a resume
+    that fixes the failures, and another collection, each its own process on one ledger."""
+    inv, path, data = blocked_inventory(tmp_path)
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    run_id = "run-evidence-cli"
+    inventory = load_inventory(inv)
+    blocked = {d.hostname for loc in inventory.locations if loc.id in ("HST-001", "HST-014") for d in loc.devices}
+
+    rehearsal = bigbang("run", inv, "--mode", "rehearsal", "--zero-duration", "--quiet", "--ledger", ledger,
+                        "--run-id", run_id)
+    assert rehearsal.returncode == 1, rehearsal.stdout + rehearsal.stderr  # a failed server, blocked locations
+    collected = bigbang("defects", "collect", "--run", run_id, "--ledger", ledger, check=True)
+    assert re.search(r"\b0 resolved\b", collected.stdout), collected.stdout
+    rows = _queue(bigbang, run_id, ledger)
+    assert {"srv-ctxsf01", "nor-ws-101"} | blocked <= set(rows)  # never started, blocked, failed: all defects
+    assert "nor-ws-102" not in rows  # a device that worked is no defect
+    assert [t for t, d in rows.items() if d["state"] == "resolved"] == []
+
+    data["rehearsal"]["inject"] = []  # the server repaired, the PXE switch port enabled
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    resumed = bigbang("run", "--resume", run_id, "--retry-failed", "--accept-inventory-changes", "--quiet",
+                      "--ledger", ledger)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    fixed = bigbang("defects", "collect", "--run", run_id, "--ledger", ledger, check=True)
+    assert re.search(rf"\b{len(rows)} resolved\b", fixed.stdout), fixed.stdout
+    queue = DefectQueue.open(ledger)
+    after = {d["target"]: d for d in queue.list(run_id=run_id, state="all", limit=None)}
+    assert set(after) == set(rows)  # the same defects, none new
+    assert sorted(t for t, d in after.items() if d["state"] != "resolved") == []
+    note = [h["text"] for h in queue.history(after["srv-ctxsf01"]["key"]) if h["action"] == "resolved"][0]
+    assert note.startswith("probe srv.verify passed") and "succeeded since" in note

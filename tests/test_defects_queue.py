@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -220,6 +221,7 @@ def test_self_service_report_without_sign_in(tmp_path):
             d = queue.list(run_id=session.run_id, search="+45 97 42 11 04")  # in the queue at once, by contact
             assert len(d) == 1 and d[0]["target"] == "hst-ws-104" and d[0]["reporter"] == "Hanne Jensen"
             assert d[0]["reporter_contact"] == "+45 97 42 11 04" and d[0]["run_id"] == session.run_id
+            assert [x["key"] for x in queue.list(run_id=session.run_id, search=ref.group(1))] == [d[0]["key"]]
             # The same complaint again (a retry, or a colleague): the same defect, counted.
             client.post("/r", data={**data, "request_key": "selfservice-2", "text": "still no printer"})
             assert len(queue.list(run_id=session.run_id, search="hst-ws-104")) == 1
@@ -232,6 +234,73 @@ def test_self_service_report_without_sign_in(tmp_path):
             assert unknown.status_code == 422
     finally:
         session.close()
+
+
+def _report(client: TestClient, device: str, key: str):
+    token = CSRF.search(client.get(f"/r/{device}").text).group(1)
+    return client.post("/r", data={"device": device, "category": "printer", "text": f"no printer ({key})",
+                                   "name": "Hanne Jensen", "contact": "", "request_key": key, "csrf_token": token})
+
+
+def test_the_self_service_rate_limit_is_shared_by_every_app_process(tmp_path):
+    """Two field-app instances on one database (two processes behind a proxy) count against one limit,
+    per device and per source address; a refusal says when to try again and counts for nothing."""
+    inv = demo_inventory(tmp_path, support={"report_rate_limit": 2})
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    session = rehearse(inv, url)
+    zone = session.inventory.rollout.window.zone
+    try:
+        first, second = create_app(inv, url, secret="test-secret"), create_app(inv, url, secret="test-secret")
+        with (TestClient(first, client=("10.0.0.1", 40000)) as one,
+              TestClient(second, client=("10.0.0.2", 40000)) as two):
+            started = time.time()
+            assert _report(one, "hst-ws-104", "shared-0001").status_code == 200
+            assert _report(two, "hst-ws-104", "shared-0002").status_code == 200
+            refused = _report(one, "hst-ws-104", "shared-0003")  # the device's limit, reached through both
+            assert refused.status_code == 429 and "R-" not in refused.text
+            hhmm = re.search(r"Please try again at (\d\d:\d\d)", refused.text).group(1)
+            # The first report's place frees up an hour after it was admitted.
+            assert hhmm in {datetime.fromtimestamp(at + 3600, zone).strftime("%H:%M")
+                            for at in (started, time.time())}
+            assert 3590 <= int(refused.headers["Retry-After"]) <= 3600
+            # Per address: 10.0.0.2 has one report; its second (another device) is its last this hour.
+            assert _report(two, "hst-ws-105", "shared-0004").status_code == 200
+            assert _report(two, "hst-tc-201", "shared-0005").status_code == 429
+            # The refusal did not count for 10.0.0.1: it still has a place, for another device.
+            assert _report(one, "hst-tc-202", "shared-0006").status_code == 200
+        queue = DefectQueue(session.ledger.engine)
+        printers = {d["target"]: d["occurrences"] for d in queue.list(run_id=session.run_id, category="printer")}
+        assert printers == {"hst-ws-104": 2, "hst-ws-105": 1, "hst-tc-202": 1}  # nothing of the refused ones
+    finally:
+        session.close()
+
+
+def test_report_admissions_are_atomic_across_store_objects(tmp_path):
+    """Two DefectQueue objects, each on its own engine, admitting concurrently: never more than the limit."""
+    import threading
+
+    from bigbang.store.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    queues = [DefectQueue(Ledger(url).engine), DefectQueue(Ledger(url).engine)]
+    admitted: list[bool] = []
+    start = threading.Barrier(8)
+
+    def admit(queue: DefectQueue) -> None:
+        start.wait()
+        for _ in range(5):
+            admitted.append(queue.admit_report(["device:hst-ws-104"], 7, now=1000.0) is None)
+
+    threads = [threading.Thread(target=admit, args=(queues[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert admitted.count(True) == 7 and len(admitted) == 40
+    # The answer names when a place frees up: the oldest of the last 7, an hour later.
+    assert queues[0].admit_report(["device:hst-ws-104"], 7, now=2000.0) == 1000.0 + 3600
+    assert queues[1].admit_report(["device:hst-ws-104"], 7, now=4600.5) is None  # the hour has passed
+    assert queues[0].admit_report(["device:other"], 7, now=2000.0) is None  # another key: its own count
 
 
 def test_forecast_table_chart_and_fit(tmp_path, bigbang):

@@ -181,6 +181,50 @@ def test_worker_killed_mid_location_every_step_exactly_once(tmp_path, bb_env, pr
         assert states(loc) == ["COMPLETED"]
 
 
+SILENT_RUN_SCRIPT = """
+import sys, time
+from prefect import flow
+from prefect.automations import Automation
+from prefect.client.orchestration import get_client
+from prefect.states import Running
+from flows.deployments import CRASH_AUTOMATION, LOCATION_FLOW, ensure_crash_automation
+
+@flow(name=LOCATION_FLOW)
+def silent_location():
+    pass
+
+crash_after = float(sys.argv[1])
+ensure_crash_automation(crash_after)
+try:
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(silent_location, name="silent-location")
+        client.set_flow_run_state(run.id, Running())  # ... and its worker dies before the first heartbeat
+        started = time.monotonic()
+        while time.monotonic() - started < crash_after + 60:
+            state = client.read_flow_run(run.id).state
+            if state.is_final():
+                break
+            time.sleep(1)
+        print(state.type.value, round(time.monotonic() - started), state.message)
+finally:
+    Automation.read(name=CRASH_AUTOMATION).delete()
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_location_run_that_dies_before_its_first_heartbeat_is_crashed(tmp_path, bb_env, prefect_server):  # noqa: F811
+    """A flow run that entered Running and never sent a heartbeat (its worker was killed in between) is marked
+    Crashed by the automation, counted from Running, so `dispatch_location` dispatches it again."""
+    env = prefect_server.client_env(bb_env)
+    done = subprocess.run([sys.executable, "-c", SILENT_RUN_SCRIPT, "12"], env=env, cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr
+    state, waited, message = done.stdout.split(maxsplit=2)
+    assert state == "CRASHED", done.stdout
+    assert "no heartbeat for 12 s" in message
+    assert 12 <= int(waited) <= 70, done.stdout
+
+
 # ---------------------------------------------------------------- what a wrong set-up is told
 
 def test_deploy_and_worker_need_a_server(bigbang):

@@ -23,7 +23,7 @@ FAST = {"parallel_locations": 1, "parallel_devices": 1, "devices_per_hour": {"wo
 
 def write_inventory(root: Path, locations: list[dict], *, teams: list[dict] | None = None, servers=None,
                     window=("2026-11-27T17:00", "2026-11-30T07:00"), timezone="Europe/Copenhagen",
-                    schedule: dict | None = None) -> Path:
+                    schedule: dict | None = None, staff: list[dict] | None = None) -> Path:
     """A small inventory on disk; a location dict gives `ws` (workstation count) instead of devices."""
     root.mkdir(parents=True, exist_ok=True)
     mac = iter(range(1, 10**6))
@@ -49,6 +49,8 @@ def write_inventory(root: Path, locations: list[dict], *, teams: list[dict] | No
         "locations": locs,
         "schedule": {"setup": 0, "travel_default": 0, **(schedule or {})},
     }
+    if staff:
+        data["rollout"]["staff"] = staff
     (root / "inventory.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return root
 
@@ -374,13 +376,20 @@ def test_rehearsal_follows_the_schedule_and_compare_flags_slips(bigbang, tmp_pat
 
 # ---------------------------------------------------------------- slot or check-in
 
+# The demo's hashes (passwords demo-mkr, demo-ops): a check-in from the shell needs an ops lead's password.
+CHECKIN_TEAMS = [{"id": "t1", "name": "T1", "capacity": FAST, "technicians": [
+    {"id": "mkr", "name": "Mette Kristensen",
+     "password_hash": "scrypt$16384$8$5$6uanTQL0JHcjiGNPeA_Gow$V4ASQBAs7eODpX29sQPAUvNQfWtlTv7cGlo61f-MgIg"}]}]
+CHECKIN_STAFF = [{"id": "ops", "name": "Lone Ops-Lead", "role": "ops_lead",
+                  "password_hash": "scrypt$16384$8$5$J_cGtB9lOcQiiBOEJpJ_xg$3mJQvqeYbEFvwNPsNMgdRHDG7dADN_Rlni4zSp_0Abc"}]
+
 def _session(tmp_path, rule: str, mode: str):
     from bigbang.store.ledger import Ledger
     from bigbang.plan import build_plan
     from bigbang.session import RunOptions, RunSession
 
     path = write_inventory(tmp_path / f"inv-{rule}-{mode}", [{"id": "A"}], schedule={"start": rule},
-                           window=("2026-01-01T00:00", "2099-01-01T00:00"))
+                           window=("2026-01-01T00:00", "2099-01-01T00:00"), teams=CHECKIN_TEAMS, staff=CHECKIN_STAFF)
     inventory = load_inventory(path)
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     run_id = f"run-{rule}-{mode}"
@@ -412,12 +421,12 @@ def test_live_location_waits_for_its_technicians_checkin(tmp_path, bigbang, bb_e
     waiter.start()
     time.sleep(0.5)
     assert waiter.is_alive() and not released  # the slot has passed, but nobody has checked in
-    env = {**bb_env, "BIGBANG_LEDGER_URL": session.ledger.url}
-    r = bigbang("schedule", "checkin", session.run_id, "A", "--by", "Mette", env=env)
+    env = {**bb_env, "BIGBANG_LEDGER_URL": session.ledger.url, "BIGBANG_OPS_LEAD_PASSWORD": "demo-ops"}
+    r = bigbang("schedule", "checkin", session.run_id, "A", "--by", "mkr", "--lead", "ops", env=env)
     assert r.returncode == 0, r.stderr
     waiter.join(timeout=10)
     assert released == ["checkin"] and checked_in(session.ledger, session.run_id, "A")
-    r = bigbang("schedule", "checkin", session.run_id, "NOPE", "--by", "Mette", env=env)
+    r = bigbang("schedule", "checkin", session.run_id, "NOPE", "--by", "mkr", "--lead", "ops", env=env)
     assert r.returncode == 1 and "no location NOPE" in r.stderr
 
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import getpass
-import os
 import secrets
-import socket
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from bigbang.cli import port_number
+from bigbang.commands.on_behalf import add_lead_option, shell_actor
 from bigbang.errors import ConfigError, RunError, UserError
 
-LEAD_ENV = "BIGBANG_OPS_LEAD"
-LEAD_PASSWORD_ENV = "BIGBANG_OPS_LEAD_PASSWORD"
 MIN_PASSWORD = 12
 
 
@@ -24,8 +21,9 @@ def register(sub) -> None:
     p.add_argument("path", help="inventory file or directory")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write <location>.html/.pdf")
     p.add_argument("--lang", default="en", help="language of the texts (en, da, sv, nb, nn)")
-    p.add_argument("--url", metavar="BASE_URL", help="the field app's address, for the QR code per location "
-                                                     "(default: $BIGBANG_FIELD_URL)")
+    p.add_argument("--url", metavar="BASE_URL", help="the field app's address, for the QR codes per location "
+                                                     "(technicians) and per desk (end users' reports; "
+                                                     "default: $BIGBANG_FIELD_URL, else rollout.field_url)")
     p.add_argument("--run", metavar="RUN_ID", help="include the run's live state (check-offs, step results)")
     p.add_argument("--ledger", metavar="URL")
     p.add_argument("--location", action="append", metavar="ID", help="only this location (repeatable)")
@@ -39,7 +37,8 @@ def register(sub) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=port_number, default=8000)
     s.add_argument("--lang", default="en", help="default language (each user can switch)")
-    s.add_argument("--url", metavar="BASE_URL", help="public address of the app (for QR codes in PDFs)")
+    s.add_argument("--url", metavar="BASE_URL", help="public address of the app, for QR codes in PDFs "
+                                                            "(default: rollout.field_url, else the request's)")
     s.add_argument("--session-hours", type=float, default=12.0, help="sign-in lasts this long")
     s.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: send cookies over HTTPS only")
     s.add_argument("--idle-minutes", type=float, default=120.0,
@@ -81,9 +80,7 @@ def register(sub) -> None:
 def _run_args(p) -> None:
     p.add_argument("--run", required=True, metavar="RUN_ID")
     p.add_argument("--by", required=True, metavar="PERSON", help="technician or staff id from the inventory")
-    p.add_argument("--lead", metavar="OPS_LEAD", default=os.environ.get(LEAD_ENV),
-                   help=f"the ops lead entering this (default: ${LEAD_ENV}, or --by when that is an ops lead); "
-                        f"their password is asked, or read from ${LEAD_PASSWORD_ENV}")
+    add_lead_option(p)
     p.add_argument("--ledger", metavar="URL")
     p.add_argument("--key", help="request key (idempotency); repeat a command with the same key to retry it safely")
 
@@ -112,7 +109,7 @@ def checklists(args) -> int:
     if unknown:
         raise UserError(f"unknown location {unknown[0]}", hint="locations: " + ", ".join(inventory.location_by_id))
     files = write_checklists(inventory, plan, Path(args.out), lang=args.lang,
-                             base_url=args.url or default_base_url(), ledger=ledger, run_id=args.run,
+                             base_url=args.url or default_base_url(inventory), ledger=ledger, run_id=args.run,
                              pdf=not args.no_pdf, only=args.location)
     out = Console(highlight=False)
     for f in files:
@@ -153,9 +150,8 @@ def _context(args):
     """(inventory, plan, ledger, store, actor) for a run, checking the location and the person."""
     from bigbang.run_ids import resolve_run_id
     from bigbang.session import frozen_run
-    from bigbang.store.field import Actor, FieldStore
+    from bigbang.store.field import FieldStore
     from bigbang.store.ledger import Ledger
-    from bigbang.web.auth import accounts_from_inventory
 
     ledger = Ledger(args.ledger)
     args.run = resolve_run_id(ledger, args.run)
@@ -164,41 +160,8 @@ def _context(args):
     if args.location not in inventory.location_by_id:
         raise UserError(f"unknown location {args.location}",
                         hint="locations: " + ", ".join(inventory.location_by_id))
-    accounts = {a.user.id: a for a in accounts_from_inventory(inventory).values()}
-    users = {uid: a.user for uid, a in accounts.items()}
-    user = users.get(args.by)
-    if user is None:
-        raise UserError(f"unknown person '{args.by}'", hint="use a technician's or staff member's id from the inventory")
-    team = inventory.location_by_id[args.location].team
-    if not user.can_change(team):
-        raise UserError(f"{user.id} is not in {team}, the team of {args.location}",
-                        hint="only that team's technicians or an ops lead may change it")
-    lead = _ops_lead(args, accounts, user.id)
-    source = f"cli {getpass.getuser()}@{socket.gethostname()} entered by ops lead {lead}"
-    return inventory, run.plan, ledger, FieldStore(ledger), Actor(user.id, user.role, source)
-
-
-def _ops_lead(args, accounts, by: str) -> str:
-    """The ops lead whose credential vouches for a change made from the shell on someone's behalf."""
-    from bigbang.web.passwords import verify_password
-
-    lead_id = args.lead or (by if accounts[by].user.role == "ops_lead" else None)
-    if not lead_id:
-        raise UserError(f"changing a run from the shell as {by} needs an ops lead's credential",
-                        hint=f"give --lead OPS_LEAD_ID (or set {LEAD_ENV}); the password is asked, "
-                             f"or read from {LEAD_PASSWORD_ENV}")
-    account = accounts.get(lead_id)
-    if account is None or account.user.role != "ops_lead":
-        raise UserError(f"'{lead_id}' is not an ops lead of this run's inventory")
-    if os.environ.get(LEAD_PASSWORD_ENV) is not None:
-        password = os.environ[LEAD_PASSWORD_ENV]
-    elif sys.stdin.isatty():
-        password = getpass.getpass(f"Password of ops lead {lead_id}: ")
-    else:
-        raise UserError(f"no password for ops lead {lead_id}", hint=f"run it in a terminal, or set {LEAD_PASSWORD_ENV}")
-    if not verify_password(password, account.password_hash):
-        raise UserError(f"wrong password for ops lead {lead_id}")
-    return lead_id
+    actor = shell_actor(inventory, args.location, args.by, args.lead)
+    return inventory, run.plan, ledger, FieldStore(ledger), actor
 
 
 def _key(args) -> str:

@@ -4,7 +4,7 @@
     bigbang schedule PATH --risk N [--seed S]     # how likely it fits: N Monte Carlo trials
     bigbang schedule compare RUN_ID [--json]
     bigbang schedule deployment PATH [--run-id RUN_ID]
-    bigbang schedule checkin RUN_ID LOCATION --by NAME
+    bigbang schedule checkin RUN_ID LOCATION --by PERSON [--lead OPS_LEAD]   # an ops lead's password vouches
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bigbang.commands.on_behalf import add_lead_option
 from bigbang.errors import UserError
 
 EXIT_DOES_NOT_FIT = 2
@@ -33,7 +34,8 @@ def register(sub) -> None:
                     "stored next to the inventory; runs of that inventory then follow it. "
                     "`bigbang schedule compare RUN_ID` shows planned vs actual per location; "
                     "`bigbang schedule deployment PATH` prints the Prefect schedule that starts the weekend; "
-                    "`bigbang schedule checkin RUN_ID LOCATION --by NAME` records a technician's arrival.")
+                    "`bigbang schedule checkin RUN_ID LOCATION --by PERSON --lead OPS_LEAD` records a technician's "
+                    "arrival, vouched for by an ops lead's password.")
     p.add_argument("path", metavar="PATH", nargs="?",
                    help="inventory file or directory (or: compare RUN_ID, deployment PATH)")
     p.add_argument("--replan", metavar="RUN_ID",
@@ -43,7 +45,8 @@ def register(sub) -> None:
                    help="with --replan: this technician has dropped out (repeat for several)")
     p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("location", nargs="?", help=argparse.SUPPRESS)
-    p.add_argument("--by", metavar="NAME", help="checkin: who arrived")
+    p.add_argument("--by", metavar="PERSON", help="checkin: the technician (id in the inventory) who arrived")
+    add_lead_option(p)
     p.add_argument("--json", action="store_true", help="print the schedule (or comparison) as JSON")
     p.add_argument("--out", metavar="DIR", help="where to write the charts (default: reports/schedule-<rollout>)")
     p.add_argument("--from-run", metavar="RUN_ID", help="use step durations measured in this run")
@@ -289,19 +292,24 @@ def compare(args) -> int:
 
 
 def checkin(args) -> int:
-    from bigbang.schedule.start import check_in
+    import secrets
+
+    from bigbang.commands.on_behalf import shell_actor
     from bigbang.session import frozen_run
+    from bigbang.store.field import FieldStore
     from bigbang.store.ledger import Ledger
 
     if not args.location or not args.by:
-        raise UserError("usage: bigbang schedule checkin RUN_ID LOCATION --by NAME")
+        raise UserError("usage: bigbang schedule checkin RUN_ID LOCATION --by PERSON [--lead OPS_LEAD]")
     ledger = Ledger(args.ledger)
-    known = frozen_run(ledger, args.target).inventory.location_by_id
+    inventory = frozen_run(ledger, args.target).inventory
+    known = inventory.location_by_id
     if args.location not in known:
         raise UserError(f"run {args.target} has no location {args.location}",
                         hint="known: " + ", ".join(sorted(known)[:10]) + (" ..." if len(known) > 10 else ""))
-    done = check_in(ledger, args.target, args.location, args.by)
-    Console(highlight=False).print(f"{args.location} checked in by {args.by}" if done
+    actor = shell_actor(inventory, args.location, args.by, args.lead)  # anyone could type --by: a lead vouches
+    done = FieldStore(ledger).check_in(args.target, args.location, actor, secrets.token_urlsafe(12))
+    Console(highlight=False).print(f"{args.location} checked in by {actor.id}" if done
                                    else f"{args.location} was checked in already")
     return 0
 

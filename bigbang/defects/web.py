@@ -9,15 +9,15 @@ session's CSRF token, answered by a redirect (post/redirect/get).
 `public_router` (no sign-in): `/r/HOSTNAME` (the short URL on a desk's sticker) and `/r`,
 a small form with the device pre-filled. The report goes into the run's queue at once (deduplicated
 against what is there) and the reporter gets a reference number; it is CSRF-safe (the anonymous
-session's token), rate-limited per device and per address, and shows nothing of other reports.
+session's token), rate-limited per device and per address (counted in the store, so every field-app
+process behind a proxy shares the limit), and shows nothing of other reports.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import deque
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -266,32 +266,6 @@ def resolve(key: str, request: Request, note: str = Form(..., min_length=1, max_
 
 # ---------------------------------------------------------------- self-service (no sign-in)
 
-class RateLimit:
-    """At most `limit` reports an hour per key (a device, a client address); in memory, per process."""
-
-    def __init__(self) -> None:
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, keys: list[str], limit: int, window: float = 3600.0) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._hits) > 50_000:  # never grows without bound
-                self._hits.clear()
-            for key in keys:
-                hits = self._hits.setdefault(key, deque())
-                while hits and hits[0] < now - window:
-                    hits.popleft()
-                if len(hits) >= limit:
-                    return False
-            for key in keys:
-                self._hits[key].append(now)
-        return True
-
-
-_LIMITS = RateLimit()
-
-
 def _self_service(request: Request, device: str, status: int = 200, **context: Any) -> HTMLResponse:
     run_id = _run(request)
     inventory = _inventory(request, run_id)
@@ -326,10 +300,17 @@ def report_submit(request: Request, device: str = Form("", max_length=MAX_FIELD)
                                     channel="self")
     if problems or row is None:
         return _self_service(request, device, status=422, errors=problems, form=form)
+    # Behind a proxy the address is the end user's only with `bigbang serve --trust-proxy`.
     client = request.client.host if request.client else "?"
-    if not _LIMITS.allow([f"device:{row['device']}", f"client:{client}"], inventory.support.report_rate_limit):
-        return _self_service(request, device, status=429, form=form,
-                             errors=["Too many reports from here in the last hour; please call the service desk."])
+    retry_at = _queue(request).admit_report([f"device:{row['device']}", f"address:{client}"],
+                                            inventory.support.report_rate_limit)
+    if retry_at is not None:
+        at = datetime.fromtimestamp(retry_at, inventory.rollout.window.zone)
+        refused = _self_service(request, device, status=429, form=form,
+                                errors=[f"Too many reports for this device or from this address in the last hour. "
+                                        f"Please try again at {at:%H:%M}, or call the service desk."])
+        refused.headers["Retry-After"] = str(max(1, round(retry_at - time.time())))
+        return refused
     row["contact"] = contact.strip()[:MAX_FIELD]
     file_report(request, row, run_id, inventory)
     return _self_service(request, device, reference=row["reference"])

@@ -401,6 +401,9 @@ class Rollout(_Model):
     signoff_timeout: Duration = Field(
         12 * 3600.0, description="how long a location waits for its technician's sign-off before it fails"
     )
+    field_url: Url | None = Field(
+        None, description="the field app's public address (https://field.example.dk): the QR codes of printed "
+                          "checklists, per location and per desk (`--url` and $BIGBANG_FIELD_URL win)")
     language: str | None = Field(
         None, description="default language of the field app and checklists (en, da, sv, nb, nn; "
                           "default: from the window's timezone)")

@@ -1,11 +1,11 @@
 """When a scheduled location may start: at its slot, when its technician checks in, or whichever
 comes first — as the plan's start rule (the inventory's `schedule.start`) says.
 
-A check-in is a `location.checked_in` event in the run's ledger (from `bigbang schedule checkin`
-or the field app), so it survives a restart of the orchestrator. A rehearsal's plan starts every
-location at its slot (its simulated crew is on time). Live, a location waiting for a check-in that
-never comes starts anyway when the window closes, with an event saying so, rather than holding the
-weekend forever.
+A check-in is a `location.checked_in` event in the run's ledger (from `bigbang schedule checkin`,
+which needs an ops lead's credential and is audited, or the field app), so it survives a restart of
+the orchestrator. A rehearsal's plan starts every location at its slot (its simulated crew is on
+time). Live, a location waiting for a check-in that never comes starts anyway when the window closes,
+with an event saying so, rather than holding the weekend forever.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ import time
 from bigbang.clock import Clock
 from bigbang.plan import Policy
 from bigbang.store import Ledger
-from bigbang.store.ledger import CHECKED_IN
 
 
 def check_in(ledger: Ledger, run_id: str, location_id: str, by: str, note: str = "") -> bool:
-    """Record a technician's arrival once; False if the location was checked in before."""
-    if ledger.checked_in(run_id, location_id):
-        return False
-    ledger.add_event(run_id, CHECKED_IN, location_id, f"by {by}. {note}".strip())
-    return True
+    """Record a technician's arrival once; False if the location was checked in before. `by` says who
+    arrived and, for a check-in entered on their behalf, who entered it (see FieldStore.check_in)."""
+    return ledger.check_in(run_id, location_id, f"by {by}. {note}".strip())
 
 
 def checked_in(ledger: Ledger, run_id: str, location_id: str) -> bool:

@@ -59,6 +59,7 @@ from bigbang.store.schema import (
     lock,
     metadata,
     observations,
+    report_admissions,
     reports,
     tickets,
 )
@@ -87,6 +88,7 @@ class DefectError(UserError):
 
 
 _ADVISORY_LOCK = 0x6269_6762  # "bigb"
+_ADMISSION_LOCK = 0x6262_726C  # "bbrl": the self-service rate limit, apart from collections' lock
 
 
 @dataclass
@@ -117,9 +119,20 @@ def search_text(row: dict[str, Any], target: Target) -> str:
     parts = [row["key"], row.get("problem_key") or "", row["target"], target.serial, target.mac, target.user_id,
              target.user_name, target.user_phone, _digits(target.user_phone), row.get("location_id") or "", target.location_name,
              row.get("reporter") or "", row.get("reporter_contact") or "", _digits(row.get("reporter_contact") or ""),
-             row["category"], row["title"],
+             row.get("report_refs") or "", row["category"], row["title"],
              row["message"][:1000], row.get("assignee") or ""]
     return " ".join(" ".join(str(p).split()) for p in parts if p).lower()
+
+
+def _with_reference(refs: str | None, obs: Observation) -> str | None:
+    """The defect's reporters' reference numbers with this report's (a caller gives theirs; staff search it)."""
+    ref = str(obs.details.get("reference") or "")
+    known = (refs or "").split()
+    if ref and ref not in known:
+        known = [*known, ref]
+        while len(" ".join(known)) > 400:  # the newest are kept
+            known.pop(0)
+    return " ".join(known) or None
 
 
 def _digits(value: str) -> str:
@@ -286,7 +299,7 @@ class DefectQueue:
                         user_phone=target.user_phone[:60] or None, reporter=obs.reporter[:200] or None,
                         reporter_contact=str(obs.details.get("contact") or "")[:200] or None, search="",
                         priority_reason="", response_due=None, resolve_due=None, responded_at=None,
-                        duplicate_of=None,
+                        duplicate_of=None, report_refs=_with_reference(None, obs),
                     )
                     created[key] = row
                     if obs.source in TECHNICAL_SOURCES:
@@ -296,6 +309,7 @@ class DefectQueue:
                     summary.created += 1
                     continue
                 row["occurrences"] += 1
+                row["report_refs"] = _with_reference(row.get("report_refs"), obs)
                 row["message"] = obs.message[:MAX_TEXT]
                 row["last_seen"] = max(row["last_seen"], obs.observed_at)
                 row["updated_at"] = now
@@ -674,6 +688,27 @@ class DefectQueue:
             if new:
                 conn.execute(insert(reports), list(new.values()))
         return len(new)
+
+    def admit_report(self, keys: Sequence[str], limit: int, *, window: float = 3600.0,
+                     now: float | None = None) -> float | None:
+        """Count one self-service report against each of `keys` (its device, its source address) if each
+        had fewer than `limit` in the last `window` seconds. None: admitted; else refused, and the time
+        (epoch) the next one will be admitted. Every field-app process on this database shares the count."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            # One admission at a time, so that two processes cannot both take the last place.
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADMISSION_LOCK})
+            conn.execute(delete(report_admissions).where(report_admissions.c.at <= now - window))  # SQLite: its write lock
+            retry_at: float | None = None
+            for key in keys:
+                latest = conn.execute(select(report_admissions.c.at).where(report_admissions.c.key == key)
+                                      .order_by(report_admissions.c.at.desc()).limit(limit)).scalars().all()
+                if len(latest) >= limit:  # a place frees up when the oldest of the last `limit` leaves the window
+                    retry_at = max(retry_at or 0.0, latest[-1] + window)
+            if retry_at is None:
+                conn.execute(insert(report_admissions), [{"key": key, "at": now} for key in keys])
+        return retry_at
 
     def pending_reports(self, run_id: str | None = None) -> builtins.list[dict[str, Any]]:
         """Reports not filed yet: those of `run_id` (and, for compatibility, those without a run)."""

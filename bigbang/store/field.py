@@ -4,60 +4,56 @@ Own tables in their own MetaData, created on the ledger's engine (SQLite or
 PostgreSQL), so they live beside the run they belong to. Every change is one
 request with a client request key: the audit row is inserted first and its key
 is unique, so a retried request (a flaky phone connection, a double tap) finds
-its row and changes nothing. The audit rows form a hash chain: each row's `hash`
-covers its content and the previous row's hash (`prev_hash`), so `verify_chain`
-finds the first row that was altered, removed or slipped in. Sign-offs and problems go through the ledger
-(`Ledger.sign_off`, `Ledger.add_problem`): the sign-off gate and the defect
-tracking read them there.
+its row and changes nothing. The audit rows form a hash chain with a signed head
+(bigbang.store.audit_chain), so `verify_chain` finds the first row that was
+altered, removed or slipped in, and rows removed from the end. Sign-offs, problems and check-ins go
+through the ledger (`Ledger.sign_off`, `Ledger.add_problem`, `Ledger.check_in`): the sign-off gate,
+the defect tracking and a location's start read them there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     and_,
+    func,
     inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from bigbang.errors import UserError
+from bigbang.store.audit_chain import (
+    HEAD_MARK,
+    HEAD_STARTED,
+    KEY_ADDED,
+    ChainReport,
+    Head,
+    audit_key,
+    key_id,
+    row_hash,
+    verify,
+    wrong_key,
+)
 from bigbang.store.ledger import Ledger, now
-from bigbang.store.schema import field_audit, field_checks
+from bigbang.store.schema import field_audit, field_audit_head, field_checks
+
+__all__ = ["Actor", "ChainReport", "CheckState", "FieldInputError", "FieldStore", "row_hash"]
 
 REQUEST_KEY = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 PROBLEM_CATEGORIES = ("hardware", "image", "network", "peripheral", "access", "user", "other")
 MAX_TEXT = 2000
 MAX_VALUE = 120
-CHAINED = ("id", "request_key", "at", "actor", "role", "source", "action", "run_id", "location_id", "subject",
-           "detail")
-
-
-def row_hash(row: Mapping[str, Any], prev_hash: str | None) -> str:
-    """The chain hash of one audit row: its content and the previous row's hash."""
-    content = json.dumps({k: row[k] for k in CHAINED}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(f"{prev_hash or ''}\n{content}".encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    rows: int  # rows checked
-    unchained: int  # rows written before the chain existed (at the start only)
-    last_hash: str | None
-    broken_at: int | None = None  # the first row whose link is broken
-    reason: str = ""
-    row: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.broken_at is None
+HEAD_ID = 1  # one trail per ledger: one head row
+_UNREAD = object()
 
 
 class FieldInputError(UserError):
@@ -88,6 +84,7 @@ class FieldStore:
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
         self.engine = ledger.engine  # the ledger created every table of the schema
+        self._key: Any = _UNREAD  # read when first needed: reading check-offs needs no key
         self._add_chain_columns()
 
     def _add_chain_columns(self) -> None:
@@ -102,37 +99,48 @@ class FieldStore:
                     if name not in {c["name"] for c in inspect(self.engine).get_columns("field_audit")}:
                         raise
 
-    def verify_chain(self) -> ChainReport:
-        """Walk the audit trail in order; the first row whose hash or link does not hold is reported."""
-        prev: str | None = None
-        rows = unchained = 0
-        chained = False
+    def audit_key(self) -> bytes | None:
+        if self._key is _UNREAD:
+            self._key = audit_key()
+        return self._key
+
+    def check_audit_key(self) -> None:
+        """Refuse to start (one line) when the trail is signed with a key this process does not have: its
+        writes would be refused one by one."""
+        head = self._head()
+        if head is not None and head[0].key_id is not None and key_id(self.audit_key()) != head[0].key_id:
+            raise wrong_key(head[0].key_id, self.audit_key(), "nothing can be recorded without it")
+
+    def verify_chain(self, expect_head: tuple[int, str] | None = None) -> ChainReport:
+        """Walk the audit trail in order and compare its end with the head (and `expect_head`: a row count and
+        a prefix of that row's hash, as `bigbang audit verify` printed it); the first thing that does not hold
+        is reported."""
+        head = self._head()
+        return verify(self._rows(), head[0] if head else None, head[1] if head else None, self.audit_key(),
+                      expect_head)
+
+    def _rows(self) -> Iterator[dict[str, Any]]:
         last_id = 0
         while True:
             with self.engine.connect() as conn:
                 batch = conn.execute(select(field_audit).where(field_audit.c.id > last_id)
                                      .order_by(field_audit.c.id).limit(1000)).mappings().all()
             if not batch:
-                return ChainReport(rows, unchained, prev)
+                return
             for row in batch:
-                rows += 1
-                last_id = row["id"]
-                broken = None
-                if row["hash"] is None:
-                    if chained:
-                        broken = "it has no hash, but rows before it do (inserted outside bigbang?)"
-                    else:
-                        unchained += 1
-                        continue
-                elif row["prev_hash"] != prev:
-                    broken = ("its link to the previous row does not match (a row before it was removed or "
-                              "changed, or this one was inserted)")
-                elif row_hash(dict(row), prev) != row["hash"]:
-                    broken = "its content does not match its hash (changed after it was written)"
-                if broken:
-                    return ChainReport(rows, unchained, prev, row["id"], broken, dict(row))
-                chained = True
-                prev = row["hash"]
+                yield dict(row)
+            last_id = batch[-1]["id"]
+
+    def _head(self, conn=None) -> tuple[Head, str] | None:
+        query = select(field_audit_head).where(field_audit_head.c.id == HEAD_ID)
+        if conn is None:
+            with self.engine.connect() as own:
+                row = own.execute(query).mappings().first()
+        else:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        return Head(row["row_count"], row["last_id"], row["last_hash"], row["key_id"]), row["signature"]
 
     # ------------------------------------------------------------ reads
     def checks(self, run_id: str, location_id: str | None = None) -> dict[tuple[str, str], CheckState]:
@@ -214,6 +222,15 @@ class FieldStore:
                                     text[:MAX_TEXT], actor.id, source="signoff")
         return done
 
+    def check_in(self, run_id: str, location_id: str, actor: Actor, request_key: str) -> bool:
+        """Record that `actor` arrived at the location (which may let it start); False if it was checked in
+        before. The ledger's event and the audit row both say who entered it, and from where."""
+        _check_key(request_key)
+        done = self.ledger.check_in(run_id, location_id, f"by {actor.id} ({actor.source})")
+        self._audit_once(request_key, actor, "checkin" if done else "checkin.repeated", run_id, location_id,
+                         location_id, {})
+        return done
+
     def _audit_once(self, request_key: str, actor: Actor, action: str, run_id: str, location_id: str,
                     subject: str, detail: dict[str, Any]) -> bool:
         try:
@@ -225,19 +242,57 @@ class FieldStore:
     def _audit(self, conn, request_key: str, actor: Actor, action: str, run_id: str, location_id: str,
                subject: str, detail: dict[str, Any]) -> bool:
         _check_key(request_key)
+        if conn.dialect.name == "postgresql":  # one chain: appends take turns
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('bigbang_field_audit_chain'))"))
+        else:  # SQLite: take the write lock before reading the head (an update takes it, even of no row)
+            conn.execute(update(field_audit_head).where(field_audit_head.c.id == HEAD_ID).values(id=HEAD_ID))
         if conn.execute(select(field_audit.c.id).where(field_audit.c.request_key == request_key)).first():
             return False
-        if conn.dialect.name == "postgresql":  # one chain: appends take turns (SQLite: the insert's write lock)
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('bigbang_field_audit_chain'))"))
+        found = self._head(conn)
+        head = found[0] if found else None
+        key = self.audit_key()
+        kid = key_id(key)
+        if head is None or head.key_id != kid:
+            if head is not None and head.key_id is not None:  # never fall back to plain hashes
+                raise wrong_key(head.key_id, key, "nothing can be recorded without it")
+            head = self._mark(conn, head, key)
         values = dict(request_key=request_key, at=now(), actor=actor.id, role=actor.role, source=actor.source[:200],
                       action=action, run_id=run_id, location_id=location_id, subject=subject[:200],
                       detail=json.dumps(detail, sort_keys=True, ensure_ascii=False))
+        row_id, chain_hash = self._append(conn, values, key)
+        self._set_head(conn, Head(head.row_count + 1, row_id, chain_hash, kid), key, insert=False)
+        return True
+
+    def _mark(self, conn, head: Head | None, key: bytes | None) -> Head:
+        """Start the head (a trail from before it, or a new one), or note that a key signs it from now on: a
+        marker row in the chain says so, so a head deleted later is noticed."""
+        event = HEAD_STARTED if head is None else KEY_ADDED
+        rows_before = head.row_count if head else conn.execute(select(func.count()).select_from(field_audit)).scalar()
+        detail = {"event": event, "key_id": key_id(key), "rows_before": rows_before}
+        values = dict(request_key=f"head-{secrets.token_hex(16)}", at=now(), actor="bigbang", role="system",
+                      source="bigbang", action=HEAD_MARK, run_id="", location_id="", subject=event,
+                      detail=json.dumps(detail, sort_keys=True))
+        mark_id, mark_hash = self._append(conn, values, key)
+        marked = Head(int(rows_before or 0) + 1, mark_id, mark_hash, key_id(key))
+        self._set_head(conn, marked, key, insert=head is None)
+        return marked
+
+    def _append(self, conn, values: dict[str, Any], key: bytes | None) -> tuple[int, str]:
+        """Insert one row linked to the row before it; (its id, its hash)."""
         row_id = conn.execute(field_audit.insert().values(**values)).inserted_primary_key[0]
         prev = conn.execute(select(field_audit.c.hash).where(field_audit.c.id < row_id)
                             .order_by(field_audit.c.id.desc()).limit(1)).scalar()
-        conn.execute(field_audit.update().where(field_audit.c.id == row_id).values(
-            prev_hash=prev, hash=row_hash({**values, "id": row_id}, prev)))
-        return True
+        chain_hash = row_hash({**values, "id": row_id}, prev, key)
+        conn.execute(field_audit.update().where(field_audit.c.id == row_id).values(prev_hash=prev, hash=chain_hash))
+        return row_id, chain_hash
+
+    def _set_head(self, conn, head: Head, key: bytes | None, insert: bool) -> None:
+        values = dict(row_count=head.row_count, last_id=head.last_id, last_hash=head.last_hash, key_id=head.key_id,
+                      signature=head.signature(key if head.key_id else None), updated_at=now())
+        if insert:
+            conn.execute(field_audit_head.insert().values(id=HEAD_ID, **values))
+        else:
+            conn.execute(field_audit_head.update().where(field_audit_head.c.id == HEAD_ID).values(**values))
 
 
 def _derived_key(request_key: str, what: str) -> str:

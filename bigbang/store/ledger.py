@@ -61,12 +61,18 @@ from bigbang.store.schema import (
 FINAL = tuple(s.value for s in StepStatus if s.final)
 CHECKED_IN = "location.checked_in"
 RUN_SCOPE = "run"
+SERVERS_SCOPE = "servers"  # the prechecks and server waves: the steps of scope "servers" (one at a time)
 LEASE_SECONDS_ENV = "BIGBANG_LEASE_SECONDS"
 Fence = tuple[str, str, int]  # (run id, lease scope, fencing token)
 
 
 def location_scope(location_id: str) -> str:
     return f"location:{location_id}"
+
+
+def lease_scope(step_scope: str) -> str:
+    """The lease that covers writes of a step scope ("servers", or a location id) besides the run's."""
+    return SERVERS_SCOPE if step_scope == SERVERS_SCOPE else location_scope(step_scope)
 
 
 def lease_seconds() -> float:
@@ -348,6 +354,17 @@ class Ledger:
                 events.c.run_id == run_id, events.c.kind == CHECKED_IN, events.c.subject == location_id,
             )).limit(1)).first() is not None
 
+    def check_in(self, run_id: str, location_id: str, message: str) -> bool:
+        """Record a technician's arrival at a location once; False if it was checked in before."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(events.c.id).where(and_(
+                    events.c.run_id == run_id, events.c.kind == CHECKED_IN, events.c.subject == location_id,
+            )).limit(1)).first() is not None:
+                return False
+            conn.execute(events.insert().values(run_id=run_id, at=now(), kind=CHECKED_IN, subject=location_id,
+                                                message=message))
+        return True
+
     def add_event(self, run_id: str, kind: str, subject: str = "", message: str = "") -> None:
         with self.engine.begin() as conn:
             conn.execute(events.insert().values(run_id=run_id, at=now(), kind=kind, subject=subject, message=message))
@@ -423,13 +440,13 @@ class Ledger:
             return (run_id, scope) in self._held
 
     def fence_for(self, run_id: str, scope: str) -> Fence | None:
-        """The lease a write for `scope` (a location id, or "servers") is made under: the location's, else
-        the run's; None for a writer that holds no lease on the run (tools, tests)."""
+        """The lease a write for `scope` (a location id, or "servers") is made under: the location's (the
+        servers'), else the run's; None for a writer that holds no lease on the run (tools, tests)."""
         with self._lock:
-            for lease_scope in (location_scope(scope), RUN_SCOPE):
-                held = self._held.get((run_id, lease_scope))
+            for held_scope in (lease_scope(scope), RUN_SCOPE):
+                held = self._held.get((run_id, held_scope))
                 if held is not None:
-                    return (run_id, lease_scope, held[0])
+                    return (run_id, held_scope, held[0])
         return None
 
     def _free(self, lease: Lease, t: float) -> bool:

@@ -189,6 +189,20 @@ field_audit = Table(
     Column("hash", String(64)),
 )
 
+# The audit trail's head: how many rows it has and the last one's hash, signed (HMAC with the audit key,
+# bigbang.store.field). Updated in the transaction of every audit row, so rows removed from the end,
+# or removed anywhere with the chain recomputed, no longer match it. One row (id 1).
+field_audit_head = Table(
+    "field_audit_head", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("row_count", Integer, nullable=False),
+    Column("last_id", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    Column("key_id", String(16)),  # the audit key that signs the head and the rows (None: no key, plain hashes)
+    Column("signature", String(64), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 # Signed-in field-app sessions, server-side so sign-out revokes them (bigbang.store.sessions).
 field_sessions = Table(
     "field_sessions", metadata,
@@ -247,6 +261,7 @@ defects = Table(
     Column("resolve_due", Float),
     Column("responded_at", Float),  # first human action
     Column("duplicate_of", String(16), index=True),  # merged into this defect
+    Column("report_refs", String(400)),  # the reference numbers self-service reporters were given (R-...)
 )
 
 # Search on PostgreSQL: a trigram index answers `search LIKE '%term%'` without reading every row.
@@ -326,6 +341,16 @@ reports = Table(
     Column("run_id", String(80), index=True),  # the run whose queue it belongs to
     Column("contact", String(200)),  # the reporter's phone or e-mail
     Column("reference", String(20)),  # what the reporter is told (self-service form)
+)
+
+# Self-service reports accepted, one row per limited key ("device:HOST", "address:IP") and report: the
+# rate limit's ledger, shared by every field-app process on this database (bigbang.store.defects).
+report_admissions = Table(
+    "defect_report_admissions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(200), nullable=False),
+    Column("at", Float, nullable=False, index=True),
+    Index("ix_defect_report_admissions_key_at", "key", "at"),
 )
 
 # One row per defect and external ticket system: what was pushed there, and the last failure.

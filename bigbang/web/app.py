@@ -90,10 +90,11 @@ class FieldApp:
             self.inventory = load_inventory(self.inventory_path)
             self.plan = inventory_plan(self.inventory, self.inventory_path)
         self.store = FieldStore(self.ledger)
+        self.store.check_audit_key()  # a trail signed with another key: refuse to start, not every request
         self.fixed_run_id = run_id
         self.lang = lang or inventory_language(self.inventory)
         self.zone = self.inventory.rollout.window.zone
-        self.base_url = base_url
+        self.base_url = base_url or self.inventory.rollout.field_url  # else the PDF's request's address
         self.accounts = accounts_from_inventory(self.inventory)
         self.users_by_id = {a.user.id: a.user for a in self.accounts.values()}
         self.schedule = schedule(self.plan)

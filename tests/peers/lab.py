@@ -1,13 +1,17 @@
 """A small municipality on one machine, for the live weekend: `python -m tests.peers.lab`.
 
-    root namespace (ops): bridge bbl<N>-br, 10.250.0.1/16; vcsim (two datacenters), PostgreSQL,
-                          a Prefect server, process workers for the regions, the field app, all on 127.0.0.1
+    root namespace (ops): bridge bbl<N>-br, 10.250.0.1/16; vcsim (two datacenters), a Citrix Hypervisor
+                          pool (the XenAPI test server: master and member), IGEL UMS (the IMI test
+                          server, managing the first location's thin clients), PostgreSQL, a Prefect
+                          server, the field app, all on 127.0.0.1 (127.0.<n>.1/.2 for the pool's hosts)
+    one namespace per worker machine (`Lab.worker_host`, veth into the bridge, 10.250.0.<n>): a region's
+                          process worker; the ops centre's Prefect server and ledger reach it through a
+                          forwarder on its own 127.0.0.1 (what the VPN to the ops centre gives a worker)
     one network namespace per location (veth into the bridge): its thin clients (a real sshd each)
                           and workstations (WS-Man hosts), each on its own 10.250.<location>.<n> address
 
 Everything bigbang talks to at a location is reached over the location's veth, so tc/netem on it, or
-taking it down, is what a slow or cut-off site link does. Workers run in the root namespace (they also
-need the Prefect server and the ledger on 127.0.0.1). Needs root (ip netns); `Lab.stop` removes every
+taking it down, is what a slow or cut-off site link does. Needs root (ip netns); `Lab.stop` removes every
 namespace, link and process it made. Addresses stay inside 10.250.0.0/16 on links of its own.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -27,14 +32,22 @@ from typing import Any
 
 import yaml
 
+from tests.peers.imi_server import Device as UmsDevice
+from tests.peers.imi_server import ImiServer
 from tests.peers.sshd import LabHost, ThinClientLab
 from tests.peers.wsman_server import COMMANDS_DIR, WsmanHost, WsmanLab, _make_certificates
+from tests.peers.xenapi_server import PASSWORD as XEN_PASSWORD
+from tests.peers.xenapi_server import PASSWORD_ENV as XEN_PASSWORD_ENV
+from tests.peers.xenapi_server import XapiPool
 
 ROOT = Path(__file__).resolve().parents[2]
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 WINRM_PASSWORD_ENV = "BIGBANG_LAB_WINRM_PASSWORD"
 VCENTER_PASSWORD_ENV = "BIGBANG_LAB_VCENTER_PASSWORD"
+UMS_PASSWORD_ENV = "BIGBANG_LAB_UMS_PASSWORD"
+XEN_POOL = "cl-ctx-01"
+UMS_OLD_PROFILE, UMS_NEW_PROFILE = "igel-2021", "igel-2026"
 TECH_PASSWORD = "lab-technician-pw"
 REGIONS = ("nord", "syd")
 DATACENTERS = ("DC-Nord", "DC-Syd")
@@ -81,6 +94,7 @@ class Site:
     team: str
     thin_clients: list[LabHost] = field(default_factory=list)
     workstations: list[WsmanHost] = field(default_factory=list)
+    ums_thin_clients: list[UmsDevice] = field(default_factory=list)  # thin clients managed through UMS instead
 
     @property
     def subnet(self) -> str:
@@ -145,17 +159,72 @@ class NsWsmanLab(WsmanLab):
             super()._image(host)
 
 
+class LoopbackForwarder:
+    """Makes TCP ports of the root namespace's 127.0.0.1 reachable at the same 127.0.0.1 ports inside other
+    namespaces: each listener is opened inside its namespace, each connection it accepts is relayed to the
+    root namespace's loopback (the threads here run there)."""
+
+    def __init__(self) -> None:
+        self.listeners: list[socket.socket] = []
+
+    def add(self, ns: str, port: int) -> None:
+        with netns(ns):
+            listener = socket.create_server(("127.0.0.1", port))
+        self.listeners.append(listener)
+        threading.Thread(target=self._accept, args=(listener, port), daemon=True, name=f"fwd-{ns}-{port}").start()
+
+    def _accept(self, listener: socket.socket, port: int) -> None:
+        while True:
+            try:
+                inside, _ = listener.accept()
+            except OSError:  # closed by stop()
+                return
+            try:
+                outside = socket.create_connection(("127.0.0.1", port), timeout=10)
+                outside.settimeout(None)
+            except OSError:
+                inside.close()
+                continue
+            for a, b in ((inside, outside), (outside, inside)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def stop(self) -> None:
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.close()
+        self.listeners.clear()
+
+
 class Lab:
     """Namespaces, hosts and the inventory; the engine (vcsim, PostgreSQL, Prefect) is started by `engine`."""
 
     def __init__(self, locations: int = 6, workstations: int = 4, thin_clients: int = 6, servers: int = 20,
-                 *, tag: int | None = None, never_returns: int = 1, never_images: int = 1) -> None:
+                 *, citrix_servers: int = 4, ums_locations: int = 1, tag: int | None = None, never_returns: int = 1,
+                 never_images: int = 1) -> None:
         self.tag = tag if tag is not None else os.getpid() % 100
         self.prefix = f"bbl{self.tag}"
         self.bridge = f"{self.prefix}-br"
         self.sites: list[Site] = []
         self.servers = servers
+        self.citrix_servers = citrix_servers
+        self.ums_locations = ums_locations
         self.ns_of: dict[str, str] = {}
+        self.worker_hosts: list[str] = []
+        self.forwarder = LoopbackForwarder()
         self._made: list[tuple[str, str]] = []  # ("ns"|"link", name) to remove
         self.dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bigbang-lab-{self.tag}-{os.getpid()}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +236,11 @@ class Lab:
             self.win = NsWsmanLab(self.ns_of, addresses, image_delay=0.5, subnet=60 + self.tag % 50)
             self.win.start_wol_listener()
             self.deployment = self.win.add_at("mdt01", "10.250.0.1")  # the deployment server, ops side
+            (self.dir / "xapi").mkdir(exist_ok=True)
+            self.xen = XapiPool(XEN_POOL, subnet=160 + self.tag % 50, directory=self.dir / "xapi")
+            self.ums = ImiServer(reboot_seconds=1.0)
+            self.ums.add_profile(UMS_OLD_PROFILE)
+            self.ums.add_profile(UMS_NEW_PROFILE, firmware_update="2")  # firmware 2 is 12.6.1
             self._hosts(workstations, thin_clients, never_returns)
             for site in self.sites[len(self.sites) - 1 - never_images:len(self.sites) - 1]:
                 self.win.never_image.add(site.workstations[-1].name)  # the last workstation of the site before
@@ -196,6 +270,28 @@ class Lab:
             region = REGIONS[(i - 1) % len(REGIONS)]
             self.sites.append(Site(i, f"LAB-{i:02d}", ns, outside, region, f"team-{region}"))
 
+    def worker_host(self, name: str, ops_ports: list[int]) -> str:
+        """A worker machine: its own namespace on the bridge (10.250.0.<n>), with the ops centre's services on
+        `ops_ports` of the root namespace's loopback (and the lab's UMS) forwarded to its 127.0.0.1. Returns the namespace, for
+        `ip netns exec NS ...`."""
+        n = len(self.worker_hosts) + 2
+        ns, outside = f"{self.prefix}-W{n}", f"{self.prefix}-w{n}"
+        ip("ip", "netns", "add", ns)
+        self._made.append(("ns", ns))
+        ip("ip", "link", "add", outside, "type", "veth", "peer", "name", f"{self.prefix}-q{n}")
+        self._made.append(("link", outside))
+        ip("ip", "link", "set", f"{self.prefix}-q{n}", "netns", ns)
+        ip("ip", "link", "set", f"{self.prefix}-q{n}", "name", "eth0", ns=ns)
+        ip("ip", "link", "set", outside, "master", self.bridge)
+        ip("ip", "link", "set", outside, "up")
+        ip("ip", "link", "set", "lo", "up", ns=ns)
+        ip("ip", "addr", "add", f"10.250.0.{n}/16", "dev", "eth0", ns=ns)
+        ip("ip", "link", "set", "eth0", "up", ns=ns)
+        for port in [*ops_ports, self.ums.port]:  # UMS is in the ops centre too
+            self.forwarder.add(ns, port)
+        self.worker_hosts.append(ns)
+        return ns
+
     def _addresses(self, workstations: int, thin_clients: int) -> list[str]:
         out = []
         for site in self.sites:
@@ -213,11 +309,20 @@ class Lab:
                 site.workstations.append(self.win.add_at(
                     f"l{site.index}-ws{n}", f"{site.subnet}.{10 + n}", mac=f"02:50:{site.index:02x}:00:00:{n:02x}",
                     powered=False, image_version="10.0.19045.1", hostname=f"old-l{site.index}-ws{n}", domain=""))
+            if site.index <= self.ums_locations:
+                site.ums_thin_clients = [
+                    self.ums.add_device(self._thin_client_mac(site, n), f"l{site.index}-tc{n}", profile=UMS_OLD_PROFILE)
+                    for n in range(1, thin_clients + 1)]
+                continue
             for n in range(1, thin_clients + 1):
                 never = stuck < never_returns and site.index == len(self.sites) and n == thin_clients
                 stuck += never
                 site.thin_clients.append(self.ssh.add_at(
                     f"l{site.index}-tc{n}", f"{site.subnet}.{10 + workstations + n}", never_returns=never))
+
+    @staticmethod
+    def _thin_client_mac(site: Site, n: int) -> str:
+        return f"00:e0:c5:{site.index:02x}:00:{n:02x}"
 
     # ------------------------------------------------------------ faults
     def netem(self, site: Site, spec: str = "delay 300ms loss 5%", fallback_rate: str = "512kbit") -> str:
@@ -259,6 +364,10 @@ class Lab:
             if i >= 4:
                 entry["depends_on"] = [f"lab-srv{(i % 4) + 1:02d}"]
             servers.append(entry)
+        for i in range(self.citrix_servers):  # the Citrix estate: on the pool, through XenAPI
+            servers.append({"name": f"lab-ctx{i + 1:02d}", "platform": "citrix", "template": "tpl-rhel9",
+                            "cluster": XEN_POOL, "datastore": "ds-ssd-01", "network": "vlan120-citrix",
+                            "cpu": 2 + i % 2, "memory_gb": 4 + 2 * (i % 2), "customization": {"os": "linux"}})
         locations = []
         for site in self.sites:
             locations.append({
@@ -270,16 +379,22 @@ class Lab:
                                   "domain": "ad.lab.dk", "new_hostname": f"l{site.index}-ws-{n:02d}",
                                   "address": ws.address}
                                  for n, ws in enumerate(site.workstations, start=1)],
-                "thin_clients": [{"hostname": f"l{site.index}-old-tc{n}", "mac": f"00:e0:c5:{site.index:02x}:00:{n:02x}",
-                                  "target_profile": "igel-2026", "address": tc.address}
-                                 for n, tc in enumerate(site.thin_clients, start=1)],
+                "thin_clients": [{"hostname": f"l{site.index}-old-tc{n}", "mac": self._thin_client_mac(site, n),
+                                  "target_profile": UMS_NEW_PROFILE, "address": tc.address}
+                                 for n, tc in enumerate(site.thin_clients, start=1)]
+                                + [{"hostname": f"l{site.index}-old-tc{n}", "mac": self._thin_client_mac(site, n),
+                                    "target_profile": UMS_NEW_PROFILE, "current_profile": UMS_OLD_PROFILE,
+                                    "connector": "ums"}
+                                   for n in range(1, len(site.ums_thin_clients) + 1)],
             })
+        if self.citrix_servers:
+            locations[0]["requires"].append("lab-ctx01")  # its Citrix desktops run on the pool
         return {
             "rollout": {
                 "name": "Lab Big Bang",
                 "window": {"start": "2026-11-27T17:00", "end": "2026-11-30T07:00", "timezone": "Europe/Copenhagen"},
                 "images": {"win11": {"version": "10.0.26100.2314"}},
-                "thin_client_profiles": {"igel-2026": {
+                "thin_client_profiles": {UMS_NEW_PROFILE: {
                     "firmware": "12.6.1", "storefront_url": "https://storefront.lab/Citrix/Store",
                     "hostname_pattern": "{location}-tc-{index:02d}", "settings": {"keyboard": "da"}}},
                 "baselines": {"std": {"packages": ["Microsoft 365 Apps 2411"]}},
@@ -295,6 +410,10 @@ class Lab:
             "locations": locations,
             "connectors": {
                 "vsphere": vcenter,
+                "xen": self.xen.settings(task_timeout=60, ip_timeout=30, poll_interval=0.2),
+                "ums": {"host": "127.0.0.1", "port": self.ums.port, "username": self.ums.username,
+                        "password": {"env": UMS_PASSWORD_ENV}, "ca_file": self.ums.ca_file, "reboot_poll": 0.5,
+                        "reboot_timeout": 30},
                 "ssh": self.ssh.ssh_settings(reboot_timeout=reboot_timeout, connect_timeout=3),
                 "winrm": {"username": self.win.username, "password": {"env": WINRM_PASSWORD_ENV},
                           "transport": "basic", "port": self.win.port, "ca_bundle": self.win.ca_file,
@@ -310,11 +429,13 @@ class Lab:
         return path
 
     def env(self) -> dict[str, str]:
-        return {WINRM_PASSWORD_ENV: self.win.password}
+        return {WINRM_PASSWORD_ENV: self.win.password, XEN_PASSWORD_ENV: XEN_PASSWORD,
+                UMS_PASSWORD_ENV: self.ums.password}
 
     # ------------------------------------------------------------ teardown
     def stop(self) -> None:
-        for part in ("ssh", "win"):
+        self.forwarder.stop()
+        for part in ("ssh", "win", "xen", "ums"):
             peer = getattr(self, part, None)
             if peer is not None:
                 try:
