@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,8 +106,9 @@ class BigbangServer:
                         return self
             except OSError:
                 time.sleep(0.5)
+        log = self.log()
         self.stop()
-        raise RuntimeError(f"bigbang server not healthy within {timeout:.0f} s:\n{self.log()}")
+        raise RuntimeError(f"bigbang server not healthy within {timeout:.0f} s:\n{log}")
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:] if self.log_path.exists() else ""
@@ -122,6 +124,7 @@ class BigbangServer:
 
     def stop(self) -> None:
         stop_group(self.process)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _wait_for(predicate, timeout: float, what: str):
