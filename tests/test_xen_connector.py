@@ -386,6 +386,31 @@ def test_cli_discover_then_diff_shows_no_drift(xapi, bigbang, bb_env, tmp_path):
     assert "0 to create, 0 to reconfigure" in table.stdout and "0 drifted, 0 errors" in table.stdout
 
 
+def test_memory_and_disks_that_are_not_whole_gb_round_trip_and_are_provisioned_exactly(xapi, bigbang, bb_env,
+                                                                                       tmp_path):
+    xapi.add_vm("ctx-odd01", cpu=2, memory_mb=6656, disks_gb=(40, 12.5), network="vlan120-citrix")
+    env = {**bb_env, PASSWORD_ENV: PASSWORD}
+    inv = _inventory(tmp_path, xapi)
+    found = inv / "servers.yaml"
+    bigbang("xen", "discover", "--inventory", inv, "--out", found, env=env, check=True)
+    entry = next(s for s in yaml.safe_load(found.read_text())["servers"] if s["name"] == "ctx-odd01")
+    assert entry["memory_mb"] == 6656 and "memory_gb" not in entry and entry["disks_gb"] == [40, 12.5]
+    diff = bigbang("xen", "diff", inv, "--json", env=env)
+    assert diff.returncode == 0, diff.stderr
+    assert next(r for r in json.loads(diff.stdout) if r["server"] == "ctx-odd01")["action"] == "fine"
+
+    conn = connector(xapi)
+    try:  # a new server given in MB gets exactly that, not its memory_gb
+        out = step(conn, "srv.provision", server("ctx-mem01", memory_gb=4, memory_mb=3584, disks_gb=[40]))
+        assert out.ok, out.message
+        vm = xapi.vm("ctx-mem01")
+        assert {vm[f"memory_{k}"] for k in ("static_max", "dynamic_max", "dynamic_min")} == {str(3584 * 1024 ** 2)}
+        too_big = step(conn, "srv.precheck", server("ctx-mem02", memory_mb=4096 * 1024 + 512))
+        assert not too_big.ok and "servers[ctx-mem02].memory_mb:" in too_big.message and "MB free" in too_big.message
+    finally:
+        conn.close()
+
+
 def test_cli_diff_shows_create_and_errors_and_exits_1(xapi, bigbang, bb_env, tmp_path):
     env = {**bb_env, PASSWORD_ENV: PASSWORD}
     wanted = {k: v for k, v in server("ctx-plan01").items() if v is not None and k != "depends_on"}

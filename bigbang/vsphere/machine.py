@@ -7,6 +7,7 @@ from typing import Any
 
 from pyVmomi import vim
 
+from bigbang.sizes import memory_mb_of
 from bigbang.vsphere.catalog import Catalog, Placement
 
 VM_PROPS = [
@@ -104,11 +105,6 @@ def nic_network(nic: Any, catalog: Catalog) -> str | None:
     if isinstance(backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo):
         return backing.deviceName or (catalog.network_name(backing.network) if backing.network else None)
     return None
-
-
-def memory_mb_of(spec: dict[str, Any]) -> int:
-    """A server's memory in MB: memory_mb where given, else memory_gb."""
-    return int(spec["memory_mb"]) if spec.get("memory_mb") is not None else int(spec["memory_gb"]) * 1024
 
 
 def disk_kb(gb: float) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bigbang.sizes import MiB, memory_label, memory_mb_of
 from bigbang.xen.catalog import Catalog, Placement, PlacementError
 from bigbang.xen.client import XenClient
 from bigbang.xen.machine import Change, GiB, VmState, differences, read_vm
@@ -37,13 +38,14 @@ def capacity_problem(client: XenClient, catalog: Catalog, spec: dict[str, Any], 
     if need > free:
         return (f"servers[{name}].datastore: SR {placement.sr_name} has {free / GiB:,.0f} GB free, the disks need "
                 f"{need / GiB:,.0f} GB")
-    memory = spec["memory_gb"] * GiB
+    memory = memory_mb_of(spec) * MiB
     best = 0
     for host in catalog.data()["hosts"]:
         best = max(best, int(client.check("host.compute_free_memory", host, what="read the hosts' free memory")))
         if best >= memory:
             return None
-    return (f"servers[{name}].memory_gb: no host of pool {placement.pool_name} has {spec['memory_gb']} GB free "
+    field = "memory_mb" if spec.get("memory_mb") is not None else "memory_gb"
+    return (f"servers[{name}].{field}: no host of pool {placement.pool_name} has {memory_label(spec)} free "
             f"(most on one host: {best / GiB:,.1f} GB)")
 
 

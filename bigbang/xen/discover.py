@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 import yaml
 
+from bigbang.sizes import MiB, gb_exact, memory_entry
 from bigbang.xen.catalog import Catalog
 from bigbang.xen.client import NULL_REF, XenClient
-from bigbang.xen.machine import GiB, guest_addresses, read_vm
+from bigbang.xen.machine import guest_addresses, read_vm
 
 _NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?$", re.IGNORECASE)
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
@@ -54,8 +54,8 @@ def discover(client: XenClient, catalog: Catalog) -> tuple[list[dict[str, Any]],
                 "datastore": (catalog.sr_name(state.disks[0].sr) if state.disks else None) or "unknown",
                 "network": (catalog.network_name(state.vifs[0][2]) if state.vifs else None) or "unknown",
                 "cpu": state.cpu,
-                "memory_gb": max(1, math.ceil(state.memory["static_max"] / GiB)),
-                "disks_gb": [max(1, math.ceil(d.size / GiB)) for d in state.disks],
+                **memory_entry(max(4, state.memory["static_max"] // MiB)),
+                "disks_gb": [gb_exact(d.size) for d in state.disks if d.size > 0],
                 "platform": "citrix",
                 "existing": True,
             }

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bigbang.sizes import MiB, memory_label, memory_mb_of
 from bigbang.xen.catalog import Catalog, Placement
 from bigbang.xen.client import NULL_REF, XenClient
 
@@ -111,18 +112,22 @@ def differences(state: VmState, spec: dict[str, Any], catalog: Catalog) -> list[
     changes = []
     if state.cpu != spec["cpu"] or state.cpu_max != spec["cpu"]:
         changes.append(Change("cpu", state.cpu, spec["cpu"]))
-    want = spec["memory_gb"] * GiB
+    want = memory_mb_of(spec) * MiB
     m = state.memory
     if m["static_max"] != want or m["dynamic_max"] != want or m["dynamic_min"] != want:
-        changes.append(Change("memory_gb", f"{m['dynamic_max'] / GiB:g}", spec["memory_gb"]))
+        have_mb = m["dynamic_max"] // MiB
+        if spec.get("memory_mb") is not None or have_mb % 1024:
+            changes.append(Change("memory_gb", f"{have_mb} MB", f"{memory_mb_of(spec)} MB"))
+        else:
+            changes.append(Change("memory_gb", f"{have_mb // 1024}", spec["memory_gb"]))
     for i, want_gb in enumerate(spec.get("disks_gb") or []):
         if i >= len(state.disks):
             changes.append(Change(f"disk {i + 1}", "absent", f"{want_gb} GB"))
             continue
         have = state.disks[i].size
-        if have < want_gb * GiB:
+        if have < round(want_gb * GiB):
             changes.append(Change(f"disk {i + 1}", f"{have / GiB:g} GB", f"{want_gb} GB"))
-        elif have > want_gb * GiB:
+        elif have > round(want_gb * GiB):
             changes.append(Change(f"disk {i + 1}", f"{have / GiB:g} GB", f"{want_gb} GB", fixable=False,
                                   note="XenAPI cannot shrink a disk"))
     if not state.vifs:
@@ -148,15 +153,15 @@ def apply_changes(client: XenClient, state: VmState, spec: dict[str, Any], place
         for method, value in order:
             client.check(method, state.ref, value, what=f"set {name}'s vCPUs to {want}")
     if "memory_gb" in fields:
-        want = spec["memory_gb"] * GiB
-        static_min = min(state.memory["static_min"] or want, want)
-        client.check("VM.set_memory_limits", state.ref, str(static_min), str(want), str(want), str(want),
-                     what=f"set {name}'s memory to {spec['memory_gb']} GB")
+        want_bytes = memory_mb_of(spec) * MiB
+        static_min = min(state.memory["static_min"] or want_bytes, want_bytes)
+        client.check("VM.set_memory_limits", state.ref, str(static_min), *[str(want_bytes)] * 3,
+                     what=f"set {name}'s memory to {memory_label(spec)}")
     used = set(state.devices)
     for i, want_gb in enumerate(spec.get("disks_gb") or []):
         if f"disk {i + 1}" not in fields:
             continue
-        size = str(want_gb * GiB)
+        size = str(round(want_gb * GiB))
         if i < len(state.disks):
             client.run_task("VDI.resize", state.disks[i].vdi, size, timeout=timeout,
                             what=f"grow {name}'s disk {i + 1} to {want_gb} GB")

@@ -242,14 +242,15 @@ class XapiPool:
         with self.lock:
             return copy.deepcopy(self.db[cls])
 
-    def add_vm(self, name: str, *, cpu: int = 2, memory_gb: int = 4, disks_gb: tuple[int, ...] = (40,),
-               sr: str = "ds-ssd-01", network: str = "vlan110-servers", running: bool = True,
-               ip: str | None = None) -> str:
-        """A VM that exists before the run (made by someone else)."""
+    def add_vm(self, name: str, *, cpu: int = 2, memory_gb: int = 4, memory_mb: int | None = None,
+               disks_gb: tuple[float, ...] = (40,), sr: str = "ds-ssd-01", network: str = "vlan110-servers",
+               running: bool = True, ip: str | None = None) -> str:
+        """A VM that exists before the run (made by someone else); memory_mb wins over memory_gb."""
+        memory = memory_mb * 1024 ** 2 if memory_mb is not None else memory_gb * GiB
         with self.lock:
-            vm = self._new_vm(name, template=False, cpu=cpu, memory=memory_gb * GiB, os="windows")
+            vm = self._new_vm(name, template=False, cpu=cpu, memory=memory, os="windows")
             for i, size in enumerate(disks_gb):
-                self._attach_disk(vm, self.sr(sr), size * GiB, str(i), bootable=i == 0)
+                self._attach_disk(vm, self.sr(sr), round(size * GiB), str(i), bootable=i == 0)
             self._vif_create({"VM": vm, "network": self.network(network), "device": "0", "MAC": "", "MTU": "1500",
                               "other_config": {}})
             if ip:
