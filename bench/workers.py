@@ -6,8 +6,9 @@
 
 Starts on this machine: a PostgreSQL cluster (Prefect's database and the ledger), Redis (event
 broker), `prefect server start`, `bigbang deploy`, then for each worker count N:
-- deployments: N `bigbang worker --limit L` processes; `bigbang run --dispatch deployments`
-  sends each location as a flow run to them.
+- deployments: N `bigbang worker --limit L` processes, each on a worker machine of its own (a network
+  namespace; the Prefect server and the ledger forwarded to its loopback; `--no-netns`, or not root: all in
+  this namespace); `bigbang run --dispatch deployments` sends each location as a flow run to them.
 - dask: a `dask scheduler` and N `dask worker --nthreads L`; `bigbang run --dispatch dask`.
 L (--per-worker) is what one worker machine runs at once. Steps take simulated time, compressed
 (--compression), so a location's devices are mostly waiting, as on the weekend.
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bigbang.inventory import load_inventory  # noqa: E402
 from bigbang.inventory.generate import PRESETS, Size, generate, write  # noqa: E402
 from bigbang.plan import build_plan  # noqa: E402
+from tests.peers.lab import WorkerMachines  # noqa: E402
 from tests.peers.postgres import PostgresCluster, free_port  # noqa: E402
 from tests.peers.prefect_server import PrefectServer, stop_group  # noqa: E402
 from tests.peers.redis import RedisServer  # noqa: E402
@@ -56,14 +58,16 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def measure(mode: str, workers: int, per_worker: int, inventory: Path, compression: float, pg: PostgresCluster,
-            env: dict[str, str], workdir: Path, steps: int) -> dict:
+            env: dict[str, str], workdir: Path, steps: int, machines: WorkerMachines | None,
+            ops_ports: list[int]) -> dict:
     processes: list[subprocess.Popen] = []
     run_env = dict(env)
     try:
         if mode == "deployments":
             for i in range(workers):
-                processes.append(start([sys.executable, "-m", "bigbang", "worker", "--limit", str(per_worker),
-                                        "--name", f"bench-{i}"], env, workdir / f"worker-{i}.log"))
+                machine = ["ip", "netns", "exec", machines.add(ops_ports)] if machines else []
+                processes.append(start([*machine, sys.executable, "-m", "bigbang", "worker", "--limit",
+                                        str(per_worker), "--name", f"bench-{i}"], env, workdir / f"worker-{i}.log"))
         else:
             port = free_port()
             processes.append(start(["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
@@ -100,6 +104,7 @@ def main() -> None:
     parser.add_argument("--compression", type=float, default=2000.0, help="simulated seconds per real second")
     parser.add_argument("--mode", choices=("deployments", "dask"), action="append")
     parser.add_argument("--workdir", help="keep inventories and logs here (default: a temp dir)")
+    parser.add_argument("--no-netns", action="store_true", help="process workers in this network namespace")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="bigbang-bench-workers-") as tmp:
@@ -121,7 +126,15 @@ def main() -> None:
             for mode in args.mode or ["deployments", "dask"]:
                 base = None
                 for n in counts:
-                    line = measure(mode, n, args.per_worker, inventory, args.compression, pg, env, workdir, steps)
+                    machines = None if args.no_netns or os.geteuid() != 0 else \
+                        WorkerMachines(f"bbw{os.getpid() % 1000}")
+                    try:
+                        line = measure(mode, n, args.per_worker, inventory, args.compression, pg, env, workdir,
+                                       steps, machines, [pg.port, server.port])
+                    finally:
+                        if machines:
+                            machines.stop()
+                    line["worker_machines"] = "namespaces" if machines and mode == "deployments" else "this one"
                     base = base or line["steps_per_s"]
                     line["scaling"] = round(line["steps_per_s"] / base, 2)
                     line["locations"] = len(load_inventory(inventory).locations)

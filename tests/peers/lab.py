@@ -209,6 +209,47 @@ class LoopbackForwarder:
         self.listeners.clear()
 
 
+class WorkerMachines:
+    """Worker machines on one host: a network namespace each (on `bridge` at 10.250.0.<n> when given, else
+    with only its loopback), the ops centre's services on the root namespace's loopback forwarded to its own
+    127.0.0.1. `stop` removes them."""
+
+    def __init__(self, prefix: str, bridge: str | None = None) -> None:
+        self.prefix, self.bridge = prefix, bridge
+        self.namespaces: list[str] = []
+        self.links: list[str] = []
+        self.forwarder = LoopbackForwarder()
+
+    def add(self, ops_ports: list[int]) -> str:
+        n = len(self.namespaces) + 2
+        ns = f"{self.prefix}-W{n}"
+        ip("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        ip("ip", "link", "set", "lo", "up", ns=ns)
+        if self.bridge:
+            outside = f"{self.prefix}-w{n}"
+            ip("ip", "link", "add", outside, "type", "veth", "peer", "name", f"{self.prefix}-q{n}")
+            self.links.append(outside)
+            ip("ip", "link", "set", f"{self.prefix}-q{n}", "netns", ns)
+            ip("ip", "link", "set", f"{self.prefix}-q{n}", "name", "eth0", ns=ns)
+            ip("ip", "link", "set", outside, "master", self.bridge)
+            ip("ip", "link", "set", outside, "up")
+            ip("ip", "addr", "add", f"10.250.0.{n}/16", "dev", "eth0", ns=ns)
+            ip("ip", "link", "set", "eth0", "up", ns=ns)
+        for port in ops_ports:
+            self.forwarder.add(ns, port)
+        return ns
+
+    def stop(self) -> None:
+        self.forwarder.stop()
+        for link in self.links:
+            ip("ip", "link", "del", link, check=False)
+        for ns in self.namespaces:
+            ip("ip", "netns", "del", ns, check=False)
+        self.links.clear()
+        self.namespaces.clear()
+
+
 class Lab:
     """Namespaces, hosts and the inventory; the engine (vcsim, PostgreSQL, Prefect) is started by `engine`."""
 
@@ -223,8 +264,7 @@ class Lab:
         self.citrix_servers = citrix_servers
         self.ums_locations = ums_locations
         self.ns_of: dict[str, str] = {}
-        self.worker_hosts: list[str] = []
-        self.forwarder = LoopbackForwarder()
+        self.machines = WorkerMachines(self.prefix, self.bridge)
         self._made: list[tuple[str, str]] = []  # ("ns"|"link", name) to remove
         self.dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bigbang-lab-{self.tag}-{os.getpid()}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -272,25 +312,9 @@ class Lab:
 
     def worker_host(self, name: str, ops_ports: list[int]) -> str:
         """A worker machine: its own namespace on the bridge (10.250.0.<n>), with the ops centre's services on
-        `ops_ports` of the root namespace's loopback (and the lab's UMS) forwarded to its 127.0.0.1. Returns the namespace, for
-        `ip netns exec NS ...`."""
-        n = len(self.worker_hosts) + 2
-        ns, outside = f"{self.prefix}-W{n}", f"{self.prefix}-w{n}"
-        ip("ip", "netns", "add", ns)
-        self._made.append(("ns", ns))
-        ip("ip", "link", "add", outside, "type", "veth", "peer", "name", f"{self.prefix}-q{n}")
-        self._made.append(("link", outside))
-        ip("ip", "link", "set", f"{self.prefix}-q{n}", "netns", ns)
-        ip("ip", "link", "set", f"{self.prefix}-q{n}", "name", "eth0", ns=ns)
-        ip("ip", "link", "set", outside, "master", self.bridge)
-        ip("ip", "link", "set", outside, "up")
-        ip("ip", "link", "set", "lo", "up", ns=ns)
-        ip("ip", "addr", "add", f"10.250.0.{n}/16", "dev", "eth0", ns=ns)
-        ip("ip", "link", "set", "eth0", "up", ns=ns)
-        for port in [*ops_ports, self.ums.port]:  # UMS is in the ops centre too
-            self.forwarder.add(ns, port)
-        self.worker_hosts.append(ns)
-        return ns
+        `ops_ports` of the root namespace's loopback (and the lab's UMS) forwarded to its 127.0.0.1. Returns the
+        namespace, for `ip netns exec NS ...`."""
+        return self.machines.add([*ops_ports, self.ums.port])
 
     def _addresses(self, workstations: int, thin_clients: int) -> list[str]:
         out = []
@@ -434,7 +458,7 @@ class Lab:
 
     # ------------------------------------------------------------ teardown
     def stop(self) -> None:
-        self.forwarder.stop()
+        self.machines.stop()
         for part in ("ssh", "win", "xen", "ums"):
             peer = getattr(self, part, None)
             if peer is not None:
