@@ -9,8 +9,8 @@ loss on one location's link, another location's link cut for 30 s while it works
 never comes back from its reboot, a workstation whose imaging never finishes, vCenter frozen (SIGSTOP) for
 20 s during the server waves, and the worker running a location killed mid-location (a replacement starts; the
 location is dispatched again and resumes from the ledger). (Where the kernel
-has no sch_netem, as on the CI machine this was written on, the slow link is an htb rate limit instead: slow,
-not lossy; the test prints which it got.)
+has no sch_netem, as on the CI machine this was written on, the slow link is an htb rate limit with the loss
+made by iptables instead: slow and lossy, not delayed; the test prints which it got.)
 
 Afterwards every peer's real state (each VM in the simulator and in the pool, each thin client's running
 hostname and profile or its directory, profile, firmware and reboots in UMS, each workstation's image,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -351,8 +352,9 @@ class Lab:
     # ------------------------------------------------------------ faults
     def netem(self, site: Site, spec: str = "delay 300ms loss 5%", fallback_rate: str = "512kbit") -> str:
         """Latency and loss on the location's link, both directions; returns what was applied. Where the kernel
-        has no netem (sch_netem), the link is throttled with htb to `fallback_rate` instead (a slow link, not
-        a lossy one) and the return value says so."""
+        has no netem (sch_netem), the link is throttled with htb to `fallback_rate` instead (slow, not
+        delayed) and the loss is made by iptables' statistic match inside the location's namespace, in and
+        out; the return value says so."""
         applied = []
         for dev, ns in ((site.link, None), ("eth0", site.ns)):
             done = ip("tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split(), ns=ns, check=False)
@@ -363,6 +365,12 @@ class Lab:
             ip("tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", fallback_rate,
                "ceil", fallback_rate, ns=ns)
             applied.append(f"htb {fallback_rate} (no netem in this kernel: {done.stderr.strip()})")
+        loss = re.search(r"\bloss (\d+(?:\.\d+)?)%", spec)
+        if loss and not any(a.startswith("netem") for a in applied):
+            for chain in ("INPUT", "OUTPUT"):
+                ip("iptables", "-A", chain, "-m", "statistic", "--mode", "random", "--probability",
+                   str(float(loss.group(1)) / 100), "-j", "DROP", ns=site.ns)
+            applied.append(f"{loss.group(1)}% loss each way (iptables statistic)")
         return "; ".join(sorted(set(applied)))
 
     def cut(self, site: Site, seconds: float) -> threading.Timer:
