@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 
 from bigbang.errors import ConfigError
 
@@ -56,16 +55,10 @@ def apply_defaults() -> None:
 
 def read_auth_file(path: str) -> str:
     """The auth string in `path`; refused when others may read the file or it is not `user:password`."""
-    try:
-        info = os.stat(path)
-        with open(path, encoding="utf-8") as f:
-            text = f.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the Prefect auth file {path}: {exc.__class__.__name__}",
-                          hint=f"write `user:password` into it and chmod 600 it (or unset {AUTH_FILE_ENV})") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"the Prefect auth file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o})",
-                          hint=f"chmod 600 {path}")
+    from bigbang.secrets import read_owner_only_file
+
+    text = read_owner_only_file(path, f"the Prefect auth file {path}", unreadable_hint=(
+        f"write `user:password` into it and chmod 600 it (or unset {AUTH_FILE_ENV})"))
     return check_auth_string(text, f"the Prefect auth file {path}")
 
 

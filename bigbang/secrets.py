@@ -7,6 +7,7 @@ never imports Prefect), so a Secret block works wherever flows run.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 from bigbang.errors import ConfigError
@@ -40,3 +41,17 @@ def resolve(value: SecretRef | str | None, *, where: str = "") -> str:
         return resolver(value.prefect_secret or "")
     except Exception as exc:  # noqa: BLE001 - any lookup failure is a configuration problem
         raise ConfigError(f"cannot read Prefect Secret block '{value.prefect_secret}'{suffix}: {exc}") from exc
+
+
+def read_owner_only_file(path: str, what: str, *, unreadable_hint: str) -> str:
+    """The stripped text of a secret's file; refused when it cannot be read or others may read it."""
+    try:
+        info = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what}: {exc.__class__.__name__}", hint=unreadable_hint) from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{what} is readable by others (mode {stat.S_IMODE(info.st_mode):o})",
+                          hint=f"chmod 600 {path}")
+    return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -48,3 +49,14 @@ def finish(session: RunSession) -> None:
     for loc in session.plan.locations:
         runner.run_location(loc.id)
     session.ledger.flush()
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
+    """The first true value of `predicate()`, polled every `every` seconds; fails the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -27,6 +27,7 @@ from bigbang.errors import ConfigError
 from bigbang.runner import LocationResult, PhaseResult
 from bigbang.status import LocationStatus
 from tests.conftest import DEMO
+from tests.helpers import wait_for
 from tests.peers import free_port
 from tests.peers.browser import CHROMIUM, chromium  # noqa: F401 - fixture
 from tests.peers.prefect_server import CLIENT_ENV, api_post, stop_group
@@ -127,16 +128,6 @@ class BigbangServer:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _complete_log(api_url: str, flow_run_id: str) -> list[str] | None:
     logs = api_post(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200,
                                               "sort": "TIMESTAMP_ASC"})
@@ -178,7 +169,7 @@ def test_the_weekend_flow_run_in_the_prefect_ui_on_another_port(tmp_path, bb_env
         assert isinstance(flow_runs, list) and len(flow_runs) == 1
         flow_run_id = flow_runs[0]["id"]
         # Logs arrive in batches, also after the run's process has exited: wait for the run's last line
-        messages = _wait_for(lambda: _complete_log(server.api_url, flow_run_id), 60, "the run's last log line")
+        messages = wait_for(lambda: _complete_log(server.api_url, flow_run_id), 60, "the run's last log line")
         ours = [m for m in messages if m.startswith(("run ", "prechecks", "servers wave", "location "))]
         # One line per phase, server wave and location, and the run's first and last: never per device step
         assert len(ours) == 2 + 2 + 4 + 3, ours
@@ -194,7 +185,7 @@ def test_the_weekend_flow_run_in_the_prefect_ui_on_another_port(tmp_path, bb_env
         page.goto(f"{server.url}/runs/flow-run/{flow_run_id}")
         page.wait_for_selector(".flow-run-graph canvas", timeout=60_000)
         page.wait_for_selector(f"text={RUN_ID} completed", timeout=60_000)  # the Logs tab is the first
-        _wait_for(lambda: _green_pixels(page.locator(".flow-run-graph canvas").screenshot()) > 500, 30,
+        wait_for(lambda: _green_pixels(page.locator(".flow-run-graph canvas").screenshot()) > 500, 30,
                   "the graph's task-run bars")
         page.screenshot(path=str(SCREENSHOTS / "prefect-flow-run.png"), full_page=True)
         body = page.inner_text("body")

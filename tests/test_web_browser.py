@@ -20,20 +20,10 @@ from bigbang.checklists import item_ids
 from bigbang.session import RunOptions, RunSession
 from bigbang.store.field import FieldStore
 from bigbang.web.app import create_app
-from tests.helpers import servers_ready
+from tests.helpers import servers_ready, wait_for
 from tests.peers.browser import OUTPUT, PHONE, AppServer, chromium, gated_inventory  # noqa: F401
 
 LOCATION = "HST-014"  # team-syd: aha, sni; team-nord's mkr may not see it
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _sign_in(page, base: str, path: str, username: str, password: str):
@@ -97,7 +87,7 @@ def test_technician_signs_off_and_the_gated_location_resumes(tmp_path, chromium)
         page.screenshot(path=str(shots / "location-checked.png"), full_page=True)
 
         # The location's work is done and waits at the gate; the page offers the sign-off
-        _wait(lambda: ledger.location_results(session.run_id).get(LOCATION) and
+        wait_for(lambda: ledger.location_results(session.run_id).get(LOCATION) and
               all(r.final for r in ledger.step_results(session.run_id, scope=LOCATION).values()
                   if r.kind not in ("loc.signoff", "loc.verify")) and
               len(ledger.step_results(session.run_id, scope=LOCATION)) >= work_steps,
@@ -254,7 +244,7 @@ def test_signoff_with_open_items_requires_a_reason_that_reaches_the_audit_trail(
     worker.start()
     ledger = session.ledger
     work = [s.id for s in session.plan.location(LOCATION).steps() if s.kind not in ("loc.signoff", "loc.verify")]
-    _wait(lambda: all((r := ledger.step_results(session.run_id, step_ids=work).get(s)) and r.final for s in work),
+    wait_for(lambda: all((r := ledger.step_results(session.run_id, step_ids=work).get(s)) and r.final for s in work),
           60, "the location's device work")
     store = FieldStore(ledger)
     app = create_app(inventory, ledger_url, session.run_id, lang="en")

@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import json
 import os
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,16 +45,9 @@ def audit_key() -> bytes | None:
     path = os.environ.get(AUDIT_KEY_FILE_ENV)
     if path:
         where = f"the audit key file {path}"
-        try:
-            info = os.stat(path)
-            with open(path, encoding="utf-8") as f:
-                key = f.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {where}: {exc.__class__.__name__}",
-                              hint=f"or unset {AUDIT_KEY_FILE_ENV}") from None
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"{where} is readable by others (mode {stat.S_IMODE(info.st_mode):o})",
-                              hint=f"chmod 600 {path}")
+        from bigbang.secrets import read_owner_only_file
+
+        key = read_owner_only_file(path, where, unreadable_hint=f"or unset {AUDIT_KEY_FILE_ENV}")
     else:
         where = f"environment variable {AUDIT_KEY_ENV}"
         key = os.environ.get(AUDIT_KEY_ENV, "").strip()
