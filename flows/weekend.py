@@ -16,7 +16,6 @@ from prefect.runtime import flow_run
 from bigbang.errors import ConfigError
 from bigbang.ledger_ref import ledger_reference, resolve_ledger
 from bigbang.plan import LocationPlan, Plan
-from bigbang.report import render_report
 from bigbang.session import RunOptions, RunSession
 from flows import dispatch as dispatching
 from flows.secrets import register_prefect_secrets
@@ -87,9 +86,10 @@ def dispatch_order(plan: Plan) -> list[LocationPlan]:
 
 
 def publish(session: RunSession, crashed: dict[str, str]) -> dict[str, Any]:
-    """The core has finished the run; attach its report to the flow run as artifacts."""
+    """The core has finished the run; attach its report to the flow run as artifacts (the same files the
+    command's summary comes from: rendered once)."""
     ledger = session.ledger
-    files = render_report(ledger, session.run_id)
+    files = session.report()
     markdown = files.markdown.read_text(encoding="utf-8")
     key = "bigbang-" + "".join(c if c.isalnum() else "-" for c in session.run_id.lower())
     create_markdown_artifact(key=key, markdown=markdown, description=f"bigbang report for {session.run_id}")
