@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 from bigbang.connectors.simulated import simulates, substitute
@@ -242,9 +243,10 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
 
-    @property
+    @cached_property
     def digest(self) -> str:
-        """Identifies what the plan does; editing comments or formatting of the inventory keeps it."""
+        """Identifies what the plan does; editing comments or formatting of the inventory keeps it. Computed
+        once per plan (a frozen value)."""
         return digest_of(self.to_dict())
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class ReportFiles:
     markdown: Path
     html: Path
     json: Path
+    data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # what they were rendered from
 
 
 def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
@@ -180,7 +181,8 @@ def render_report(ledger: Ledger, run_id: str, out_dir: Path | None = None,
     directory = (out_dir or reports_dir()) / run_id
     directory.mkdir(parents=True, exist_ok=True)
     env = jinja_env()
-    files = ReportFiles(directory, directory / "summary.md", directory / "summary.html", directory / "summary.json")
+    files = ReportFiles(directory, directory / "summary.md", directory / "summary.html", directory / "summary.json",
+                        data)
     files.markdown.write_text(env.get_template("report.md.j2").render(**data), encoding="utf-8")
     files.html.write_text(env.get_template("report.html.j2").render(**data), encoding="utf-8")
     files.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")

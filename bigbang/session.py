@@ -31,7 +31,7 @@ from bigbang.connectors import CONNECTORS, Connector, ConnectorContext
 from bigbang.connectors.simulated import simulates
 from bigbang.errors import LiveModeUnavailable, RunError
 from bigbang.inventory import Inventory, load_inventory
-from bigbang.plan import INTERNAL_CONNECTOR, Plan, build_plan
+from bigbang.plan import INTERNAL_CONNECTOR, Plan, build_plan, digest_of
 from bigbang.schedule.store import slots_of, stored_schedule
 from bigbang.secrets import resolve
 from bigbang.status import LocationStatus, Mode, RunStatus
@@ -158,6 +158,7 @@ class RunSession:
     _connectors: dict[str, Connector] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pace: Pace | None = None
+    _report: Any = None  # the report rendered at the run's end (bigbang.report.ReportFiles)
 
     @property
     def mode(self) -> str:
@@ -178,11 +179,11 @@ class RunSession:
         session.check_connectors()
         if ledger.get_run(session.run_id) is not None:
             raise RunError(f"run {session.run_id} exists already", hint=f"resume it with --resume {session.run_id}")
-        plan_dict = plan.to_dict()
+        plan_dict = plan.to_dict()  # once: frozen and digested from the same value
         ledger.create_run(session.run_id, rollout=inventory.rollout.name,
                           inventory=str(Path(inventory_path).resolve()), mode=options.mode,
                           options=options.to_dict(), clock=session.clock_kind, plan=plan_dict,
-                          inventory_data=inventory.model_dump(mode="json"), plan_digest=plan.digest,
+                          inventory_data=inventory.model_dump(mode="json"), plan_digest=digest_of(plan_dict),
                           inventory_digest=inventory.digest, schedule=schedule)
         ledger.acquire_lease(session.run_id, RUN_SCOPE)  # a new run: nobody else can hold it yet
         session.clock_origin = ledger.get_run(session.run_id)["clock_origin"]  # type: ignore[index]
@@ -360,6 +361,7 @@ class RunSession:
     # ------------------------------------------------------------ the end
     def finish(self, crashed: dict[str, str] | None = None) -> RunStatus:
         """Decide and record how the run ended. `crashed` maps a location whose task or worker died to why."""
+        self._report = None
         self.ledger.flush()
         crashed = crashed or {}
         for location_id, why in sorted(crashed.items()):
@@ -379,6 +381,16 @@ class RunSession:
         self.ledger.set_run_status(self.run_id, status,
                                    finished_at=before["finished_at"] if before is not None and unchanged else None)
         return status
+
+    def report(self) -> Any:
+        """The run's report (bigbang.report.ReportFiles, with the data it was rendered from) as `finish`
+        left the run: rendered once, for the flow's artifacts and the command's summary alike."""
+        with self._lock:
+            if self._report is None:
+                from bigbang.report import render_report  # it reads runs through this module
+
+                self._report = render_report(self.ledger, self.run_id)
+            return self._report
 
     def close(self) -> None:
         for conn in self._connectors.values():

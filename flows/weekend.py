@@ -17,7 +17,6 @@ from bigbang import run_log
 from bigbang.errors import ConfigError
 from bigbang.ledger_ref import ledger_reference, resolve_ledger
 from bigbang.plan import LocationPlan, Plan
-from bigbang.report import render_report, report_data
 from bigbang.session import RunOptions, RunSession
 from flows import dispatch as dispatching
 from flows.secrets import register_prefect_secrets
@@ -93,11 +92,12 @@ def dispatch_order(plan: Plan) -> list[LocationPlan]:
 
 
 def publish(session: RunSession, crashed: dict[str, str]) -> dict[str, Any]:
-    """The core has finished the run; attach its report to the flow run as artifacts and log its last line.
+    """The core has finished the run; attach its report to the flow run as artifacts (the same files the
+    command's summary comes from: rendered once) and log its last line.
 
     Called in the flow run's body, so the artifacts belong to it (its Artifacts tab in the UI)."""
-    data = report_data(session.ledger, session.run_id)
-    files = render_report(session.ledger, session.run_id, data=data)
+    files = session.report()
+    data = files.data
     markdown = files.markdown.read_text(encoding="utf-8")
     key = run_log.artifact_key(session.run_id)
     create_markdown_artifact(key=key, markdown=markdown, description=f"bigbang report for {session.run_id}")

@@ -64,6 +64,27 @@ def test_concurrent_writers_from_two_ledgers_lose_and_duplicate_nothing(ledger_u
     second.close()
 
 
+def test_a_simulated_change_is_committed_with_its_steps_outcome(ledger_url):
+    ledger = Ledger(ledger_url)
+    run = new_run(ledger)
+    step = StepRecord("a:ws.image", "L1", "a", "ws.image", "running")
+    ledger.record_step(run, step)
+    assert ledger.stage_sim_effect(run, "a:ws.image") is True
+    assert ledger.stage_sim_effect(run, "a:ws.image") is False  # staged already: applied once
+    ledger.flush()
+    assert ledger.sim_effect_counts(run) == 0  # nothing without the step's outcome
+    ledger.record_step(run, StepRecord("a:ws.image", "L1", "a", "ws.image", "succeeded", attempts=1, changed=True))
+    assert ledger.sim_effect_applied(run, "a:ws.image")  # a verification right after sees it, committed or not
+    ledger.flush()
+    assert ledger.sim_effect_counts(run) == 1
+    assert ledger.step_results(run)["a:ws.image"].status == "succeeded"
+    other = Ledger(ledger_url)  # another process finds the change on the device: not applied again
+    assert other.sim_effect_applied(run, "a:ws.image") and other.stage_sim_effect(run, "a:ws.image") is False
+    assert not other.sim_effect_applied(run, "b:ws.image")
+    other.close()
+    ledger.close()
+
+
 def test_sign_off_and_problems_are_recorded_once(ledger_url):
     ledger = Ledger(ledger_url)
     run = new_run(ledger)

@@ -39,3 +39,17 @@ def test_report_names_failures_blocks_halts_and_what_to_retry(tmp_path, bigbang,
     assert str(tmp_path / "again" / session.run_id / "summary.html") in out.stdout
     strip = lambda text: text.rsplit("_Generated", 1)[0]  # noqa: E731
     assert strip(again) == strip(md)
+
+
+def test_a_finished_run_renders_its_report_once_for_the_flow_and_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIGBANG_REPORTS", str(tmp_path / "reports"))
+    session = rehearse(copy_demo(tmp_path), f"sqlite:///{tmp_path / 'ledger.db'}")
+    session.finish()
+    files = session.report()
+    assert session.report() is files  # the flow's artifacts and the command's summary: one rendering
+    assert files.directory == tmp_path / "reports" / session.run_id and files.markdown.exists()
+    assert files.data["run"]["run_id"] == session.run_id
+    assert json.loads(files.json.read_text())["steps"] == files.data["steps"]  # the data the files show
+    session.finish()  # a run finished again (a resume) gets a new report
+    assert session.report() is not files
+    session.close()

@@ -17,10 +17,9 @@ from bigbang import warm
 from bigbang.errors import LeaseHeld, LedgerError, RunError, UserError
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
-from bigbang.report import report_data
 from bigbang.session import MODES, RunOptions, RunSession
 from bigbang.status import Mode, RunStatus
-from bigbang.store.ledger import Ledger, default_ledger_url
+from bigbang.store.ledger import default_ledger_url
 
 # Exit codes of `bigbang run` (README, "Exit codes").
 EXIT_OK = 0  # every step succeeded
@@ -200,7 +199,7 @@ def _run(args: argparse.Namespace, state: _Running) -> int:
             monitor.stop()
     if warm_url is None:
         warm.start_in_background()  # the next run starts warm
-    code = _summarise(session.ledger, session.run_id, console, time.monotonic() - started, args.strict)
+    code = _summarise(session, console, time.monotonic() - started, args.strict)
     session.close_quietly()
     return code
 
@@ -318,8 +317,9 @@ def exit_code(data: dict) -> int:
     return EXIT_FAILED
 
 
-def _summarise(ledger: Ledger, run_id: str, console: Console, wall: float, strict: bool = False) -> int:
-    data = report_data(ledger, run_id)
+def _summarise(session: RunSession, console: Console, wall: float, strict: bool = False) -> int:
+    report = session.report()  # the flow's artifacts were made from it: not built again
+    data, run_id = report.data, session.run_id
     out = Console(highlight=False)
     out.print(summary_table(data))
     devices = data["devices"]
@@ -330,8 +330,7 @@ def _summarise(ledger: Ledger, run_id: str, console: Console, wall: float, stric
               f"{devices.get('skipped', 0)} skipped.", markup=False, soft_wrap=True)
     if data["run"]["halted_reason"]:
         out.print(f"Halted: {data['run']['halted_reason']}", markup=False, soft_wrap=True)
-    report_dir = os.path.join(os.environ.get("BIGBANG_REPORTS", "reports"), run_id)
-    out.print(f"Report: {report_dir}/summary.html (and summary.md)", markup=False, soft_wrap=True)
+    out.print(f"Report: {report.html} (and summary.md)", markup=False, soft_wrap=True)
     for line in failure_lines(data):
         out.print(line, markup=False, soft_wrap=True)
     code = exit_code(data)

@@ -10,9 +10,11 @@ Time is the run's clock (`bigbang.clock`): a step "takes" its simulated duration
 by waiting on it, so a rehearsal's timeline is a function of the inventory, the
 seed and the options, never of how busy the machine is.
 
-Device state changes are recorded in the ledger's `sim_effects` table: a change
-applied before a crash is seen on resume and not applied again, which is how a
-real, idempotent step behaves (read the fact, then change only what differs).
+Device state changes are recorded in the ledger's `sim_effects` table, committed
+in the same transaction as the outcome of the step that made them (one batched
+write, see bigbang.store.ledger): a change applied before a crash is seen on
+resume and not applied again, which is how a real, idempotent step behaves (read
+the fact, then change only what differs).
 
 This module, the clock and the CLI's option parsing are the only places that
 know a rehearsal from a live run: `substitute` sends every step of a rehearsal's
@@ -182,7 +184,7 @@ class SimulatedConnector:
             return False  # reading facts changes nothing
         if self.ledger is None:
             return True
-        return self.ledger.apply_sim_effect(self.run_id, action.step_id)
+        return self.ledger.stage_sim_effect(self.run_id, action.step_id)  # committed with the outcome
 
     def _missing_changes(self, action: Action) -> list[str]:
         """The changes a verification needs that were never applied in this run's simulated state."""

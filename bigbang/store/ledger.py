@@ -5,7 +5,8 @@ through one writer thread that commits in small batches (group commit), so
 thousands of device steps do not each pay a transaction. A result counts as
 recorded once committed; `flush()` waits for that. Upserts never turn a
 succeeded step back into anything else, so a stale or repeated writer cannot
-undo finished work.
+undo finished work. A simulated device change (`stage_sim_effect`) rides with
+its step's outcome through the same writer, in the same transaction.
 
 Exactly once, under faults: the process executing a run (or a location, on a
 worker) holds a lease with a fencing token (`acquire_lease`), renewed by a small
@@ -172,6 +173,11 @@ class Ledger:
         self._held: dict[tuple[str, str], tuple[int, float]] = {}  # (run, scope) -> (token, ttl) of our leases
         self._renewer: threading.Thread | None = None
         self._stop_renewing = threading.Event()
+        # Simulated device changes (rehearsals): staged by the connector until the runner records the step's
+        # outcome, then queued with it; `_sim_known` holds the ones this ledger queued or found committed.
+        self._sim_staged: dict[tuple[str, str], float] = {}
+        self._sim_known: set[tuple[str, str]] = set()
+        self._sim_lock = threading.Lock()
         self._ensure_schema()
 
     @property
@@ -491,16 +497,19 @@ class Ledger:
         fence = self.fence_for(run_id, scope)
         values = dict(attempt=attempt, token=fence[2] if fence else None, owner=self.worker, recorded_at=now(),
                       settled_at=None, outcome=None)
-        stmt = _insert(self.dialect)(intents).values(run_id=run_id, step_id=step_id, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
+        # An update, else an insert: plain statements SQLAlchemy compiles once (a dialect's ON CONFLICT
+        # is compiled again at every call, and there is one intent per changing step).
+        again = update(intents).where(and_(intents.c.run_id == run_id, intents.c.step_id == step_id)).values(**values)
+        first = intents.insert().values(run_id=run_id, step_id=step_id, **values)
         for attempt_no in range(8):
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(stmt)
+                    if conn.execute(again).rowcount == 0:
+                        conn.execute(first)
                     if fence is not None:
                         self._check_fences(conn, [fence])
                 return
-            except OperationalError:
+            except (OperationalError, IntegrityError):  # busy; or another writer inserted it first: update it
                 if attempt_no == 7:
                     raise
                 time.sleep(0.02 * 2**attempt_no)
@@ -514,7 +523,15 @@ class Ledger:
 
     # ------------------------------------------------------------ steps (queued writes)
     def record_step(self, run_id: str, record: StepRecord) -> None:
-        self._put(("step", (run_id, record, self.fence_for(run_id, record.scope))))
+        """Queue a step's record; its outcome carries the simulated change staged for it, if any, into the
+        same transaction."""
+        effect = None
+        if record.final:
+            with self._sim_lock:
+                effect = self._sim_staged.pop((run_id, record.step_id), None)
+                if effect is not None:
+                    self._sim_known.add((run_id, record.step_id))
+        self._put(("step", (run_id, record, self.fence_for(run_id, record.scope), effect)))
 
     def record_location(self, run_id: str, location_id: str, status: LocationStatus, *, reason: str = "",
                         devices: int = 0, devices_failed: int = 0, devices_skipped: int = 0,
@@ -573,16 +590,23 @@ class Ledger:
                 pass
             step_rows = [item for kind, item in batch if kind == "step"]
             location_rows = [item for kind, item in batch if kind == "location"]
+            effect_rows = [dict(run_id=run_id, step_id=r.step_id, applied_at=at, worker=self.worker)
+                           for run_id, r, _, at in step_rows if at is not None]
             fences = [item[2] for item in step_rows if item[2]] + [fence for _, fence in location_rows if fence]
             if step_rows or location_rows:
+                committed = False
                 for attempt in range(5):
                     try:
                         with self.engine.begin() as conn:
                             if step_rows:
                                 self._upsert_steps(conn, step_rows)
-                            for row, _ in location_rows:
-                                self._upsert_location(conn, row)
+                            if effect_rows:  # with the outcomes they belong to: neither is ever seen alone
+                                conn.execute(_insert(self.dialect)(sim_effects).on_conflict_do_nothing(
+                                    index_elements=["run_id", "step_id"]), effect_rows)
+                            if location_rows:
+                                self._upsert_locations(conn, [row for row, _ in location_rows])
                             self._check_fences(conn, fences)  # a stale holder's writes roll back here
+                        committed = True
                         break
                     except OperationalError as exc:  # database busy: back off and retry the batch
                         if attempt == 4:
@@ -591,16 +615,19 @@ class Ledger:
                     except BaseException as exc:  # noqa: BLE001 - surfaced to the caller by flush()
                         self._writer_error = exc
                         break
+                if not committed and effect_rows:
+                    with self._sim_lock:  # not committed: the devices do not show these changes
+                        self._sim_known.difference_update((e["run_id"], e["step_id"]) for e in effect_rows)
             for kind, item in batch:
                 if kind == "flush":
                     item.set()
                 elif kind == "stop":
                     return
 
-    def _upsert_steps(self, conn, items: list[tuple[str, StepRecord, Fence | None]]) -> None:
+    def _upsert_steps(self, conn, items: list[tuple[str, StepRecord, Fence | None, float | None]]) -> None:
         # The last write for a step in one batch wins; earlier ones are superseded.
         latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for run_id, r, _ in items:
+        for run_id, r, _, _ in items:
             if latest.get((run_id, r.step_id), {}).get("status") == "succeeded":
                 continue  # as in the database below: nothing undoes a succeeded step
             latest[(run_id, r.step_id)] = dict(
@@ -630,13 +657,19 @@ class Ledger:
                     intents.c.run_id == run_id, intents.c.step_id.in_([s for r, s in keys if r == run_id]),
                     intents.c.settled_at.is_(None))).values(settled_at=now(), outcome=status))
 
-    def _upsert_location(self, conn, row: dict[str, Any]) -> None:
-        # As for steps: nothing rewrites a location that succeeded (its times and verdict are final).
-        stmt = _insert(self.dialect)(locations).values(**row)
+    def _upsert_locations(self, conn, rows: list[dict[str, Any]]) -> None:
+        # As for steps: nothing rewrites a location that succeeded (its times and verdict are final), and the
+        # last write for a location in one batch wins. One statement for the batch.
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            key = (row["run_id"], row["location_id"])
+            if latest.get(key, {}).get("status") != LocationStatus.SUCCEEDED:
+                latest[key] = row
+        stmt = _insert(self.dialect)(locations)
         stmt = stmt.on_conflict_do_update(index_elements=["run_id", "location_id"],
-                                          set_={k: v for k, v in row.items() if k not in ("run_id", "location_id")},
+                                          set_={k: stmt.excluded[k] for k in rows[0] if k not in ("run_id", "location_id")},
                                           where=locations.c.status != LocationStatus.SUCCEEDED.value)
-        conn.execute(stmt)
+        conn.execute(stmt, [latest[key] for key in sorted(latest)])
 
     # ------------------------------------------------------------ reads
     def step_results(self, run_id: str, *, scope: str | None = None,
@@ -716,8 +749,23 @@ class Ledger:
             return [dict(r) for r in conn.execute(query.order_by(problems.c.reported_at)).mappings()]
 
     # ------------------------------------------------------------ simulated side effects
+    def stage_sim_effect(self, run_id: str, step_id: str) -> bool:
+        """A simulated change, committed with its step's outcome (the next final `record_step` of that step):
+        after a kill the state never shows a change whose step is not recorded, nor the other way round.
+        False if it was applied before (no-op). Only the process holding the step's lease runs it."""
+        key = (run_id, step_id)
+        with self._sim_lock:
+            if key in self._sim_known or key in self._sim_staged:
+                return False
+        if self._committed_sim_effect(run_id, step_id):
+            return False
+        with self._sim_lock:
+            self._sim_staged[key] = now()
+        return True
+
     def apply_sim_effect(self, run_id: str, step_id: str) -> bool:
-        """Record one simulated change; False if it was applied before (no-op)."""
+        """Record one simulated change now, in a transaction of its own; False if it was applied before (no-op).
+        A rehearsal's connector uses `stage_sim_effect`, which commits the change with its step's outcome."""
         insert = _insert(self.dialect)
         stmt = insert(sim_effects).values(run_id=run_id, step_id=step_id, applied_at=now(), worker=self.worker)
         stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "step_id"]).returning(sim_effects.c.step_id)
@@ -732,9 +780,21 @@ class Ledger:
         return False  # pragma: no cover
 
     def sim_effect_applied(self, run_id: str, step_id: str) -> bool:
+        """Whether the change is in the simulated state: committed, or queued with its step's outcome by this
+        ledger (the outcome is committed before any record queued after it)."""
+        with self._sim_lock:
+            if (run_id, step_id) in self._sim_known:
+                return True
+        return self._committed_sim_effect(run_id, step_id)
+
+    def _committed_sim_effect(self, run_id: str, step_id: str) -> bool:
         with self.engine.connect() as conn:
-            return conn.execute(select(sim_effects.c.step_id).where(
+            found = conn.execute(select(sim_effects.c.step_id).where(
                 and_(sim_effects.c.run_id == run_id, sim_effects.c.step_id == step_id))).first() is not None
+        if found:
+            with self._sim_lock:
+                self._sim_known.add((run_id, step_id))
+        return found
 
     def sim_effect_counts(self, run_id: str) -> int:
         with self.engine.connect() as conn:
