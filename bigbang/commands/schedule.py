@@ -133,6 +133,10 @@ def replan(args) -> int:
             + (f"; without {', '.join(args.without)}" if args.without else ""))
     version = ledger.new_plan_version(args.replan, plan.to_dict(), run.inventory.model_dump(mode="json"),
                                       plan.digest, run.inventory.digest, note)
+    reason = (f"{len(result.fixed)} started locations kept" + (f", without {', '.join(args.without)}" if args.without else "")
+              + (f", crews {', '.join(result.dropped)} stopped" if result.dropped else ""))
+    # the board reads the run's latest schedule on every refresh: it shows the new plan and why, at once
+    data["replanned"] = {"at_min": result.now_min, "reason": reason, "plan_version": version}
     ledger.set_run_schedule(args.replan, data)
     if args.json:
         sys.stdout.write(json.dumps({**data, "replan": {"now_min": result.now_min, "fixed": len(result.fixed),
