@@ -264,7 +264,8 @@ def show(console: Console, schedule, data: dict, crews: list[dict], teams: list[
         for s in c["stops"]:
             style = "red" if s["late"] else None
             table.add_row(s["arrive"], s["leave"], f"{s['location']} {s['name']}", s["address"],
-                          str(s["devices"]), s["access_hours"], f"{s['travel_min']} min", style=style)
+                          str(s["devices"]), s["access_hours"],
+                          f"{s['travel_min']} min" + (f"; {s['breaks']}" if s.get("breaks") else ""), style=style)
         console.print(table)
     if data["unscheduled"]:
         console.print(f"[red]Not scheduled:[/] {', '.join(data['unscheduled'])}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from bigbang.inventory.model import Inventory
 from bigbang.schedule.bounds import Bound, _hm, capacity, critical_path, energy
-from bigbang.schedule.problem import Problem, build_problem
+from bigbang.schedule.problem import Problem, breaks_inside, build_problem
 from bigbang.schedule.solve import UNSCHEDULED, Solution, heuristic
 
 FORMAT = 1
@@ -93,6 +93,9 @@ class Schedule:
                 "workstations": job.workstations, "thin_clients": job.thin_clients,
                 "criticality": job.criticality, "access_hours": job.access_text,
                 "ready_min": job.release, "after_window": v.end > p.window,
+                # schedule.breaks: a break before setting out for it, and breaks inside the visit
+                "break_before_min": v.pause, "breaks_inside": breaks_inside(v.end - v.start, p.break_after,
+                                                                            p.break_length),
             })
         crews = []
         for c, seq in enumerate(sol.sequences):
