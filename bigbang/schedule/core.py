@@ -293,7 +293,8 @@ def _more_devices(inventory: Inventory, problem: Problem, j: int, longest: int) 
     for team in [inventory.team_by_id[loc.team]]:
         for k in range(team.capacity.parallel_devices + 1, 501):
             bigger = team.model_copy(update={"capacity": team.capacity.model_copy(update={"parallel_devices": k})})
-            if location_minutes(loc, bigger, problem.estimates, inventory.schedule.setup) <= longest:
+            if location_minutes(loc, bigger, problem.estimates, inventory.schedule.setup,
+                                (problem.break_after, problem.break_length)) <= longest:
                 return f"raise parallel_devices of {team.id} to {k} (from {team.capacity.parallel_devices})"
     return "more devices at once will not do it alone"
 
