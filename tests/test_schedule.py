@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from bigbang.errors import ConfigError
+from bigbang.errors import ConfigError, InventoryError
 from bigbang.inventory import load_inventory
 from bigbang.schedule import build_problem, make_schedule
 from bigbang.schedule.problem import intersect
@@ -439,3 +439,51 @@ def test_slot_or_checkin_starts_at_the_slot_and_rehearsals_start_at_their_slot(t
     rehearsal = _session(tmp_path, "checkin", "rehearsal")
     assert rehearsal.plan.policy.start_rule == "slot"  # a rehearsal's simulated crew is on time
     assert _wait(rehearsal, 0.0) == "slot"
+
+
+# ---------------------------------------------------------------- breaks within a shift
+
+def test_breaks_after_at_most_so_much_work_in_the_solver_the_bound_and_the_itinerary(tmp_path):
+    from bigbang.schedule.render import itineraries
+
+    locations = [{"id": "A", "ws": 200}, {"id": "B", "ws": 200}, {"id": "LONG", "ws": 300}]
+    breaks = {"breaks": {"after": "4h", "length": "30m"}}
+    inv = load_inventory(write_inventory(tmp_path / "inv", locations, schedule=breaks))
+    s = make_schedule(inv, seed=1, time_limit=2)
+    check_constraints(s)
+    p = s.problem
+    assert (p.break_after, p.break_length) == (240, 30)
+    # a visit longer than 4 hours of work holds its break: 300 minutes of work take 330 on site
+    assert p.jobs[p.job_index["LONG"]].duration["t1"] == 330 and p.jobs[p.job_index["A"]].duration["t1"] == 200
+    assert {b.name: b.minutes for b in s.bounds}["critical_path"] >= 330  # the bound counts it too
+    # between visits: never more than 4 hours in a row without a break (no travel here)
+    visits = sorted(s.solution.visits, key=lambda v: v.start)
+    worked, free = 0, 0
+    for v in visits:
+        if v.start - free >= 30:
+            worked = 0
+        on_site = v.end - v.start
+        inside = (on_site - 240 + 269) // 270 if on_site > 240 else 0
+        assert worked + min(on_site, 240) <= 240, "worked more than 4 hours without a break"
+        worked = on_site - inside * 270 if inside else worked + on_site
+        free = v.end
+    assert s.makespan == 200 + 30 + 200 + 30 + 330  # every stretch ends in a break: nothing packs tighter
+    assert sum(1 for v in visits if v.pause == 30) == 2
+    stops = itineraries(s)[0]["stops"]
+    assert [x["breaks"] for x in stops].count("30 min break first") + \
+        sum(1 for x in stops if x["breaks"].startswith("30 min break first,")) == 2
+    assert any("1 × 30 min break on site" in x["breaks"] for x in stops)
+    # without the setting nothing changes: the same locations back to back
+    plain = make_schedule(load_inventory(write_inventory(tmp_path / "plain", locations)), seed=1, time_limit=2)
+    assert plain.makespan == 700 and all(v.pause == 0 for v in plain.solution.visits)
+
+
+def test_breaks_settings_are_checked_with_file_and_line(tmp_path):
+    root = write_inventory(tmp_path / "inv", [{"id": "A", "ws": 10}], schedule={"breaks": {"after": "30m"}})
+    with pytest.raises(InventoryError) as err:
+        load_inventory(root)
+    found = [str(problem) for problem in err.value.problems]
+    lines = (root / "inventory.yaml").read_text(encoding="utf-8").splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip().startswith("breaks:"))
+    assert len(found) == 1 and found[0].endswith(
+        f"inventory.yaml:{line}: schedule.breaks: after: 30 min of work between breaks is too short (at least 1h)"), found

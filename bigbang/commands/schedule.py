@@ -133,6 +133,10 @@ def replan(args) -> int:
             + (f"; without {', '.join(args.without)}" if args.without else ""))
     version = ledger.new_plan_version(args.replan, plan.to_dict(), run.inventory.model_dump(mode="json"),
                                       plan.digest, run.inventory.digest, note)
+    reason = (f"{len(result.fixed)} started locations kept" + (f", without {', '.join(args.without)}" if args.without else "")
+              + (f", crews {', '.join(result.dropped)} stopped" if result.dropped else ""))
+    # the board reads the run's latest schedule on every refresh: it shows the new plan and why, at once
+    data["replanned"] = {"at_min": result.now_min, "reason": reason, "plan_version": version}
     ledger.set_run_schedule(args.replan, data)
     if args.json:
         sys.stdout.write(json.dumps({**data, "replan": {"now_min": result.now_min, "fixed": len(result.fixed),
@@ -260,7 +264,8 @@ def show(console: Console, schedule, data: dict, crews: list[dict], teams: list[
         for s in c["stops"]:
             style = "red" if s["late"] else None
             table.add_row(s["arrive"], s["leave"], f"{s['location']} {s['name']}", s["address"],
-                          str(s["devices"]), s["access_hours"], f"{s['travel_min']} min", style=style)
+                          str(s["devices"]), s["access_hours"],
+                          f"{s['travel_min']} min" + (f"; {s['breaks']}" if s.get("breaks") else ""), style=style)
         console.print(table)
     if data["unscheduled"]:
         console.print(f"[red]Not scheduled:[/] {', '.join(data['unscheduled'])}")

@@ -602,6 +602,23 @@ class SplitSettings(_Model):
         40, ge=1, description="a location gets several crews at once only with at least this many devices per crew")
 
 
+class BreakSettings(_Model):
+    """Technicians' breaks within a shift (`bigbang schedule`): after at most `after` of work (on site and
+    travelling), a break of `length`. Danish practice: a break when the day's work exceeds 6 hours;
+    Swedish (arbetstidslagen): no more than 5 hours in a row without one."""
+
+    after: Duration = Field(6 * 3600.0, description="longest stretch of work without a break")
+    length: Duration = Field(30 * 60.0, description="how long a break lasts")
+
+    @model_validator(mode="after")
+    def _sensible(self) -> BreakSettings:
+        if self.after < 3600:
+            raise ValueError(f"after: {self.after / 60:g} min of work between breaks is too short (at least 1h)")
+        if not 0 < self.length < self.after:
+            raise ValueError("length: a break lasts more than 0 and less than `after`")
+        return self
+
+
 class ScheduleSettings(_Model):
     """Inputs of `bigbang schedule` beyond teams and locations (see docs/schedule.md)."""
 
@@ -622,6 +639,8 @@ class ScheduleSettings(_Model):
     skills: dict[str, list[str]] = Field(
         default_factory=dict, description="location id -> skills its crew needs (technicians' skills)")
     min_rest: Duration = Field(11 * 3600.0, description="rest a technician has between two shifts at least")
+    breaks: BreakSettings | None = Field(
+        None, description="breaks within a shift (`breaks: {}`: 30 min after at most 6 h of work); none: not modelled")
 
 
 # ---------------------------------------------------------------- rehearsal (the simulated connector)

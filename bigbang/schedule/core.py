@@ -8,7 +8,7 @@ from typing import Any
 
 from bigbang.inventory.model import Inventory
 from bigbang.schedule.bounds import Bound, _hm, capacity, critical_path, energy
-from bigbang.schedule.problem import Problem, build_problem
+from bigbang.schedule.problem import Problem, breaks_inside, build_problem
 from bigbang.schedule.solve import UNSCHEDULED, Solution, heuristic
 
 FORMAT = 1
@@ -93,6 +93,9 @@ class Schedule:
                 "workstations": job.workstations, "thin_clients": job.thin_clients,
                 "criticality": job.criticality, "access_hours": job.access_text,
                 "ready_min": job.release, "after_window": v.end > p.window,
+                # schedule.breaks: a break before setting out for it, and breaks inside the visit
+                "break_before_min": v.pause, "breaks_inside": breaks_inside(v.end - v.start, p.break_after,
+                                                                            p.break_length),
             })
         crews = []
         for c, seq in enumerate(sol.sequences):
@@ -290,7 +293,8 @@ def _more_devices(inventory: Inventory, problem: Problem, j: int, longest: int) 
     for team in [inventory.team_by_id[loc.team]]:
         for k in range(team.capacity.parallel_devices + 1, 501):
             bigger = team.model_copy(update={"capacity": team.capacity.model_copy(update={"parallel_devices": k})})
-            if location_minutes(loc, bigger, problem.estimates, inventory.schedule.setup) <= longest:
+            if location_minutes(loc, bigger, problem.estimates, inventory.schedule.setup,
+                                (problem.break_after, problem.break_length)) <= longest:
                 return f"raise parallel_devices of {team.id} to {k} (from {team.capacity.parallel_devices})"
     return "more devices at once will not do it alone"
 

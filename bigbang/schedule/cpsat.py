@@ -183,12 +183,13 @@ def timed_subset(problem: Problem, sequences: dict[int, list[int]]) -> dict[int,
     """Start, end and crew of each job of `sequences`, as early as possible; None if one does not fit."""
     out = {}
     for c, seq in sequences.items():
-        free, prev = 0, None
+        free, prev, worked = 0, None, 0
         for j in seq:
             travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
-            s = problem.earliest_start(j, c, free + travel)
-            if s is None:
+            placed = problem.visit_start(j, c, free, travel, worked)
+            if placed is None:
                 return None
+            s, _, worked = placed
             free, prev = s + problem.duration(j, c), j
             out[j] = (s, free, c)
     return out

@@ -117,6 +117,10 @@ class Problem:
     fixed: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     not_before: int = 0
     people_notes: tuple[str, ...] = ()  # shifts cut for the rest between shifts or the maximum working time
+    # schedule.breaks, in minutes (0: not modelled): a visit's duration already holds the breaks inside it;
+    # between visits `visit_start` adds one when the crew would otherwise work longer than break_after
+    break_after: int = 0
+    break_length: int = 0
 
     @cached_property
     def next_visit(self) -> dict[int, int]:
@@ -189,8 +193,40 @@ class Problem:
                 return max(lo, ready)
         return None
 
+    def visit_start(self, j: int, c: int, free: int, travel: int, worked: int) -> tuple[int, int, int] | None:
+        """(start, break taken before setting out, minutes worked without a break at the end) of job j on
+        crew c, free at `free` after `worked` minutes without a break, `travel` away; None: it does not fit.
+        Waiting at least a break's length counts as the break."""
+        start = self.earliest_start(j, c, free + travel)
+        if start is None or not self.break_after:
+            return None if start is None else (start, 0, 0)
+        after, length = self.break_after, self.break_length
+        d = self.duration(j, c)
+        if start - free - travel >= length:
+            worked = 0
+        pause = 0
+        if worked and j not in self.fixed and worked + travel + min(d, after) > after:
+            later = self.earliest_start(j, c, free + length + travel)
+            if later is None:
+                return None
+            start, pause, worked = later, length, 0
+        inside = breaks_inside(d, after, length)
+        tail = d - inside * (after + length)  # worked since the visit's last break inside it
+        return start, pause, tail if inside else worked + travel + d
+
     def local(self, minute: float) -> datetime:
         return (self.start_utc + timedelta(minutes=minute)).astimezone(zone(self.timezone))
+
+
+def with_breaks(minutes: int, after: int, length: int) -> int:
+    """Minutes on site of `minutes` of work with a break of `length` after each `after` of it (the work
+    pauses: a crew's technicians take it together)."""
+    return minutes + length * ((minutes - 1) // after) if after and minutes > 0 else minutes
+
+
+def breaks_inside(on_site: int, after: int, length: int) -> int:
+    """How many breaks `with_breaks` put into a visit of `on_site` minutes."""
+    return 0 if not after or on_site <= after else -(-(on_site - after) // (after + length))
 
 
 def start_ranges(access: Iterable[Interval], availability: Iterable[Interval], release: int,
@@ -319,13 +355,16 @@ def measured_durations(ledger, run_id: str) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in totals.items() if v}
 
 
-def location_minutes(loc: Location, team: Team, est: Estimates, setup: float) -> int:
-    """Minutes a team needs on site: setup, then devices `parallel_devices` at a time."""
-    return group_minutes(len(loc.workstations), len(loc.thin_clients), team, est, setup)
+def location_minutes(loc: Location, team: Team, est: Estimates, setup: float,
+                     breaks: tuple[int, int] = (0, 0)) -> int:
+    """Minutes a team needs on site: setup, then devices `parallel_devices` at a time (and the breaks)."""
+    return group_minutes(len(loc.workstations), len(loc.thin_clients), team, est, setup, breaks)
 
 
-def group_minutes(workstations: int, thin_clients: int, team: Team, est: Estimates, setup: float) -> int:
-    """Minutes a team needs on site for this many devices (one visit): setup, then the devices."""
+def group_minutes(workstations: int, thin_clients: int, team: Team, est: Estimates, setup: float,
+                  breaks: tuple[int, int] = (0, 0)) -> int:
+    """Minutes a team needs on site for this many devices (one visit): setup, then the devices; with
+    `breaks` (after, length in minutes), the breaks inside the visit."""
     cap = team.capacity
     seconds = setup
     pools = []
@@ -338,7 +377,7 @@ def group_minutes(workstations: int, thin_clients: int, team: Team, est: Estimat
         else:
             pools += [sum(est.seconds[s] for s in steps)] * count
     seconds += _lpt(pools, cap.parallel_devices)
-    return max(1, math.ceil(seconds / 60 - 1e-9))
+    return with_breaks(max(1, math.ceil(seconds / 60 - 1e-9)), *breaks)
 
 
 def _device_seconds(kind: str, team: Team, est: Estimates) -> float:
@@ -429,6 +468,8 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
     crews: list[Crew] = []
     notes: list[str] = []
     rest = math.ceil(inventory.schedule.min_rest / 60 - 1e-9)
+    pause = inventory.schedule.breaks
+    breaks = (0, 0) if pause is None else (math.floor(pause.after / 60), math.ceil(pause.length / 60 - 1e-9))
     for team in teams:
         n = team.capacity.parallel_locations + (extra_crews or {}).get(team.id, 0)
         hours = {tech.id: working_time(tech, w.start, w.timezone, horizon, rest, notes) for tech in team.technicians}
@@ -466,7 +507,7 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
             release_servers=release_servers,
             access=tuple(openings(loc.access_hours, w.start, w.timezone, horizon)),
             access_text=describe_hours(loc.access_hours),
-            duration={t.id: location_minutes(loc, t, est, setup) for t in teams},
+            duration={t.id: location_minutes(loc, t, est, setup, breaks) for t in teams},
             location=loc.id, devices_range=(0, len(loc.devices)),
             skills=tuple(inventory.schedule.skills.get(loc.id, ())),
         )
@@ -475,7 +516,7 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
         whole = any(start_ranges(job.access, crew.availability, release, job.duration[crew.team])
                     for crew in crews if crew.team in able_ids and set(job.skills) <= crew.skills)
         parts = None if whole or not inventory.schedule.split.allow else \
-            split_location(job, able, team_crew, est, setup, inventory.schedule.split, window)
+            split_location(job, able, team_crew, est, setup, inventory.schedule.split, window, breaks)
         base = len(jobs)
         for part in parts or [job]:
             jobs.append(part if part.prev is None else replace(part, prev=base + part.prev))
@@ -498,7 +539,7 @@ def build_problem(inventory: Inventory, *, measured: dict[str, float] | None = N
         technicians={t.id: tuple(tech.name for tech in t.technicians) for t in teams},
         min_visit=math.ceil(inventory.schedule.split.min_visit / 60 - 1e-9),
         crews_at_once=inventory.schedule.split.crews_at_once,
-        people_notes=tuple(notes),
+        people_notes=tuple(notes), break_after=breaks[0], break_length=breaks[1],
     )
 
 
@@ -538,7 +579,7 @@ def working_time(tech, start_local: datetime, tz: str, horizon: int, rest: int,
 
 
 def split_location(job: Job, teams: list[Team], team_crew: dict[str, Crew], est: Estimates, setup: float,
-                   settings, window: int) -> list[Job] | None:
+                   settings, window: int, breaks: tuple[int, int] = (0, 0)) -> list[Job] | None:
     """The visits of a location that no opening holds in one piece (prev: index among the visits), or None
     when no split allowed by `settings` fits either. Fewest visits first; of those, the split whose
     last visit can end first (inside the window if any can); several crews at once only when allowed and
@@ -566,7 +607,7 @@ def split_location(job: Job, teams: list[Team], team_crew: dict[str, Crew], est:
     def minutes(rng: tuple[int, int], team: Team) -> int:
         a, b = rng
         ws = max(0, min(b, job.workstations) - a)
-        return group_minutes(ws, (b - a) - ws, team, est, setup)
+        return group_minutes(ws, (b - a) - ws, team, est, setup, breaks)
 
     best: tuple[tuple[bool, int], int, list[list[tuple[int, int]]], Team] | None = None
     longest = max((hi - max(lo, job.release) for t in teams

@@ -239,12 +239,31 @@ def itineraries(schedule: Schedule) -> list[dict[str, Any]]:
                           "start_min": v.start, "end_min": v.end, "travel_min": v.travel,
                           "devices": job.devices, "workstations": job.workstations,
                           "thin_clients": job.thin_clients, "access_hours": job.access_text,
-                          "criticality": job.criticality, "late": v.end > p.window})
+                          "criticality": job.criticality, "late": v.end > p.window,
+                          "break_before_min": v.pause, "breaks_inside": _inside(p, v),
+                          "breaks": _breaks_text(p, v)})
         out.append({"crew": crew.id, "team": crew.team, "stops": stops,
                     "technicians": list(crew.people or p.technicians.get(crew.team, ())),
                     "busy_min": sum(s["end_min"] - s["start_min"] for s in stops),
                     "travel_min": sum(s["travel_min"] for s in stops)})
     return out
+
+
+def _inside(p, v) -> int:
+    from bigbang.schedule.problem import breaks_inside
+
+    return breaks_inside(v.end - v.start, p.break_after, p.break_length)
+
+
+def _breaks_text(p, v) -> str:
+    """The breaks of one stop (schedule.breaks), in words: before setting out, and on site."""
+    parts = []
+    if v.pause:
+        parts.append(f"{v.pause} min break first")
+    inside = _inside(p, v)
+    if inside:
+        parts.append(f"{inside} × {p.break_length} min break on site")
+    return ", ".join(parts)
 
 
 def write_files(schedule: Schedule, out: Path) -> dict[str, Path]:

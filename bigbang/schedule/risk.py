@@ -30,7 +30,7 @@ from typing import Any
 from bigbang.connectors.simulated import DEFAULT_DURATIONS
 from bigbang.inventory.model import Inventory
 from bigbang.schedule.core import Schedule
-from bigbang.schedule.problem import PARALLEL_SERVERS, THIN_CLIENT_STEPS, WORKSTATION_STEPS, intersect
+from bigbang.schedule.problem import PARALLEL_SERVERS, THIN_CLIENT_STEPS, WORKSTATION_STEPS, intersect, with_breaks
 from bigbang.schedule.solve import UNSCHEDULED
 
 DEFAULT_JITTER = 0.2  # the simulated connector's jitter when a step kind has no settings
@@ -214,7 +214,7 @@ def simulate(schedule: Schedule, inventory: Inventory, trials: int = 100, seed: 
                     else:
                         pool.append(d)
                 seconds += serial + _pool(pool, teams[crew.team].capacity.parallel_devices)
-                work = max(1, math.ceil(seconds / 60 - 1e-9))
+                work = with_breaks(max(1, math.ceil(seconds / 60 - 1e-9)), p.break_after, p.break_length)
                 travel = p.base_travel[c][j] if prev is None else p.travel[prev][j]
                 release = wave_done[need[j]] if need[j] >= 0 else prechecks
                 ready = max(v.start, free + travel, release, p.not_before)

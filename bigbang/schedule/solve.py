@@ -23,6 +23,7 @@ class Visit:
     start: int
     end: int
     travel: int  # minutes from the crew's previous place (or base)
+    pause: int = 0  # a break (schedule.breaks) taken before setting out for it
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,17 @@ def timed(problem: Problem, sequences: list[list[int]], method: str) -> Solution
     visits: dict[int, Visit] = {}
     kept: list[tuple[int, ...]] = []
     for c, seq in enumerate(sequences):
-        free, prev, order = 0, None, []
+        free, prev, order, worked = 0, None, [], 0
         for j in seq:
             before = problem.jobs[j].prev
             if before is not None and (before not in visits or visits[before].crew != c):
                 continue
             travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
-            start = problem.earliest_start(j, c, free + travel)
-            if start is None:
+            placed = problem.visit_start(j, c, free, travel, worked)
+            if placed is None:
                 continue  # cannot fit here; reported as unscheduled unless another crew has it
-            visits[j] = Visit(j, c, start, start + problem.duration(j, c), travel)
+            start, pause, worked = placed
+            visits[j] = Visit(j, c, start, start + problem.duration(j, c), travel, pause)
             free, prev = visits[j].end, j
             order.append(j)
         kept.append(tuple(order))
@@ -74,12 +76,13 @@ def timed(problem: Problem, sequences: list[list[int]], method: str) -> Solution
 
 def _place(problem: Problem, lane: list[int], c: int, free: int, last: int | None) -> tuple[int, int] | None:
     """(first start, last end) of a lane's visits appended to crew c, or None if one does not fit."""
-    first = None
+    first, worked = None, 0  # (the break before a lane's first visit is not known here: timed() adds it)
     for j in lane:
         travel = problem.base_travel[c][j] if last is None else problem.travel[last][j]
-        start = problem.earliest_start(j, c, free + travel)
-        if start is None:
+        placed = problem.visit_start(j, c, free, travel, worked)
+        if placed is None:
             return None
+        start, _, worked = placed
         first = start if first is None else first
         free, last = start + problem.duration(j, c), j
     return (first if first is not None else free), free
@@ -181,12 +184,13 @@ def heuristic(problem: Problem, seed: int = 0, restarts: int = 16) -> Solution:
 
 def _crew_stats(problem: Problem, c: int, seq: list[int]) -> tuple[bool, int, int, int]:
     """(all fit, end, summed ends, travel) of one crew's sequence, started as early as possible."""
-    free, prev, total, travel_sum = 0, None, 0, 0
+    free, prev, total, travel_sum, worked = 0, None, 0, 0, 0
     for j in seq:
         travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
-        start = problem.earliest_start(j, c, free + travel)
-        if start is None:
+        placed = problem.visit_start(j, c, free, travel, worked)
+        if placed is None:
             return False, 0, 0, 0
+        start, _, worked = placed
         free, prev = start + problem.duration(j, c), j
         total += free
         travel_sum += travel

@@ -27,6 +27,7 @@ class Timeline:
     now: float | None  # timeline seconds: the latest moment the run has reached
     window_start: float
     window_end: float
+    replanned: dict[str, Any] | None = None  # the schedule's `replanned` (bigbang schedule --replan): when, why
 
     @classmethod
     def of(cls, fapp, run_id: str | None) -> Timeline:
@@ -54,8 +55,9 @@ class Timeline:
                 now = max(ends) if ends else 0.0
             else:
                 now = time.time() - origin
+        replanned = (schedule or {}).get("replanned")
         return cls(origin=origin, slots=(schedule or {}).get("slots", {}), now=now, window_start=start - origin,
-                   window_end=end - origin)
+                   window_end=end - origin, replanned=replanned if isinstance(replanned, dict) else None)
 
     def at(self, seconds: float | None) -> float | None:
         """Epoch seconds of a moment on the timeline (for the `clock` filter)."""
@@ -197,4 +199,14 @@ def timeline_svg(fapp, run_id: str | None, rows: list[dict[str, Any]]) -> dict[s
     height = 24 + max(1, len(crews)) * ROW_H + 6
     return {"width": WIDTH, "height": height, "bars": bars, "labels": labels, "ticks": ticks,
             "now": x(line.now) if line.now is not None else None, "now_at": line.at(line.now),
-            "crews": len(crews), "label_w": LABEL_W}
+            "crews": len(crews), "label_w": LABEL_W, **_replanned(line)}
+
+
+def _replanned(line: Timeline) -> dict[str, Any]:
+    """The board's note on a re-plan: when (`at_min`: minutes on the run's clock, as `--replan` read it)
+    and why; nothing when the run follows the schedule it started with."""
+    note = line.replanned
+    if not note or note.get("at_min") is None:
+        return {}
+    return {"replanned_at": line.at(float(note["at_min"]) * 60),
+            "replanned_reason": str(note.get("reason", ""))}
