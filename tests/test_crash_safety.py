@@ -92,6 +92,9 @@ def snapshot(url: str) -> tuple[dict, dict]:
     """Finished steps and final locations, as the ledger holds them now."""
     db = sqlite3.connect(url.removeprefix("sqlite:///"))
     try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"steps", "locations"} <= tables:  # killed before the ledger had made its tables: nothing yet
+            return {}, {}
         steps = {row[0]: row[1:] for row in db.execute(
             "SELECT step_id, status, attempts, changed, message, started_at, finished_at, clock_start, clock_end "
             "FROM steps WHERE status IN ('succeeded', 'failed')")}
