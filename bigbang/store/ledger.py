@@ -780,10 +780,12 @@ class Ledger:
         return False  # pragma: no cover
 
     def sim_effect_applied(self, run_id: str, step_id: str) -> bool:
-        """Whether the change is in the simulated state: committed, or queued with its step's outcome by this
-        ledger (the outcome is committed before any record queued after it)."""
+        """Whether the change is in the simulated state: committed, queued with its step's outcome by this
+        ledger (the outcome is committed before any record queued after it), or staged by this ledger and
+        waiting for that outcome (the device shows a change as soon as it is made; a crash before the
+        outcome is recorded loses both)."""
         with self._sim_lock:
-            if (run_id, step_id) in self._sim_known:
+            if (run_id, step_id) in self._sim_known or (run_id, step_id) in self._sim_staged:
                 return True
         return self._committed_sim_effect(run_id, step_id)
 
