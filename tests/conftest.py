@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# One Chromium for the whole session, shared by every browser test: Playwright's sync API cannot be started
+# twice in one thread, which a fixture imported into several test modules (one instance each) would do.
+from tests.peers.browser import chromium  # noqa: F401 - fixture
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # No test leaves a warm Prefect server behind: tests/test_warm.py turns it on for itself and stops it.

@@ -15,7 +15,7 @@ from pathlib import Path
 from bigbang.defects.collect import collect
 from bigbang.store.defects import DefectQueue
 from bigbang.web.app import create_app
-from tests.peers.browser import PHONE, AppServer, chromium  # noqa: F401
+from tests.peers.browser import PHONE, AppServer
 from tests.test_defects_helpers import demo_inventory, rehearse
 
 SHOTS = Path(__file__).resolve().parent / "screenshots" / "defects"

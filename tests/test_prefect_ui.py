@@ -29,7 +29,7 @@ from bigbang.status import LocationStatus
 from tests.conftest import DEMO
 from tests.helpers import wait_for
 from tests.peers import free_port
-from tests.peers.browser import CHROMIUM, chromium  # noqa: F401 - fixture
+from tests.peers.browser import CHROMIUM
 from tests.peers.prefect_server import CLIENT_ENV, api_post, stop_group
 
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"

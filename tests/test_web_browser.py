@@ -21,7 +21,7 @@ from bigbang.session import RunOptions, RunSession
 from bigbang.store.field import FieldStore
 from bigbang.web.app import create_app
 from tests.helpers import servers_ready, wait_for
-from tests.peers.browser import OUTPUT, PHONE, AppServer, chromium, gated_inventory  # noqa: F401
+from tests.peers.browser import OUTPUT, PHONE, AppServer, gated_inventory
 
 LOCATION = "HST-014"  # team-syd: aha, sni; team-nord's mkr may not see it
 
