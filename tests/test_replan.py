@@ -16,17 +16,22 @@ def _two_crews(files):
         team["capacity"]["parallel_locations"] = 2  # one technician per crew
 
 
-def test_a_technician_drops_out_and_the_replan_keeps_finished_work_and_still_fits(tmp_path, bigbang, bb_env):
+def _scheduled_run_with_its_first_location_done(tmp_path, bigbang, time_limit: str):
+    """The two-crew demo scheduled, a run started on that schedule, its first location run to its end."""
     inventory = copy_demo(tmp_path, _two_crews)
-    made = bigbang("schedule", inventory, "--time-limit", "2", "--json")
+    made = bigbang("schedule", inventory, "--time-limit", time_limit, "--json")
     assert made.returncode == 0, made.stderr
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     session = RunSession.start(inventory, RunOptions(compression=0, seed=2), ledger_url=ledger_url)
-    runner = servers_ready(session)
     first = min(session.plan.locations, key=lambda loc: loc.start_offset or 0.0)
-    runner.run_location(first.id)
+    servers_ready(session).run_location(first.id)
     session.ledger.flush()
     session.close()
+    return inventory, ledger_url, session, first
+
+
+def test_a_technician_drops_out_and_the_replan_keeps_finished_work_and_still_fits(tmp_path, bigbang, bb_env):
+    inventory, ledger_url, session, first = _scheduled_run_with_its_first_location_done(tmp_path, bigbang, "2")
     ledger = Ledger(ledger_url)
     done = ledger.location_results(session.run_id)[first.id]
 
@@ -61,15 +66,7 @@ def test_the_board_shows_the_replanned_schedule_and_why(tmp_path, bigbang, bb_en
     from bigbang.web.app import create_app
     from tests.test_web import signed_in
 
-    inventory = copy_demo(tmp_path, _two_crews)
-    assert bigbang("schedule", inventory, "--time-limit", "1", "--json").returncode == 0
-    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    session = RunSession.start(inventory, RunOptions(compression=0, seed=2), ledger_url=ledger_url)
-    runner = servers_ready(session)
-    first = min(session.plan.locations, key=lambda loc: loc.start_offset or 0.0)
-    runner.run_location(first.id)
-    session.ledger.flush()
-    session.close()
+    inventory, ledger_url, session, first = _scheduled_run_with_its_first_location_done(tmp_path, bigbang, "1")
     app = create_app(inventory, ledger_url, session.run_id, lang="en")
     lead, _ = signed_in(app, "ops")
     before = lead.get("/board").text
