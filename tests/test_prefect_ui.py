@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from unittest import mock
@@ -30,7 +29,7 @@ from tests.conftest import DEMO
 from tests.helpers import wait_for
 from tests.peers import free_port
 from tests.peers.browser import CHROMIUM
-from tests.peers.prefect_server import CLIENT_ENV, api_post, stop_group
+from tests.peers.prefect_server import CLIENT_ENV, api_post, stop_group, wait_until_healthy
 
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 RUN_ID = "run-ui-second-screen"
@@ -97,19 +96,8 @@ class BigbangServer:
         self.process = subprocess.Popen([sys.executable, "-m", "bigbang", "server", "--port", str(self.port)],
                                         env=self.env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bigbang server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.api_url + "/health", timeout=3) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        log = self.log()
-        self.stop()
-        raise RuntimeError(f"bigbang server not healthy within {timeout:.0f} s:\n{log}")
+        wait_until_healthy(self, "bigbang server", timeout)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:] if self.log_path.exists() else ""

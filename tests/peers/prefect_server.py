@@ -51,7 +51,7 @@ class PrefectServer:
         env.update(CLIENT_ENV, PREFECT_API_URL=self.api_url, PREFECT_HOME=os.path.join(self.home, "client"))
         return env
 
-    def start(self, timeout: float = 120) -> "PrefectServer":
+    def start(self, timeout: float = 120) -> PrefectServer:
         env = server_env(self.database_url, self.redis_address)
         env.update(PREFECT_HOME=self.home, PREFECT_SERVER_LOGGING_LEVEL="WARNING", PREFECT_UI_ENABLED="false")
         env.pop("PREFECT_API_URL", None)
@@ -59,19 +59,8 @@ class PrefectServer:
         self.process = subprocess.Popen(
             [shutil.which("prefect") or "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.api_url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"prefect server not healthy within {timeout:.0f} s:\n{self.log()}")
+        wait_until_healthy(self, "prefect server", timeout)
+        return self
 
     def log(self) -> str:
         try:
@@ -83,6 +72,25 @@ class PrefectServer:
     def stop(self) -> None:
         stop_group(self.process)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def wait_until_healthy(server, what: str, timeout: float) -> None:
+    """Poll `server.api_url`/health until it answers 200; stop the server and say why (with its log) when its
+    process exits or `timeout` passes. `server` has `process`, `api_url`, `log()` and `stop()`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(server.api_url + "/health", timeout=3) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    log = server.log()
+    server.stop()
+    raise RuntimeError(f"{what} not healthy within {timeout:.0f} s:\n{log}")
 
 
 def api_post(api_url: str, path: str, body: dict, auth: str | None = None) -> object:
