@@ -184,7 +184,9 @@ class SimulatedClock:
         self._pace = pace
         self._timeline = timeline
         self._unit = unit
-        self._cv = threading.Condition()
+        self._mutex = threading.RLock()
+        self._cv = threading.Condition(self._mutex)
+        self._lanes: list[threading.Condition] = []  # one per participant, on the same lock: a hand-over wakes one
         self._queue: list[tuple[float, int, int]] = []  # (wake-up, order, participant)
         self._order = itertools.count()
         self._turn: int | None = None  # the participant that may run; None: the unit's own thread
@@ -207,10 +209,22 @@ class SimulatedClock:
                     self._now = moment
                     self._advance_timeline(moment)
                 return
-            heapq.heappush(self._queue, (max(moment, self._now), next(self._order), me))
+            wake = max(moment, self._now)
+            if not self._queue or self._queue[0][0] > wake:  # the next to run anyway: keep the turn
+                if wake > self._now:
+                    self._cv.release()  # pacing must not hold up the other threads' bookkeeping
+                    try:
+                        self._pace.wait_for(wake)
+                    finally:
+                        self._cv.acquire()
+                    self._now = wake
+                    self._advance_timeline(wake)
+                return
+            heapq.heappush(self._queue, (wake, next(self._order), me))
             self._hand_over()
+            lane = self._lanes[me]
             while self._turn != me:
-                self._cv.wait()
+                lane.wait()
 
     def parallel(self, items: Sequence[T], work: Callable[[T], R], width: int, name: str) -> list[R]:
         if not items:
@@ -226,7 +240,7 @@ class SimulatedClock:
             _current.participant = me
             with self._cv:
                 while self._turn != me:
-                    self._cv.wait()
+                    self._lanes[me].wait()
             try:
                 for index, item in todo:  # only the participant holding the turn pulls the next item
                     try:
@@ -244,6 +258,7 @@ class SimulatedClock:
 
         with self._cv:
             self._participants = count
+            self._lanes = [threading.Condition(self._mutex) for _ in range(count)]
             for me in range(count):  # everyone starts now, in lane order
                 heapq.heappush(self._queue, (self._now, next(self._order), me))
         threads = [threading.Thread(target=participant, args=(me,), name=f"{name}-{me}", daemon=True)
@@ -277,7 +292,7 @@ class SimulatedClock:
             self._now = moment
             self._advance_timeline(moment)
         self._turn = who
-        self._cv.notify_all()
+        self._lanes[who].notify()
 
     def _advance_timeline(self, moment: float) -> None:
         if self._timeline is not None:

@@ -33,14 +33,19 @@ from typing import Any
 
 from sqlalchemy import (
     and_,
+    bindparam,
+    case,
     create_engine,
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.schema import Table
 
 from bigbang.errors import ConfigError, LeaseHeld, LeaseLost, LedgerError
 from bigbang.status import LocationStatus, RunStatus, StepStatus
@@ -65,6 +70,58 @@ RUN_SCOPE = "run"
 SERVERS_SCOPE = "servers"  # the prechecks and server waves: the steps of scope "servers" (one at a time)
 LEASE_SECONDS_ENV = "BIGBANG_LEASE_SECONDS"
 Fence = tuple[str, str, int]  # (run id, lease scope, fencing token)
+
+# The statements of the hot path, built once: SQLAlchemy then only binds values (building a statement per call
+# cost more than running it).
+_LEASE_TOKEN = select(leases.c.token, leases.c.owner).where(and_(
+    leases.c.run_id == bindparam("run_id"), leases.c.scope == bindparam("scope"))).with_for_update(read=True)
+_SIM_EFFECT = select(sim_effects.c.step_id).where(and_(
+    sim_effects.c.run_id == bindparam("run_id"), sim_effects.c.step_id == bindparam("step_id")))
+_SIM_EFFECTS_AMONG = select(sim_effects.c.step_id).where(and_(
+    sim_effects.c.run_id == bindparam("run_id"), sim_effects.c.step_id.in_(bindparam("step_ids", expanding=True))))
+_CLOCK_END = select(func.max(steps.c.clock_end),
+                    func.sum(case((steps.c.status == StepStatus.SUCCEEDED.value, 1), else_=0))).where(and_(
+    steps.c.run_id == bindparam("run_id"), steps.c.step_id.in_(bindparam("step_ids", expanding=True))))
+
+_SETTLE_INTENTS = update(intents).where(and_(
+    intents.c.run_id == bindparam("b_run_id"), intents.c.step_id.in_(bindparam("b_step_ids", expanding=True)),
+    intents.c.settled_at.is_(None))).values(settled_at=bindparam("b_settled_at"), outcome=bindparam("b_outcome"))
+
+
+
+def _upsert(table: Table, update: tuple[str, ...] = (), where: str = "") -> TextClause:
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE/NOTHING, the same text in SQLite and PostgreSQL.
+
+    Written out rather than built with the dialects' `on_conflict_do_update`: SQLAlchemy cannot cache
+    those and compiled them again for every batch (most of the writer's time)."""
+    names = [c.name for c in table.columns]
+    key = ", ".join(c.name for c in table.primary_key.columns)
+    action = ("DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update)
+              + (f" WHERE {where}" if where else "")) if update else "DO NOTHING"
+    sql = (f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+           f"ON CONFLICT ({key}) {action}")
+    return text(sql).bindparams(*(bindparam(c.name, type_=c.type) for c in table.columns))
+
+
+def _all_but_key(table: Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns if not c.primary_key)
+
+
+_UPSERT_STEPS = _upsert(steps, _all_but_key(steps), where="steps.status <> 'succeeded'")
+_UPSERT_INTENTS = _upsert(intents, _all_but_key(intents))
+_UPSERT_LOCATIONS = _upsert(locations, _all_but_key(locations),
+                            where=f"locations.status <> '{LocationStatus.SUCCEEDED.value}'")
+_INSERT_SIM_EFFECTS = _upsert(sim_effects)
+
+
+class _Commit:
+    """A caller waiting for the writer to commit what it queued (an intent), and how that ended."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
 
 
 def location_scope(location_id: str) -> str:
@@ -178,6 +235,12 @@ class Ledger:
         self._sim_staged: dict[tuple[str, str], float] = {}
         self._sim_known: set[tuple[str, str]] = set()
         self._sim_lock = threading.Lock()
+        # Steps whose intent this ledger committed after looking for their committed change (none found): a
+        # change now can only come from this ledger, as only the lease holder runs the step.
+        self._sim_checked: set[tuple[str, str]] = set()
+        self._sim_used = False  # whether this ledger stages simulated changes at all (rehearsals)
+        # (run, step ids) -> their latest end, once every one of them succeeded (a succeeded step never changes)
+        self._settled_ends: dict[tuple[str, tuple[str, ...]], float] = {}
         self._ensure_schema()
 
     @property
@@ -277,13 +340,19 @@ class Ledger:
 
     def clock_end(self, run_id: str, step_ids: Iterable[str]) -> float | None:
         """The latest end on the run's clock among these steps; None if none has ended."""
-        ids = list(step_ids)
+        ids = tuple(step_ids)
         if not ids:
             return None
+        settled = self._settled_ends.get((run_id, ids))
+        if settled is not None:
+            return settled
         with self.engine.connect() as conn:
-            value = conn.execute(select(func.max(steps.c.clock_end)).where(
-                and_(steps.c.run_id == run_id, steps.c.step_id.in_(ids)))).scalar()
-        return float(value) if value is not None else None
+            value, succeeded = conn.execute(_CLOCK_END, {"run_id": run_id, "step_ids": list(ids)}).one()
+        if value is None:
+            return None
+        if succeeded == len(set(ids)):  # all succeeded: their ends are final (each location asks this)
+            self._settled_ends[(run_id, ids)] = float(value)
+        return float(value)
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -482,8 +551,7 @@ class Ledger:
         transaction's writes: SQLite then holds its write lock, and on PostgreSQL FOR SHARE makes a
         concurrent takeover wait until this transaction ends."""
         for run_id, scope, token in sorted(set(fences)):
-            row = conn.execute(select(leases.c.token, leases.c.owner).where(and_(
-                leases.c.run_id == run_id, leases.c.scope == scope)).with_for_update(read=True)).first()
+            row = conn.execute(_LEASE_TOKEN, {"run_id": run_id, "scope": scope}).first()
             if row is None or row[0] != token or row[1] is None:  # taken over, or given up
                 what = f"run {run_id}" if scope == RUN_SCOPE else f"{scope.replace(':', ' ', 1)} of run {run_id}"
                 by = f"by {row[1]} " if row is not None and row[1] else ""
@@ -492,27 +560,25 @@ class Ledger:
 
     # ------------------------------------------------------------ intents (before a changing step)
     def record_intent(self, run_id: str, step_id: str, scope: str, attempt: int) -> None:
-        """Commit that a changing step is about to touch its device; refused without the current lease."""
+        """Commit that a changing step is about to touch its device; refused without the current lease.
+
+        Returns once committed. Intents go through the writer like everything else, so the intents of
+        all the devices that are about to be changed at one moment share one transaction (group commit)."""
         self._raise_writer_error()  # a ledger that cannot record the outcome must not let the change start
         fence = self.fence_for(run_id, scope)
-        values = dict(attempt=attempt, token=fence[2] if fence else None, owner=self.worker, recorded_at=now(),
-                      settled_at=None, outcome=None)
-        # An update, else an insert: plain statements SQLAlchemy compiles once (a dialect's ON CONFLICT
-        # is compiled again at every call, and there is one intent per changing step).
-        again = update(intents).where(and_(intents.c.run_id == run_id, intents.c.step_id == step_id)).values(**values)
-        first = intents.insert().values(run_id=run_id, step_id=step_id, **values)
-        for attempt_no in range(8):
-            try:
-                with self.engine.begin() as conn:
-                    if conn.execute(again).rowcount == 0:
-                        conn.execute(first)
-                    if fence is not None:
-                        self._check_fences(conn, [fence])
-                return
-            except (OperationalError, IntegrityError):  # busy; or another writer inserted it first: update it
-                if attempt_no == 7:
-                    raise
-                time.sleep(0.02 * 2**attempt_no)
+        row = dict(run_id=run_id, step_id=step_id, attempt=attempt, token=fence[2] if fence else None,
+                   owner=self.worker, recorded_at=now(), settled_at=None, outcome=None)
+        commit = _Commit()
+        self._put(("intent", (row, fence, commit)))
+        while not commit.done.wait(5.0):
+            writer = self._writer
+            if writer is None or not writer.is_alive():
+                raise LedgerError(f"the ledger writer stopped before an intent was committed ({self.safe_url})")
+        if commit.error is not None:
+            error = commit.error
+            if isinstance(error, LedgerError):
+                raise type(error)(error.message, hint=error.hint)
+            raise LedgerError(f"writing to the ledger failed: {error}") from error
 
     def open_intents(self, run_id: str) -> dict[str, int]:
         """step id -> attempt of every intent without a recorded outcome (its process died in between)."""
@@ -588,41 +654,75 @@ class Ledger:
                     batch.append(self._queue.get_nowait())
             except queue.Empty:
                 pass
+            intent_rows = [item for kind, item in batch if kind == "intent"]
             step_rows = [item for kind, item in batch if kind == "step"]
             location_rows = [item for kind, item in batch if kind == "location"]
             effect_rows = [dict(run_id=run_id, step_id=r.step_id, applied_at=at, worker=self.worker)
                            for run_id, r, _, at in step_rows if at is not None]
-            fences = [item[2] for item in step_rows if item[2]] + [fence for _, fence in location_rows if fence]
-            if step_rows or location_rows:
+            fences = ([fence for _, fence, _ in intent_rows if fence] + [item[2] for item in step_rows if item[2]]
+                      + [fence for _, fence in location_rows if fence])
+            error: BaseException | None = None
+            checked: tuple[set[tuple[str, str]], set[tuple[str, str]]] | None = None
+            if intent_rows or step_rows or location_rows:
                 committed = False
                 for attempt in range(5):
                     try:
                         with self.engine.begin() as conn:
+                            if intent_rows:  # before any outcome: a step's outcome is queued after its intent
+                                self._upsert_intents(conn, [row for row, _, _ in intent_rows])
+                                checked = self._look_for_sim_effects(conn, [row for row, _, _ in intent_rows])
                             if step_rows:
                                 self._upsert_steps(conn, step_rows)
                             if effect_rows:  # with the outcomes they belong to: neither is ever seen alone
-                                conn.execute(_insert(self.dialect)(sim_effects).on_conflict_do_nothing(
-                                    index_elements=["run_id", "step_id"]), effect_rows)
+                                conn.execute(_INSERT_SIM_EFFECTS, effect_rows)
                             if location_rows:
                                 self._upsert_locations(conn, [row for row, _ in location_rows])
                             self._check_fences(conn, fences)  # a stale holder's writes roll back here
                         committed = True
+                        if checked is not None:
+                            with self._sim_lock:
+                                self._sim_checked.update(checked[0])
+                                self._sim_known.update(checked[1])
                         break
                     except OperationalError as exc:  # database busy: back off and retry the batch
                         if attempt == 4:
-                            self._writer_error = exc
+                            error = self._writer_error = exc
                         time.sleep(0.05 * 2**attempt)
                     except BaseException as exc:  # noqa: BLE001 - surfaced to the caller by flush()
-                        self._writer_error = exc
+                        error = self._writer_error = exc
                         break
                 if not committed and effect_rows:
                     with self._sim_lock:  # not committed: the devices do not show these changes
                         self._sim_known.difference_update((e["run_id"], e["step_id"]) for e in effect_rows)
+                if not committed and error is None:
+                    error = self._writer_error or LedgerError("the ledger writer could not commit")
+            for _, _, commit in intent_rows:  # the changes may start now (or must not, with the error)
+                commit.error = error
+                commit.done.set()
             for kind, item in batch:
                 if kind == "flush":
                     item.set()
                 elif kind == "stop":
                     return
+
+    def _look_for_sim_effects(self, conn: Any, rows: list[dict[str, Any]]
+                              ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]] | None:
+        """In a rehearsal, which of these steps' simulated changes are committed already, one query for the
+        batch (else `stage_sim_effect` asks per step): (steps looked for, changes found)."""
+        if not self._sim_used:
+            return None
+        looked: set[tuple[str, str]] = set()
+        found: set[tuple[str, str]] = set()
+        for run_id in sorted({row["run_id"] for row in rows}):
+            ids = [row["step_id"] for row in rows if row["run_id"] == run_id]
+            looked.update((run_id, step_id) for step_id in ids)
+            found.update((run_id, step_id) for (step_id,) in conn.execute(
+                _SIM_EFFECTS_AMONG, {"run_id": run_id, "step_ids": ids}))
+        return looked - found, found
+
+    def _upsert_intents(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        latest = {(row["run_id"], row["step_id"]): row for row in rows}
+        conn.execute(_UPSERT_INTENTS, [latest[key] for key in sorted(latest)])  # one lock order for all
 
     def _upsert_steps(self, conn, items: list[tuple[str, StepRecord, Fence | None, float | None]]) -> None:
         # The last write for a step in one batch wins; earlier ones are superseded.
@@ -637,15 +737,7 @@ class Ledger:
                 finished_at=r.finished_at, clock_start=r.clock_start, clock_end=r.clock_end, worker=self.worker,
             )
         rows = [latest[key] for key in sorted(latest)]  # one lock order for all writers: no deadlocks
-        insert = _insert(self.dialect)
-        stmt = insert(steps)
-        updatable = [c for c in steps.c.keys() if c not in ("run_id", "step_id")]
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["run_id", "step_id"],
-            set_={c: stmt.excluded[c] for c in updatable},
-            where=steps.c.status != "succeeded",
-        )
-        conn.execute(stmt, rows)
+        conn.execute(_UPSERT_STEPS, rows)
         # An outcome settles its step's intent in the same transaction: no window where one exists alone.
         by_status: dict[str, list[tuple[str, str]]] = {}
         for row in rows:
@@ -653,9 +745,8 @@ class Ledger:
                 by_status.setdefault(row["status"], []).append((row["run_id"], row["step_id"]))
         for status, keys in sorted(by_status.items()):
             for run_id in sorted({r for r, _ in keys}):
-                conn.execute(update(intents).where(and_(
-                    intents.c.run_id == run_id, intents.c.step_id.in_([s for r, s in keys if r == run_id]),
-                    intents.c.settled_at.is_(None))).values(settled_at=now(), outcome=status))
+                conn.execute(_SETTLE_INTENTS, {"b_run_id": run_id, "b_step_ids": [s for r, s in keys if r == run_id],
+                                               "b_settled_at": now(), "b_outcome": status})
 
     def _upsert_locations(self, conn, rows: list[dict[str, Any]]) -> None:
         # As for steps: nothing rewrites a location that succeeded (its times and verdict are final), and the
@@ -665,11 +756,7 @@ class Ledger:
             key = (row["run_id"], row["location_id"])
             if latest.get(key, {}).get("status") != LocationStatus.SUCCEEDED:
                 latest[key] = row
-        stmt = _insert(self.dialect)(locations)
-        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "location_id"],
-                                          set_={k: stmt.excluded[k] for k in rows[0] if k not in ("run_id", "location_id")},
-                                          where=locations.c.status != LocationStatus.SUCCEEDED.value)
-        conn.execute(stmt, [latest[key] for key in sorted(latest)])
+        conn.execute(_UPSERT_LOCATIONS, [latest[key] for key in sorted(latest)])
 
     # ------------------------------------------------------------ reads
     def step_results(self, run_id: str, *, scope: str | None = None,
@@ -755,9 +842,12 @@ class Ledger:
         False if it was applied before (no-op). Only the process holding the step's lease runs it."""
         key = (run_id, step_id)
         with self._sim_lock:
+            self._sim_used = True
             if key in self._sim_known or key in self._sim_staged:
                 return False
-        if self._committed_sim_effect(run_id, step_id):
+            checked = key in self._sim_checked
+            self._sim_checked.discard(key)
+        if not checked and self._committed_sim_effect(run_id, step_id):
             return False
         with self._sim_lock:
             self._sim_staged[key] = now()
@@ -791,8 +881,7 @@ class Ledger:
 
     def _committed_sim_effect(self, run_id: str, step_id: str) -> bool:
         with self.engine.connect() as conn:
-            found = conn.execute(select(sim_effects.c.step_id).where(
-                and_(sim_effects.c.run_id == run_id, sim_effects.c.step_id == step_id))).first() is not None
+            found = conn.execute(_SIM_EFFECT, {"run_id": run_id, "step_id": step_id}).first() is not None
         if found:
             with self._sim_lock:
                 self._sim_known.add((run_id, step_id))
