@@ -319,6 +319,7 @@ def test_ruin_and_recreate_moves_whole_locations_between_days(tmp_path):
     for seed in range(3):
         better = ruin_recreate(p, first, seed=seed)
         assert not better.unscheduled and better.makespan == proven.bound
+        assert ruin_recreate(p, first, seed=seed).sequences == better.sequences  # deterministic for a seed
         for c, seq in enumerate(better.sequences):  # each location inside one opening, crews never double-booked
             free = 0
             for j in seq:

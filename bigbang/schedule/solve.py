@@ -1,4 +1,5 @@
-"""Solving: a fast greedy first answer, CP-SAT to improve it, and proven lower bounds.
+"""Solving: a fast greedy first answer with a local search, ruin and recreate to move whole
+locations between crews and days, and CP-SAT to improve it (lower bounds: bounds.py).
 
 A solution is an ordered list of jobs per crew; start times follow from the
 order (each job as early as its release, access hours, shift and the crew's
