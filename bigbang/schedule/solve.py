@@ -374,7 +374,7 @@ def _recreate(problem: Problem, group: list[int], base: dict[int, list[int]], re
     return base
 
 
-def ruin_recreate(problem: Problem, sol: Solution, seed: int = 0, *, rounds: int = 8000, stall: int = 3000,
+def ruin_recreate(problem: Problem, sol: Solution, seed: int = 0, *, rounds: int = 8000, stall: int = 2000,
                   stop_at: int = 0, group_size: int = 4, compact: float = 0.4, near: float = 0.6,
                   noise: float = 0.3) -> Solution:
     """Large-neighbourhood search by ruin and recreate (deterministic for a seed: rounds are counted).
@@ -388,8 +388,9 @@ def ruin_recreate(problem: Problem, sol: Solution, seed: int = 0, *, rounds: int
       a later round can fill: whole locations pack into an opening only with room to spare).
     This moves whole locations between days, which a move or swap of one location cannot: a long
     location waiting for the next opening goes into an earlier one when shorter ones make room for it
-    and go to the later opening instead. Stops at `stop_at` (a lower bound), after `rounds`, or after
-    `stall` rounds without taking a crew off the makespan."""
+    and go to the later opening instead. After `stall` rounds without taking a crew off the makespan it
+    goes back to where the makespan last dropped (or the start) and tries again from there, with other
+    random choices. Stops at `stop_at` (a lower bound) or after `rounds` in all."""
     rng = random.Random(seed)
     m = len(problem.crews)
     seqs = [list(s) for s in sol.sequences]
@@ -397,10 +398,13 @@ def ruin_recreate(problem: Problem, sol: Solution, seed: int = 0, *, rounds: int
     travel = problem.travel
     quiet = 0
     rooms: dict[int, dict[int, int]] = {}  # cap -> job -> its latest start to end by cap
+    anchor = ([list(s) for s in seqs], list(stats))  # where the makespan last dropped
     for _ in range(rounds):
         top = max((st[1] for st in stats), default=0)
-        if top <= stop_at or quiet >= stall:
+        if top <= stop_at:
             break
+        if quiet >= stall:  # stuck: try again from where the makespan last dropped
+            seqs, stats, quiet = [list(s) for s in anchor[0]], list(anchor[1]), 0
         quiet += 1
         at_end = [c for c in range(m) if stats[c][1] == top]
         below = [c for c in range(m) if stats[c][1] < top]
@@ -431,5 +435,7 @@ def ruin_recreate(problem: Problem, sol: Solution, seed: int = 0, *, rounds: int
             quiet = 0
         for c in group:
             seqs[c], stats[c] = out[c], new[c]
+        if max(st[1] for st in stats) < top:
+            anchor = ([list(s) for s in seqs], list(stats))
     better = timed(problem, seqs, sol.method + " + ruin and recreate")
     return better if better.key() < sol.key() else sol
