@@ -56,6 +56,9 @@ def main() -> None:
             "crews": len(schedule.problem.crews), "time_limit_s": args.time_limit,
             "solve_s": round(total, 2), "heuristic_s": data["solve"]["heuristic_s"],
             "heuristic_makespan_min": data["solve"]["heuristic_makespan_min"],
+            # ruin and recreate after the heuristic (not run when the heuristic already meets the bound)
+            "ruin_recreate_s": data["solve"].get("ruin_recreate_s"),
+            "ruin_recreate_makespan_min": data["solve"].get("ruin_recreate_makespan_min"),
             "makespan_min": schedule.makespan, "lower_bound_min": schedule.lower_bound.minutes,
             "lower_bound": schedule.lower_bound.name, "ratio": round(schedule.ratio, 4),
             "bounds": {b.name: b.minutes for b in schedule.bounds},

@@ -280,14 +280,73 @@ def test_same_seed_same_schedule(tmp_path):
 
 # ---------------------------------------------------------------- the generated Holstebro inventory
 
-def test_holstebro_within_five_percent_of_the_lower_bound(tmp_path):
+def test_holstebro_within_one_percent_of_the_lower_bound_without_cp_sat(tmp_path):
+    """Issue 18's target, by the heuristic and ruin and recreate alone (no CP-SAT): the greedy and its
+    move/swap search leave 110-minute locations for Sunday 07:00 (ratio 1.02)."""
     from bigbang.inventory.generate import PRESETS, generate, write
 
     write(generate(PRESETS["holstebro"], seed=1), tmp_path / "holstebro")
     s = make_schedule(load_inventory(tmp_path / "holstebro"), seed=0, time_limit=0)
     check_constraints(s)
     assert not s.solution.unscheduled
-    assert s.ratio <= 1.05, s.to_dict()["bounds"]
+    assert s.ratio <= 1.01, (s.makespan, s.to_dict()["bounds"], s.solve)
+    assert s.makespan <= s.solve["heuristic_makespan_min"]
+
+
+def _two_days(tmp_path, sizes: list[int]):
+    """Two crews; every location open Saturday 08:00-09:40 and Sunday 08:00-10:00 only (100 and 120
+    minutes); one workstation a minute, no travel."""
+    hours = [{"days": ["sat"], "from": "08:00", "to": "09:40"}, {"days": ["sun"], "from": "08:00", "to": "10:00"}]
+    teams = [{"id": "t1", "name": "T1", "capacity": {**FAST, "parallel_locations": 2}}]
+    return load_inventory(write_inventory(tmp_path / "inv", [
+        {"id": f"L{n}", "ws": n, "access_hours": hours} for n in sizes], teams=teams))
+
+
+def test_ruin_and_recreate_moves_whole_locations_between_days(tmp_path):
+    """Saturday holds 200 of the 254 minutes. The greedy and its moves and swaps end Sunday 08:49
+    (75 alone on Saturday, 29 and 20 on Sunday); the optimum, proven by CP-SAT, takes 20 into Saturday
+    before 75 and leaves 29 and 32 for Sunday: 08:32. Ruin and recreate finds it."""
+    from bigbang.schedule.cpsat import improve_with_cpsat
+    from bigbang.schedule.solve import ruin_recreate
+
+    schedule = make_schedule(_two_days(tmp_path, [75, 65, 33, 32, 29, 20]), seed=1, time_limit=0)
+    p = schedule.problem
+    first = heuristic(p, 1)
+    proven = improve_with_cpsat(p, first, time_limit=10, seed=1)  # one model: CP-SAT proves the optimum
+    assert proven.status == "OPTIMAL" and proven.solution is not None and proven.bound == proven.solution.makespan
+    assert p.local(proven.bound).strftime("%a %H:%M") == "Sun 08:32"
+    assert first.makespan > proven.bound  # the case needs more than moving or swapping one location
+    for seed in range(3):
+        better = ruin_recreate(p, first, seed=seed)
+        assert not better.unscheduled and better.makespan == proven.bound
+        assert ruin_recreate(p, first, seed=seed).sequences == better.sequences  # deterministic for a seed
+        for c, seq in enumerate(better.sequences):  # each location inside one opening, crews never double-booked
+            free = 0
+            for j in seq:
+                v = better.visits[j]
+                assert v.crew == c and v.start >= free and v.end - v.start == p.duration(j, c)
+                assert any(lo <= v.start and v.end <= hi for lo, hi in p.jobs[j].access)
+                free = v.end
+    assert schedule.makespan == proven.bound  # make_schedule runs it, also without CP-SAT
+    assert all(b.minutes <= proven.bound for b in schedule.bounds)  # and its bounds stay below the optimum
+
+
+def test_ruin_and_recreate_keeps_work_already_done(tmp_path):
+    """Re-solving: a location done or under way stays on its crew at its time; the rest is moved around it."""
+    from dataclasses import replace
+
+    from bigbang.schedule.solve import ruin_recreate, timed
+
+    p = build_problem(_two_days(tmp_path, [75, 65, 33, 32, 29, 20]))
+    at = {p.jobs[j].id: j for j in range(len(p.jobs))}
+    first = heuristic(p, 1)
+    done = first.visits[at["L75"]]
+    pinned = replace(p, fixed={at["L75"]: (done.crew, done.start, done.end)})
+    start = timed(pinned, [list(s) for s in first.sequences], "by hand")
+    better = ruin_recreate(pinned, start, seed=1)
+    assert (better.visits[at["L75"]].crew, better.visits[at["L75"]].start) == (done.crew, done.start)
+    assert not better.unscheduled
+    assert p.local(better.makespan).strftime("%a %H:%M") == "Sun 08:32" < p.local(start.makespan).strftime("%a %H:%M")
 
 
 # ---------------------------------------------------------------- bad input
@@ -384,9 +443,9 @@ CHECKIN_STAFF = [{"id": "ops", "name": "Lone Ops-Lead", "role": "ops_lead",
                   "password_hash": "scrypt$16384$8$5$J_cGtB9lOcQiiBOEJpJ_xg$3mJQvqeYbEFvwNPsNMgdRHDG7dADN_Rlni4zSp_0Abc"}]
 
 def _session(tmp_path, rule: str, mode: str):
-    from bigbang.store.ledger import Ledger
     from bigbang.plan import build_plan
     from bigbang.session import RunOptions, RunSession
+    from bigbang.store.ledger import Ledger
 
     path = write_inventory(tmp_path / f"inv-{rule}-{mode}", [{"id": "A"}], schedule={"start": rule},
                            window=("2026-01-01T00:00", "2099-01-01T00:00"), teams=CHECKIN_TEAMS, staff=CHECKIN_STAFF)

@@ -9,7 +9,7 @@ from typing import Any
 from bigbang.inventory.model import Inventory
 from bigbang.schedule.bounds import Bound, _hm, capacity, critical_path, energy
 from bigbang.schedule.problem import Problem, breaks_inside, build_problem
-from bigbang.schedule.solve import UNSCHEDULED, Solution, heuristic
+from bigbang.schedule.solve import UNSCHEDULED, Solution, heuristic, ruin_recreate
 
 FORMAT = 1
 
@@ -150,12 +150,16 @@ def make_schedule(inventory: Inventory, *, seed: int = 0, time_limit: float = 10
     cp_bound, own = critical_path(problem)
     bounds = [cp_bound, capacity(problem)]
     bounds.append(energy(problem, max(b.minutes for b in bounds)))
-    best = first
     solve: dict[str, Any] = {"heuristic_s": round(t_heuristic, 3), "heuristic_makespan_min": first.makespan,
                              "method": first.method}
     lb = max(b.minutes for b in bounds)
     # locations that cannot be done at all (the verdict names them) do not stop improving the others
     placeable = all(own[problem.jobs[j].id] is None for j in first.unscheduled)
+    if placeable and first.makespan > lb:  # whole locations between days: see ruin_recreate
+        t0 = time.perf_counter()
+        first = ruin_recreate(problem, first, seed, stop_at=lb)
+        solve.update(ruin_recreate_s=round(time.perf_counter() - t0, 3), ruin_recreate_makespan_min=first.makespan)
+    best = first
     if use_solver and time_limit > 0 and placeable and first.makespan > lb:
         from bigbang.schedule.cpsat import improve_with_cpsat
 

@@ -1,4 +1,5 @@
-"""Solving: a fast greedy first answer, CP-SAT to improve it, and proven lower bounds.
+"""Solving: a fast greedy first answer with a local search, ruin and recreate to move whole
+locations between crews and days, and CP-SAT to improve it (lower bounds: bounds.py).
 
 A solution is an ordered list of jobs per crew; start times follow from the
 order (each job as early as its release, access hours, shift and the crew's
@@ -270,3 +271,171 @@ def improve(problem: Problem, sol: Solution, max_rounds: int = 400) -> Solution:
     method = sol.method if sol.method.endswith("+ local search") else sol.method + " + local search"
     better = timed(problem, seqs, method)
     return better if better.key() <= sol.key() else sol
+
+
+# ---------------------------------------------------------------- ruin and recreate
+
+def _latest_start(problem: Problem, j: int, cap: int) -> int:
+    """The latest start at which j can still end by `cap` on some crew (the horizon: nowhere)."""
+    best = None
+    for c in range(len(problem.crews)):
+        d = problem.duration(j, c)
+        for lo, hi in problem.start_windows(j, c):
+            x = min(hi, cap - d)
+            if x >= lo and (best is None or x > best):
+                best = x
+    return problem.horizon if best is None else best
+
+
+def _timeline(problem: Problem, c: int, seq: list[int]) -> list[tuple[int, int, int, int]] | None:
+    """After each visit of crew c's sequence: (free, summed ends, travel, worked without a break); None
+    when one does not fit."""
+    out = []
+    free, prev, total, travel_sum, worked = 0, None, 0, 0, 0
+    for j in seq:
+        travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
+        placed = problem.visit_start(j, c, free, travel, worked)
+        if placed is None:
+            return None
+        start, _, worked = placed
+        free, prev = start + problem.duration(j, c), j
+        total += free
+        travel_sum += travel
+        out.append((free, total, travel_sum, worked))
+    return out
+
+
+def _insertion(problem: Problem, c: int, seq: list[int], line: list[tuple[int, int, int, int]], pos: int, j: int,
+               cap: int) -> tuple[int, int, int] | None:
+    """(end, summed ends, travel) of crew c's sequence with j inserted at `pos`, or None when something
+    then ends after `cap` or does not fit. `line` is the sequence's `_timeline`: the visits before `pos`
+    keep their times, and once a later visit ends as before (a crew waiting for an opening) so does the rest."""
+    if pos:
+        free, total, travel_sum, worked = line[pos - 1]
+        prev: int | None = seq[pos - 1]
+    else:
+        free, total, travel_sum, worked, prev = 0, 0, 0, 0, None
+    for k, x in enumerate([j, *seq[pos:]]):
+        travel = problem.base_travel[c][x] if prev is None else problem.travel[prev][x]
+        placed = problem.visit_start(x, c, free, travel, worked)
+        if placed is None:
+            return None
+        start, _, worked = placed
+        free, prev = start + problem.duration(x, c), x
+        if free > cap:
+            return None
+        total += free
+        travel_sum += travel
+        if k:
+            before = line[pos + k - 1]
+            if before[0] == free and before[3] == worked:  # from here on as before
+                end, ends, moves, _ = line[-1]
+                return (None if end > cap else
+                        (end, total + ends - before[1], travel_sum + moves - before[2]))
+    return free, total, travel_sum
+
+
+def _recreate(problem: Problem, group: list[int], base: dict[int, list[int]], removed: list[int], cap: int,
+              rng: random.Random, noise: float, room: dict[int, int]) -> dict[int, list[int]] | None:
+    """Insert `removed` into the crews of `group` (each at its cheapest position: least added travel and
+    least later end of its crew, with some noise) so that every crew ends by `cap`; None when one has no place.
+    The jobs with the least room before `cap` (`room`: their latest starts) go first, the longest of them first."""
+    for j in removed:
+        if j not in room:
+            room[j] = _latest_start(problem, j, cap)
+    order = sorted(removed, key=lambda j: (room[j] - (1 + noise * rng.random()) * max(problem.jobs[j].duration.values()),
+                                           j))
+    lines = {}
+    for c in group:
+        line = _timeline(problem, c, base[c])
+        if line is None or (line and line[-1][0] > cap):
+            return None
+        lines[c] = line
+    for j in order:
+        best = None
+        for c in group:
+            if not problem.start_windows(j, c):
+                continue
+            seq, line = base[c], lines[c]
+            old_end, old_travel = (line[-1][0], line[-1][2]) if line else (0, 0)
+            pinned = max((i + 1 for i, k in enumerate(seq) if k in problem.fixed), default=0)
+            for pos in range(pinned, len(seq) + 1):
+                st = _insertion(problem, c, seq, line, pos, j, cap)
+                if st is None:
+                    continue
+                score = ((st[2] - old_travel) + (st[0] - old_end)) * (1 + noise * rng.random())
+                if best is None or score < best[0]:
+                    best = (score, c, pos)
+        if best is None:
+            return None
+        _, c, pos = best
+        base[c] = base[c][:pos] + [j] + base[c][pos:]
+        lines[c] = _timeline(problem, c, base[c]) or []
+    return base
+
+
+def ruin_recreate(problem: Problem, sol: Solution, seed: int = 0, *, rounds: int = 8000, stall: int = 2000,
+                  stop_at: int = 0, group_size: int = 4, compact: float = 0.4, near: float = 0.6,
+                  noise: float = 0.3) -> Solution:
+    """Large-neighbourhood search by ruin and recreate (deterministic for a seed: rounds are counted).
+
+    Each round takes a few crews, removes all their locations (work done or under way and the visits of
+    split lanes stay) and inserts them again one by one at their cheapest place among those crews, every
+    crew ending before the makespan. Two kinds of round:
+    - a crew that ends at the makespan with others (those nearest to it, or any): kept when all of them
+      now end earlier, so one crew fewer ends at the makespan; when none is left there, it has dropped;
+    - only crews that end earlier: kept when their travel shrinks (time freed inside the openings that
+      a later round can fill: whole locations pack into an opening only with room to spare).
+    This moves whole locations between days, which a move or swap of one location cannot: a long
+    location waiting for the next opening goes into an earlier one when shorter ones make room for it
+    and go to the later opening instead. After `stall` rounds without taking a crew off the makespan it
+    goes back to where the makespan last dropped (or the start) and tries again from there, with other
+    random choices. Stops at `stop_at` (a lower bound) or after `rounds` in all."""
+    rng = random.Random(seed)
+    m = len(problem.crews)
+    seqs = [list(s) for s in sol.sequences]
+    stats = [_crew_stats(problem, c, seqs[c]) for c in range(m)]
+    travel = problem.travel
+    quiet = 0
+    rooms: dict[int, dict[int, int]] = {}  # cap -> job -> its latest start to end by cap
+    anchor = ([list(s) for s in seqs], list(stats))  # where the makespan last dropped
+    for _ in range(rounds):
+        top = max((st[1] for st in stats), default=0)
+        if top <= stop_at:
+            break
+        if quiet >= stall:  # stuck: try again from where the makespan last dropped
+            seqs, stats, quiet = [list(s) for s in anchor[0]], list(anchor[1]), 0
+        quiet += 1
+        at_end = [c for c in range(m) if stats[c][1] == top]
+        below = [c for c in range(m) if stats[c][1] < top]
+        compacting = rng.random() < compact
+        pool = below if compacting else at_end
+        if len(below) < 1 + compacting:
+            if compacting:
+                continue
+            break
+        first = pool[rng.randrange(len(pool))]
+        rest = [c for c in below if c != first]
+        # the longer nothing helps, the more crews at once (up to twice as many)
+        k = min(len(rest), rng.randint(1, group_size - 1 + min(group_size, quiet * 2 // max(1, stall))))
+        if rng.random() < near:  # crews working close to it: exchanges there cost little travel
+            dist = {c: min((travel[a][b] for a in seqs[first] for b in seqs[c]), default=problem.horizon)
+                    for c in rest}
+            rest = sorted(rest, key=lambda c: (dist[c], c))[:2 * k]
+        group = [first, *rng.sample(rest, k)]
+        removed = [j for c in group for j in seqs[c] if not problem.chained(j) and j not in problem.fixed]
+        base = {c: [j for j in seqs[c] if j not in removed] for c in group}
+        out = _recreate(problem, group, base, removed, top - 1, rng, noise, rooms.setdefault(top - 1, {}))
+        if out is None:
+            continue
+        new = {c: _crew_stats(problem, c, out[c]) for c in group}
+        if compacting and sum(new[c][3] for c in group) >= sum(stats[c][3] for c in group):
+            continue
+        if not compacting:
+            quiet = 0
+        for c in group:
+            seqs[c], stats[c] = out[c], new[c]
+        if max(st[1] for st in stats) < top:
+            anchor = ([list(s) for s in seqs], list(stats))
+    better = timed(problem, seqs, sol.method + " + ruin and recreate")
+    return better if better.key() < sol.key() else sol
