@@ -135,45 +135,81 @@ class Timeline:
         self._upstream: dict[str, tuple[str, ...]] = {}
         self._at: dict[str, float] = {}  # running: how far; done: where it ended
         self._done: set[str] = set()
+        self._waiting: dict[float, int] = {}  # moment -> units waiting in wait_for until all got there
+        self._version = 0  # counts changes: the lowest floor is computed once per change
+        self._lowest: tuple[int, float] = (-1, -INFINITY)
 
     def declare(self, unit: str, offset: float, upstream: Iterable[str] = ()) -> None:
         with self._cv:
             self._offset[unit] = offset
             self._upstream[unit] = tuple(upstream)
+            self._version += 1
 
     def advance(self, unit: str, moment: float) -> None:
         with self._cv:
             if moment > self._at.get(unit, -INFINITY):
+                before = self._progress(unit)
                 self._at[unit] = moment
-                self._cv.notify_all()
+                self._changed(before)
 
     def done(self, unit: str) -> None:
         with self._cv:
-            self._done.add(unit)
+            if unit not in self._done:
+                before = self._floor(unit)
+                self._done.add(unit)
+                self._changed(before)
+
+    def _changed(self, before: float) -> None:
+        """Wake the waiters when this change may have let some go. A unit whose progress was at or past
+        every waiting moment holds nobody up, nor do the units after it (their floor is at least its
+        progress), so moving it changes nothing for them: most changes wake no one."""
+        self._version += 1
+        if self._waiting and before < max(self._waiting) and self._lowest_floor() >= min(self._waiting):
             self._cv.notify_all()
 
     def wait_for(self, unit: str, moment: float, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         with self._cv:
-            self.advance(unit, moment)
-            while any(self._floor(other) < moment for other in self._offset if other != unit):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return  # never hang a run on a unit that died without saying so
-                self._cv.wait(min(left, 1.0))
+            self.advance(unit, moment)  # this unit is at `moment` now: the lowest floor below is another's
+            self._waiting[moment] = self._waiting.get(moment, 0) + 1
+            try:
+                while self._lowest_floor() < moment:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return  # never hang a run on a unit that died without saying so
+                    self._cv.wait(min(left, 1.0))
+            finally:
+                self._waiting[moment] -= 1
+                if not self._waiting[moment]:
+                    del self._waiting[moment]
+
+    def _lowest_floor(self) -> float:
+        """How far every unit got (done: no limit), once per change (lock held)."""
+        version, lowest = self._lowest
+        if version != self._version:
+            memo: dict[str, float] = {}
+            lowest = min((INFINITY if u in self._done else self._progress(u, memo=memo) for u in self._offset),
+                         default=INFINITY)
+            self._lowest = (self._version, lowest)
+        return lowest
 
     def _floor(self, unit: str) -> float:
         if unit in self._done:
             return INFINITY
         return self._progress(unit)
 
-    def _progress(self, unit: str, depth: int = 0) -> float:
+    def _progress(self, unit: str, depth: int = 0, memo: dict[str, float] | None = None) -> float:
         if unit in self._at:
             return self._at[unit]
+        if memo is not None and unit in memo:
+            return memo[unit]
         if depth > 10_000:  # the plan has no cycles; this only guards against a bug
             return INFINITY
-        ups = [self._progress(u, depth + 1) for u in self._upstream.get(unit, ()) if u in self._offset]
-        return max([self._offset.get(unit, 0.0), *ups])
+        ups = [self._progress(u, depth + 1, memo) for u in self._upstream.get(unit, ()) if u in self._offset]
+        value = max([self._offset.get(unit, 0.0), *ups])
+        if memo is not None:
+            memo[unit] = value
+        return value
 
 
 class SimulatedClock:
