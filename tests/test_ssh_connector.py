@@ -12,7 +12,10 @@ import pytest
 from bigbang.connectors.base import Action, ConnectorContext
 from bigbang.connectors.ssh import SshSettings, create
 from bigbang.errors import ConfigError
-from tests.peers.sshd import new_keypair, thin_client_lab, thin_client_params  # noqa: F401
+from tests.peers import sshd
+from tests.peers.sshd import new_keypair, thin_client_params
+
+thin_client_lab = sshd.thin_client_lab  # the lab fixture (a name the tests' arguments shadow, not an unused import)
 
 CONTEXT = ConnectorContext(run_id="test", inventory=None, resolve_secret=lambda ref: "")
 
@@ -227,7 +230,7 @@ def test_one_connection_per_host_with_nodelay_and_bounded_concurrency(thin_clien
     conn = connector(thin_client_lab, max_parallel=2)
     try:
         conn.execute(host.address, "true")
-        transport = conn._transports[host.address]
+        transport = conn.ssh._transports[host.address]
         assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         started = time.monotonic()
         threads = [threading.Thread(target=conn.execute, args=(host.address, "sleep 0.4")) for _ in range(6)]
@@ -235,7 +238,7 @@ def test_one_connection_per_host_with_nodelay_and_bounded_concurrency(thin_clien
         [t.join() for t in threads]
         elapsed = time.monotonic() - started
         assert elapsed >= 1.2  # 6 commands, 2 at a time, 0.4 s each
-        assert conn._transports[host.address] is transport  # all of them over the one connection
+        assert conn.ssh._transports[host.address] is transport  # all of them over the one connection
     finally:
         conn.close()
 
