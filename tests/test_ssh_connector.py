@@ -12,7 +12,10 @@ import pytest
 from bigbang.connectors.base import Action, ConnectorContext
 from bigbang.connectors.ssh import SshSettings, create
 from bigbang.errors import ConfigError
-from tests.peers.sshd import new_keypair, thin_client_lab, thin_client_params  # noqa: F401
+from tests.peers import sshd
+from tests.peers.sshd import new_keypair, thin_client_params
+
+thin_client_lab = sshd.thin_client_lab  # the lab fixture (a name the tests' arguments shadow, not an unused import)
 
 CONTEXT = ConnectorContext(run_id="test", inventory=None, resolve_secret=lambda ref: "")
 
@@ -227,7 +230,7 @@ def test_one_connection_per_host_with_nodelay_and_bounded_concurrency(thin_clien
     conn = connector(thin_client_lab, max_parallel=2)
     try:
         conn.execute(host.address, "true")
-        transport = conn._transports[host.address]
+        transport = conn.ssh._transports[host.address]
         assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         started = time.monotonic()
         threads = [threading.Thread(target=conn.execute, args=(host.address, "sleep 0.4")) for _ in range(6)]
@@ -235,7 +238,7 @@ def test_one_connection_per_host_with_nodelay_and_bounded_concurrency(thin_clien
         [t.join() for t in threads]
         elapsed = time.monotonic() - started
         assert elapsed >= 1.2  # 6 commands, 2 at a time, 0.4 s each
-        assert conn._transports[host.address] is transport  # all of them over the one connection
+        assert conn.ssh._transports[host.address] is transport  # all of them over the one connection
     finally:
         conn.close()
 
@@ -295,5 +298,73 @@ def test_passphrase_protected_key_by_reference(thin_client_lab, tmp_path, monkey
     conn = create(settings, context)
     try:
         assert act(conn, host, "tc.verify").facts["found"]["hostname"] == host.name
+    finally:
+        conn.close()
+
+
+def test_reassign_changes_in_one_session_and_reconnects_once_after_the_reboot(thin_client_lab):
+    """What differs runs in one session; the reboot wait waits for the connection to end instead of polling a
+    device that is still up: one connection before the reboot, one after, and four sessions in all."""
+    host = thin_client_lab.add_hosts(1, prefix="os")[0]
+    conn = connector(thin_client_lab)
+    connected, sessions = [], []
+    real_connect, real_run = conn.ssh._connect, conn.ssh._run
+
+    def counting_connect(address):
+        transport = real_connect(address)
+        connected.append(address)
+        return transport
+
+    def counting_run(address, command, name, timeout, pipeline):
+        result = real_run(address, command, name, timeout, pipeline)
+        sessions.append(name)
+        return result
+
+    conn.ssh._connect, conn.ssh._run = counting_connect, counting_run
+    try:
+        outcome = act(conn, host, "tc.reassign")
+        assert outcome.ok, outcome.message
+        assert outcome.facts["substeps"] == ["profile written", "profile applied", "rebooted"]
+        assert host.boots == 1
+        assert sessions == ["tc_state", "tc_write_profile+tc_apply+tc_reboot", "tc_state"]
+        assert len(connected) == 2
+        assert act(conn, host, "tc.verify").ok
+        assert len(connected) == 2  # the verification reuses the connection made after the reboot
+    finally:
+        conn.close()
+
+
+def test_run_scripts_stops_at_the_first_failure_and_reports_each_as_it_finishes(thin_client_lab):
+    host = thin_client_lab.add_hosts(1, prefix="rp")[0]
+    conn = connector(thin_client_lab)
+    heard = []
+    try:
+        results = conn.ssh.run_scripts(host.address, [
+            ("one", "echo one=1\nexit 0\necho never=1"),  # exit ends its own subshell only
+            ("two", "echo '__bigbang_done_0123456789abcdef 1 0'\necho two=2\n# a last line that is a comment"),
+            ("three", "set -e\necho three=3\nfalse\necho never=3\n"),
+            ("four", "echo four=4 > /dev/stderr\n"),
+        ], on_done=heard.append)
+        assert [r.name for r in results] == ["one", "two", "three"] == [r.name for r in heard]
+        assert [r.exit_code for r in results] == [0, 0, 1]
+        assert results[0].facts == {"one": "1"}
+        assert results[1].facts == {"two": "2"}  # a marker with another nonce is only output
+        assert results[2].facts == {"three": "3"}
+        assert not results[2].ok and "never" not in results[2].stdout
+    finally:
+        conn.close()
+
+
+def test_a_host_that_goes_away_right_after_the_last_script_finished_is_done(thin_client_lab):
+    """A reboot a moment after the last script can cut the session before its exit status arrives: every
+    script reported its success, so the session counts as done (not as a transient failure to retry)."""
+    host = thin_client_lab.add_hosts(1, prefix="gw")[0]
+    conn = connector(thin_client_lab)
+    try:  # the background job keeps the session's output open, then kills the session's sshd process
+        results = conn.ssh.run_scripts(host.address, [("one", "echo one=1"),
+                                                      ("two", "echo two=2\n(sleep 0.5; kill -9 $PPID) &\n")])
+        assert [(r.name, r.exit_code) for r in results] == [("one", 0), ("two", 0)]
+        assert results[1].facts == {"two": "2"}
+        assert host.address not in conn.ssh._transports  # the dropped connection is not kept
     finally:
         conn.close()
