@@ -240,21 +240,11 @@ class SimulatedClock:
         me = getattr(_current, "participant", None)
         with self._cv:
             if me is None or self._participants == 0:  # the unit's own thread, alone
-                if moment > self._now:
-                    self._pace.wait_for(moment)
-                    self._now = moment
-                    self._advance_timeline(moment)
+                self._move_to(moment)
                 return
             wake = max(moment, self._now)
             if not self._queue or self._queue[0][0] > wake:  # the next to run anyway: keep the turn
-                if wake > self._now:
-                    self._cv.release()  # pacing must not hold up the other threads' bookkeeping
-                    try:
-                        self._pace.wait_for(wake)
-                    finally:
-                        self._cv.acquire()
-                    self._now = wake
-                    self._advance_timeline(wake)
+                self._move_to(wake)
                 return
             heapq.heappush(self._queue, (wake, next(self._order), me))
             self._hand_over()
@@ -319,16 +309,21 @@ class SimulatedClock:
         if not self._queue:
             return
         moment, _, who = heapq.heappop(self._queue)
-        if moment > self._now:
-            self._cv.release()  # pacing must not hold up the other threads' bookkeeping
-            try:
-                self._pace.wait_for(moment)
-            finally:
-                self._cv.acquire()
-            self._now = moment
-            self._advance_timeline(moment)
+        self._move_to(moment)
         self._turn = who
         self._lanes[who].notify()
+
+    def _move_to(self, moment: float) -> None:
+        """Time goes on to `moment`, paced (lock held)."""
+        if moment <= self._now:
+            return
+        self._cv.release()  # pacing must not hold up the other threads' bookkeeping
+        try:
+            self._pace.wait_for(moment)
+        finally:
+            self._cv.acquire()
+        self._now = moment
+        self._advance_timeline(moment)
 
     def _advance_timeline(self, moment: float) -> None:
         if self._timeline is not None:
