@@ -13,7 +13,10 @@ locations that ended before it count as done and those started before it as unde
 technician of the one-person crew with the most planned work after it drops out; then the rest is
 re-solved by `bigbang.schedule.replan.replan_state`, what `bigbang schedule --replan RUN_ID --without
 TECHNICIAN` runs once it has read the run (plan from the schedule's slots, ledger rows from its times).
-The bench asserts that every done and under-way location kept its crew and times.
+The bench asserts that every done and under-way location kept its crew and times. A split location
+already started is not among them (`replan_split_started_not_kept`): the --replan path does not fix
+split locations yet (the ledger's row is per location, not per visit), so their visits are scheduled
+again from the replan's moment.
 
     python bench/schedule.py [--seed 1] [--time-limit 10] [--trials 200] [--preset holstebro --preset hoglandet]
 """
@@ -162,7 +165,7 @@ def _replan(schedule, inventory, seed: int, at: int | None = None) -> dict:
     return {
         "replan_at_min": now, "replan_at": local(now), "replan_without": tech, "replan_dropped_crews": result.dropped,
         "replan_done": done_n, "replan_in_progress": running_n,
-        "replan_split_started": sum(1 for lid in results if len(p.sites[lid]) > 1),
+        "replan_split_started_not_kept": sum(1 for lid in results if len(p.sites[lid]) > 1),
         "replan_kept": True,  # asserted above
         "replan_s": round(result.seconds, 2), "replan_heuristic_makespan_min": solve.get("heuristic_makespan_min"),
         "replan_ruin_recreate_s": solve.get("ruin_recreate_s"),
