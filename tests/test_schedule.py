@@ -349,6 +349,35 @@ def test_ruin_and_recreate_keeps_work_already_done(tmp_path):
     assert p.local(better.makespan).strftime("%a %H:%M") == "Sun 08:32" < p.local(start.makespan).strftime("%a %H:%M")
 
 
+def test_resolve_runs_ruin_and_recreate_around_work_done_and_under_way(tmp_path):
+    """Re-solving at Saturday 08:05: L5 done on crew #2 (08:00-08:05), L20 under way on crew #1 since 08:00.
+    Saturday has 80 and 95 minutes left for 75, 65, 33, 32 and 29: at most three of them fit (75 | 65 + 29),
+    so two go to Sunday, one per crew, and the best is to leave 33 and 32 there: Sun 08:33. The heuristic
+    alone ends Sun 09:01; `resolve` runs ruin and recreate after it and finds 08:33, keeping L5 and L20."""
+    from types import SimpleNamespace
+
+    from bigbang.schedule.replan import FixedWork, fix, resolve
+
+    p = build_problem(_two_days(tmp_path, [75, 65, 33, 32, 29, 20, 5]))
+    sat8 = p.jobs[0].access[0][0]
+    assert p.local(sat8).strftime("%a %H:%M") == "Sat 08:00"
+    fixed = [FixedWork("L5", "t1#2", sat8, sat8 + 5), FixedWork("L20", "t1#1", sat8)]
+    now = sat8 + 5
+    heuristic_only = resolve(p, fixed, now, seed=1, rounds=0)
+    sol = resolve(p, fixed, now, seed=1)
+    assert p.local(heuristic_only.makespan).strftime("%a %H:%M") == "Sun 09:01"  # the case needs the new step
+    assert "ruin and recreate" in sol.method and not sol.unscheduled
+    assert p.local(sol.makespan).strftime("%a %H:%M") == "Sun 08:33"
+    assert resolve(p, fixed, now, seed=1).sequences == sol.sequences  # deterministic: rounds are counted
+    at = p.job_index
+    assert [(p.crews[sol.visits[at[j]].crew].id, sol.visits[at[j]].start, sol.visits[at[j]].end) for j in ("L5", "L20")] \
+        == [("t1#2", sat8, sat8 + 5), ("t1#1", sat8, sat8 + 20)]  # done and under way: where they are
+    for v in sol.visits:
+        if p.jobs[v.job].id not in ("L5", "L20"):
+            assert v.start >= now  # nothing else in the past
+    check_constraints(SimpleNamespace(problem=fix(p, fixed, now), solution=sol))  # access hours, no overlap
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_unknown_travel_key_is_a_clear_error(tmp_path):
