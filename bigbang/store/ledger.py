@@ -12,8 +12,10 @@ Exactly once, under faults: the process executing a run (or a location, on a
 worker) holds a lease with a fencing token (`acquire_lease`), renewed by a small
 thread; every step and location write carries the token, and the transaction
 that writes it refuses it when the token is no longer the current one. Before a
-changing step touches a device its intent is committed (`record_intent`); the
-transaction that records the step's outcome settles it. A database that cannot
+changing step touches a device its intent is committed (`record_intent`: through
+the writer, so the intents of devices changed at the same moment share a commit,
+and the caller waits for it); the transaction that records the step's outcome
+settles it. A database that cannot
 be written (full disk, read-only, corrupted, unreachable) raises `LedgerError`
 with one line saying what is wrong; nothing committed before is lost.
 """
