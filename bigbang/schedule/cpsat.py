@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bigbang.schedule.problem import Problem
-from bigbang.schedule.solve import Solution, _crew_stats, timed
+from bigbang.schedule.solve import Solution, _crew_stats, timed, walk
 
 FULL_ARCS_UP_TO = 20_000  # crews x jobs^2 in one model; above: neighbourhood search
 NEIGHBOURHOOD_CREWS = 4
@@ -183,15 +183,11 @@ def timed_subset(problem: Problem, sequences: dict[int, list[int]]) -> dict[int,
     """Start, end and crew of each job of `sequences`, as early as possible; None if one does not fit."""
     out = {}
     for c, seq in sequences.items():
-        free, prev, worked = 0, None, 0
-        for j in seq:
-            travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
-            placed = problem.visit_start(j, c, free, travel, worked)
-            if placed is None:
+        for visit in walk(problem, c, seq):
+            if visit is None:
                 return None
-            s, _, worked = placed
-            free, prev = s + problem.duration(j, c), j
-            out[j] = (s, free, c)
+            j, _, start, end, _ = visit
+            out[j] = (start, end, c)
     return out
 
 

@@ -10,6 +10,7 @@ by construction.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from bigbang.schedule.problem import Problem
@@ -51,6 +52,22 @@ class Solution:
         return (len(self.unscheduled), self.makespan, sum(v.end for v in self.visits), self.total_travel)
 
 
+def walk(problem: Problem, c: int, seq: Sequence[int], free: int = 0, prev: int | None = None,
+         worked: int = 0) -> Iterator[tuple[int, int, int, int, int] | None]:
+    """Crew c's visits of `seq` in order, each as early as it can, after a crew free at `free` coming from
+    `prev` (None: its base) with `worked` minutes since its last break: (job, travel, start, end, worked
+    after it) per visit; None for the first that does not fit, and then no more."""
+    for j in seq:
+        travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
+        placed = problem.visit_start(j, c, free, travel, worked)
+        if placed is None:
+            yield None
+            return
+        start, _, worked = placed
+        free, prev = start + problem.duration(j, c), j
+        yield j, travel, start, free, worked
+
+
 def timed(problem: Problem, sequences: list[list[int]], method: str) -> Solution:
     """Start every job as early as its crew's order allows (left-shifted: never later than needed).
     A visit whose previous visit (same lane) is not before it on the same crew is left out."""
@@ -77,15 +94,12 @@ def timed(problem: Problem, sequences: list[list[int]], method: str) -> Solution
 
 def _place(problem: Problem, lane: list[int], c: int, free: int, last: int | None) -> tuple[int, int] | None:
     """(first start, last end) of a lane's visits appended to crew c, or None if one does not fit."""
-    first, worked = None, 0  # (the break before a lane's first visit is not known here: timed() adds it)
-    for j in lane:
-        travel = problem.base_travel[c][j] if last is None else problem.travel[last][j]
-        placed = problem.visit_start(j, c, free, travel, worked)
-        if placed is None:
+    first = None  # (the break before a lane's first visit is not known here: timed() adds it)
+    for visit in walk(problem, c, lane, free, last):
+        if visit is None:
             return None
-        start, _, worked = placed
+        _, _, start, free, _ = visit
         first = start if first is None else first
-        free, last = start + problem.duration(j, c), j
     return (first if first is not None else free), free
 
 
@@ -185,14 +199,11 @@ def heuristic(problem: Problem, seed: int = 0, restarts: int = 16) -> Solution:
 
 def _crew_stats(problem: Problem, c: int, seq: list[int]) -> tuple[bool, int, int, int]:
     """(all fit, end, summed ends, travel) of one crew's sequence, started as early as possible."""
-    free, prev, total, travel_sum, worked = 0, None, 0, 0, 0
-    for j in seq:
-        travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
-        placed = problem.visit_start(j, c, free, travel, worked)
-        if placed is None:
+    free, total, travel_sum = 0, 0, 0
+    for visit in walk(problem, c, seq):
+        if visit is None:
             return False, 0, 0, 0
-        start, _, worked = placed
-        free, prev = start + problem.duration(j, c), j
+        _, travel, _, free, _ = visit
         total += free
         travel_sum += travel
     return True, free, total, travel_sum
@@ -291,14 +302,11 @@ def _timeline(problem: Problem, c: int, seq: list[int]) -> list[tuple[int, int, 
     """After each visit of crew c's sequence: (free, summed ends, travel, worked without a break); None
     when one does not fit."""
     out = []
-    free, prev, total, travel_sum, worked = 0, None, 0, 0, 0
-    for j in seq:
-        travel = problem.base_travel[c][j] if prev is None else problem.travel[prev][j]
-        placed = problem.visit_start(j, c, free, travel, worked)
-        if placed is None:
+    total, travel_sum = 0, 0
+    for visit in walk(problem, c, seq):
+        if visit is None:
             return None
-        start, _, worked = placed
-        free, prev = start + problem.duration(j, c), j
+        _, travel, _, free, worked = visit
         total += free
         travel_sum += travel
         out.append((free, total, travel_sum, worked))
@@ -315,13 +323,10 @@ def _insertion(problem: Problem, c: int, seq: list[int], line: list[tuple[int, i
         prev: int | None = seq[pos - 1]
     else:
         free, total, travel_sum, worked, prev = 0, 0, 0, 0, None
-    for k, x in enumerate([j, *seq[pos:]]):
-        travel = problem.base_travel[c][x] if prev is None else problem.travel[prev][x]
-        placed = problem.visit_start(x, c, free, travel, worked)
-        if placed is None:
+    for k, visit in enumerate(walk(problem, c, [j, *seq[pos:]], free, prev, worked)):
+        if visit is None:
             return None
-        start, _, worked = placed
-        free, prev = start + problem.duration(x, c), x
+        _, travel, _, free, worked = visit
         if free > cap:
             return None
         total += free
