@@ -576,11 +576,7 @@ class Ledger:
             writer = self._writer
             if writer is None or not writer.is_alive():
                 raise LedgerError(f"the ledger writer stopped before an intent was committed ({self.safe_url})")
-        if commit.error is not None:
-            error = commit.error
-            if isinstance(error, LedgerError):
-                raise type(error)(error.message, hint=error.hint)
-            raise LedgerError(f"writing to the ledger failed: {error}") from error
+        _raise_as_ledger_error(commit.error)
 
     def open_intents(self, run_id: str) -> dict[str, int]:
         """step id -> attempt of every intent without a recorded outcome (its process died in between)."""
@@ -642,11 +638,7 @@ class Ledger:
         self._queue.put(item)
 
     def _raise_writer_error(self) -> None:
-        error = self._writer_error
-        if isinstance(error, LedgerError):  # says what is wrong already (full disk, lease lost...)
-            raise type(error)(error.message, hint=error.hint)
-        if error is not None:
-            raise LedgerError(f"writing to the ledger failed: {error}") from error
+        _raise_as_ledger_error(self._writer_error)
 
     def _write_loop(self) -> None:
         while True:
@@ -893,6 +885,14 @@ class Ledger:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(sim_effects)
                                 .where(sim_effects.c.run_id == run_id)).scalar_one()
+
+
+def _raise_as_ledger_error(error: BaseException | None) -> None:
+    """Raise what the writer met, as a LedgerError for this caller (nothing if None)."""
+    if isinstance(error, LedgerError):  # says what is wrong already (full disk, lease lost...)
+        raise type(error)(error.message, hint=error.hint)
+    if error is not None:
+        raise LedgerError(f"writing to the ledger failed: {error}") from error
 
 
 def _record(row: Any) -> StepRecord:
