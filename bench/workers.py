@@ -11,7 +11,8 @@ broker), `prefect server start`, `bigbang deploy`, then for each worker count N:
   this namespace); `bigbang run --dispatch deployments` sends each location as a flow run to them.
 - dask: a `dask scheduler` and N `dask worker --nthreads L`; `bigbang run --dispatch dask`.
 L (--per-worker) is what one worker machine runs at once. Steps take simulated time, compressed
-(--compression), so a location's devices are mostly waiting, as on the weekend.
+(--compression), so a location's devices are mostly waiting, as on the weekend; `--compression max`
+plays each location as fast as its worker can, which measures what the workers can carry.
 
 Prints one JSON line per (mode, workers): wall_s (the `bigbang run` process), steps, steps_per_s,
 locations, and scaling (steps_per_s relative to the same mode's 1-worker line).
@@ -57,7 +58,7 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
-def measure(mode: str, workers: int, per_worker: int, inventory: Path, compression: float, pg: PostgresCluster,
+def measure(mode: str, workers: int, per_worker: int, inventory: Path, compression: str, pg: PostgresCluster,
             env: dict[str, str], workdir: Path, steps: int, machines: WorkerMachines | None,
             ops_ports: list[int]) -> dict:
     processes: list[subprocess.Popen] = []
@@ -101,7 +102,7 @@ def main() -> None:
                                                       "(default: the full Höglandet preset)")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--per-worker", type=int, default=4, help="locations one worker runs at once")
-    parser.add_argument("--compression", type=float, default=2000.0, help="simulated seconds per real second")
+    parser.add_argument("--compression", default="2000", help="simulated seconds per real second, or 'max'")
     parser.add_argument("--mode", choices=("deployments", "dask"), action="append")
     parser.add_argument("--workdir", help="keep inventories and logs here (default: a temp dir)")
     parser.add_argument("--no-netns", action="store_true", help="process workers in this network namespace")

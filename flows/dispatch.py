@@ -14,12 +14,14 @@ absolute SQLite path when every worker is on this machine).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.states import Crashed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -122,6 +124,96 @@ def dispatch_location(run_id: str, ledger_url: str | None, location_id: str) -> 
                          f"{message}; dispatching again (attempt {attempt})")
 
 
+class FlowRunStates:
+    """The states of every flow run this process waits for, read by one thread in one request per interval.
+
+    Each location's task used to ask for its own flow run every interval: with Höglandet's 250 locations
+    dispatched at once and a 2 s interval that was 125 requests a second, and the Prefect server spent half
+    a core answering them. Now the waiting tasks share one `read_flow_runs` of all of them per interval.
+    A round that fails (the server is restarting) leaves the last states in place and the next one tries
+    again; when reading has failed for FAILING_FOR seconds the waiters get the error, as each did before.
+    """
+
+    BATCH = 200  # ids per request: the server's default page size
+    FAILING_FOR = 300.0
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._watched: set[Any] = set()
+        self._states: dict[Any, Any] = {}
+        self._round = 0  # rounds finished
+        self._reading = False  # a round is under way, with the ids watched when it began
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def watch(self, flow_run_id) -> int:
+        """Start following a flow run; returns the round its first state comes after."""
+        with self._cv:
+            self._watched.add(flow_run_id)
+            self._ensure_poller()
+            return self._round + 1 if self._reading else self._round  # the round under way does not have it
+
+    def forget(self, flow_run_id) -> None:
+        with self._cv:
+            self._watched.discard(flow_run_id)
+            self._states.pop(flow_run_id, None)
+
+    def next_state(self, flow_run_id, after: int, timeout: float) -> tuple[int, Any]:
+        """The state read in the first round after `after` (waiting up to `timeout`), and that round."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._round <= after and time.monotonic() < deadline:
+                self._cv.wait(max(0.0, deadline - time.monotonic()))
+            if self._error is not None:
+                raise self._error
+            self._ensure_poller()
+            return self._round, self._states.get(flow_run_id)
+
+    def _ensure_poller(self) -> None:  # lock held
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._poll, name="bigbang-flow-run-states", daemon=True)
+            self._thread.start()
+
+    def _poll(self) -> None:
+        failing_since: float | None = None
+        while True:
+            try:
+                with get_client(sync_client=True) as client:
+                    while True:
+                        with self._cv:
+                            ids = sorted(self._watched, key=str)
+                            if not ids:
+                                self._thread = None
+                                return
+                            self._reading = True
+                        states: dict[Any, Any] = {}
+                        for start in range(0, len(ids), self.BATCH):
+                            chunk = ids[start:start + self.BATCH]
+                            flow_runs = client.read_flow_runs(
+                                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk))
+                            states.update((run.id, run.state) for run in flow_runs)
+                        failing_since = None
+                        with self._cv:
+                            self._error = None
+                            self._reading = False
+                            self._states.update({i: st for i, st in states.items() if i in self._watched})
+                            self._round += 1
+                            self._cv.notify_all()
+                        time.sleep(poll_seconds())
+            except Exception as exc:  # noqa: BLE001 - kept for the waiters; the server may be restarting
+                failing_since = failing_since or time.monotonic()
+                with self._cv:
+                    self._reading = False
+                    if time.monotonic() - failing_since > self.FAILING_FOR:
+                        self._error = exc
+                    self._round += 1
+                    self._cv.notify_all()
+                time.sleep(poll_seconds())
+
+
+_STATES = FlowRunStates()
+
+
 def wait_for_final_state(flow_run_id, on_no_worker):
     """The flow run's final state.
 
@@ -133,9 +225,10 @@ def wait_for_final_state(flow_run_id, on_no_worker):
     pending_since = None
     created = time.monotonic()
     reported = False
-    with get_client(sync_client=True) as client:
+    seen = _STATES.watch(flow_run_id)
+    try:
         while True:
-            state = client.read_flow_run(flow_run_id).state
+            seen, state = _STATES.next_state(flow_run_id, seen, timeout=10 * poll_seconds() + 30)
             if state is not None and state.is_final():
                 return state
             if state is not None and state.is_scheduled() and not reported and time.monotonic() - created > 60:
@@ -144,13 +237,16 @@ def wait_for_final_state(flow_run_id, on_no_worker):
             if state is not None and state.is_pending():
                 pending_since = pending_since or time.monotonic()
                 if time.monotonic() - pending_since > pending_limit:
-                    client.set_flow_run_state(flow_run_id, Crashed(
-                        message=f"pending for {pending_limit:g} s: the worker that took it never started it"),
-                        force=True)
+                    with get_client(sync_client=True) as client:
+                        client.set_flow_run_state(flow_run_id, Crashed(
+                            message=f"pending for {pending_limit:g} s: the worker that took it never started it"),
+                            force=True)
+                    pending_since = None
                     continue
             else:
                 pending_since = None
-            time.sleep(poll_seconds())
+    finally:
+        _STATES.forget(flow_run_id)
 
 
 def _location_row(row: dict[str, Any] | None, location_id: str, flow_run) -> dict[str, Any]:

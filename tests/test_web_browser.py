@@ -159,6 +159,17 @@ def test_technician_signs_off_and_the_gated_location_resumes(tmp_path, chromium)
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 
 
+def _wait_until_offline(page, timeout: float = 10.0) -> None:
+    """Chromium applies the emulated loss of network to the page and its service worker one after the
+    other: wait until a request through the worker (which is where the queued POSTs go) really fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if page.evaluate("fetch('/healthz', {cache: 'no-store'}).then(() => 'online', () => 'offline')") == "offline":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the browser still reaches the server after set_offline(True)")
+
+
 def test_offline_ticks_and_problem_are_queued_and_sent_once(tmp_path, chromium):  # noqa: F811
     SHOTS.mkdir(exist_ok=True)
     inventory = gated_inventory(tmp_path / "inventory")
@@ -185,6 +196,7 @@ def test_offline_ticks_and_problem_are_queued_and_sent_once(tmp_path, chromium):
         assert ("location.arrive" in {k[1] for k, c in store.checks(session.run_id, LOCATION).items() if c.checked})
 
         context.set_offline(True)
+        _wait_until_offline(page)
         page.click('[id="lys-tc-201.cabled"] button')
         page.fill('[id="lys-ws-101.serial"] input[name=value]', "PF4B1401")
         page.click('[id="lys-ws-101.serial"] button')

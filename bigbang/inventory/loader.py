@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bigbang.errors import InventoryError, Problem
+from bigbang.inventory import cache
 from bigbang.inventory.model import (
     CASCADE_KINDS,
     Inventory,
@@ -526,8 +527,20 @@ class _Loader:
 
 
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
-    """Load, cascade and validate; raise `InventoryError` with every problem found."""
-    loader = _Loader(Path(path))
+    """Load, cascade and validate; raise `InventoryError` with every problem found.
+
+    Files loaded before without a problem, unchanged, come from the cache (bigbang.inventory.cache)."""
+    root = Path(path)
+    entry = content = None
+    if cache.enabled():
+        files, problems = inventory_files(root)
+        content = cache.content_digest(root, files) if files and not problems else None
+        if content is not None:
+            entry = cache.key(root, content)
+            cached = cache.get(entry)
+            if cached is not None:
+                return cached.model_copy(update={"source": str(root), "digest": content[:16]})
+    loader = _Loader(root)
     digest = loader.read()
     reading = len(loader.problems)  # problems of reading the files: all kept
     loader.scan_secrets(loader.data, ())
@@ -540,7 +553,9 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
                  if not any(pr.file == file and _under(pr.path, path) for file, path in loader.reported)]
         raise InventoryError(loader.problems[:reading] + later
                              or [Problem(_display(Path(path)), 1, "", "empty inventory")])
-    return inventory.model_copy(update={"source": str(Path(path)), "digest": digest})
+    if entry is not None and content is not None and content[:16] == digest:  # the same bytes as the key's
+        cache.put(entry, inventory)
+    return inventory.model_copy(update={"source": str(root), "digest": digest})
 
 
 # ------------------------------------------------------------ helpers
