@@ -7,8 +7,11 @@ Measures in one run, on one machine: an empty Prefect flow started cold (the yar
 a cold `bigbang run` (Prefect's embedded server, warm server off) and a warm one (the warm local
 server that `bigbang run` keeps, see bigbang/warm.py), and at the end the marginal cost per step
 (warm Holstebro/Höglandet minus warm demo, divided by the extra steps) and the realistic-duration
-Holstebro rehearsal at `--compression max` against its zero-duration time. Prints one JSON line per
-measurement: wall_s (the whole process), steps, peak_rss_mb (the CLI process plus its children).
+Holstebro rehearsal at `--compression max` against its zero-duration time. A cold run starts with an
+empty inventory cache, a warm one finds what the cold run left there (a second rehearsal of the same
+files); per size, the CPU seconds of loading the inventory from its files and from the cache. Prints one
+JSON line per measurement: wall_s (the whole process), steps, peak_rss_mb (the CLI process plus its
+children).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ["BIGBANG_INVENTORY_CACHE"] = "0"  # the bench's own loads (step counts) fill no cache
 
 from bigbang.inventory import load_inventory  # noqa: E402
 from bigbang.inventory.generate import PRESETS, generate, write  # noqa: E402
@@ -98,9 +103,14 @@ def run_size(name: str, workdir: Path, prefect_home: Path, *, warm: bool, extra:
     plan = build_plan(load_inventory(inventory_dir))
     steps = plan.step_count
     device_steps = sum(1 for s in plan.steps() if s.kind.startswith(("ws.", "tc.")))
+    # The inventory cache (bigbang/inventory/cache.py) is empty for a cold run and holds what that cold run
+    # wrote for the warm ones: a second rehearsal of the same files.
+    cache = workdir / f"inventory-cache-{name}"
+    if not warm:
+        shutil.rmtree(cache, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT), BIGBANG_HOME=str(workdir / f"state-{name}"),
                BIGBANG_REPORTS=str(workdir / "reports"), PREFECT_HOME=str(prefect_home),
-               BIGBANG_WARM_SERVER="1" if warm else "0")
+               BIGBANG_WARM_SERVER="1" if warm else "0", BIGBANG_CACHE=str(cache), BIGBANG_INVENTORY_CACHE="1")
     env.pop("PREFECT_API_URL", None)
     fresh_db = not (prefect_home / "prefect.db").exists()
     cmd = [sys.executable, "-m", "bigbang", "run", str(inventory_dir), "--quiet", "--failure-rate", "0",
@@ -113,6 +123,26 @@ def run_size(name: str, workdir: Path, prefect_home: Path, *, warm: bool, extra:
             "device_steps": device_steps, "steps": steps, "peak_rss_mb": round(peak / 1024, 1),
             "locations": len(plan.locations), "servers": len(plan.servers),
             "prefect_db": "fresh" if fresh_db else "existing", "options": " ".join(extra) or "--zero-duration"}
+
+
+def inventory_load(name: str, workdir: Path) -> dict:
+    """CPU seconds of `load_inventory` from the files and from the inventory cache, in this process."""
+    from bigbang.inventory import cache
+
+    inventory_dir = inventory_for(name, workdir)
+    os.environ["BIGBANG_CACHE"] = str(workdir / "inventory-cache-bench")
+    os.environ[cache.CACHE_ENV] = "0"
+    started = time.process_time()
+    load_inventory(inventory_dir)
+    from_files = time.process_time() - started
+    os.environ[cache.CACHE_ENV] = "1"
+    load_inventory(inventory_dir)  # writes the entry
+    load_inventory(inventory_dir)  # the first read of an entry imports what a language check needs, once
+    started = time.process_time()
+    load_inventory(inventory_dir)
+    cached = time.process_time() - started
+    os.environ[cache.CACHE_ENV] = "0"
+    return {"size": name, "inventory_load_cpu_s": round(from_files, 2), "inventory_load_cached_cpu_s": round(cached, 2)}
 
 
 def start_warm(workdir: Path, prefect_home: Path) -> None:
@@ -142,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("demo", "holstebro", "hoglandet"), action="append")
     parser.add_argument("--workdir", help="keep inventories and ledgers here (default: a temp dir)")
+    parser.add_argument("--inventory-only", action="store_true", help="only the inventory load figures")
     args = parser.parse_args()
     sizes = args.size or ["demo", "holstebro", "hoglandet"]
     if "demo" not in sizes:
@@ -150,8 +181,14 @@ def main() -> None:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         prefect_home = workdir / "prefect-home"
+        if args.inventory_only:
+            for name in sizes:
+                print(json.dumps(inventory_load(name, workdir)), flush=True)
+            return
         empty = empty_flow(workdir)
         print(json.dumps(empty), flush=True)
+        for name in sizes:
+            print(json.dumps(inventory_load(name, workdir)), flush=True)
         results: dict[tuple[str, str], dict] = {}
         for name in sizes:
             results[(name, "cold")] = run_size(name, workdir, prefect_home, warm=False)
