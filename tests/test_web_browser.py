@@ -80,7 +80,9 @@ def test_technician_signs_off_and_the_gated_location_resumes(tmp_path, chromium)
         page.select_option("#category", "hardware")
         page.fill("#text", "Screen flickers after the reboot")
         page.click("#problem-form button")
-        page.wait_for_selector("text=Screen flickers after the reboot")
+        page.wait_for_selector("text=Screen flickers after the reboot")  # shown at once, still queued
+        # sent: the server's answer replaces the queued entry
+        wait_for(lambda: ledger.problems(session.run_id, LOCATION), 20, "the problem in the ledger")
         problems = ledger.problems(session.run_id, LOCATION)
         assert [(p["device"], p["category"], p["reported_by"], p["source"]) for p in problems] == [
             ("lys-tc-203", "hardware", "aha", "field")]
