@@ -11,7 +11,6 @@ Order of precedence for a device's values (later wins):
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import types
 import typing
@@ -129,21 +128,16 @@ class _Loader:
         self.problems.extend(problems)
         if not files:
             raise InventoryError(problems or [Problem(_display(self.root), 1, "", "no .yaml files in this directory")])
-        digest = hashlib.sha256()
         for file in files:
             yf = YamlFile(file, _display(file)).load()
-            digest.update(file.relative_to(self.root).as_posix().encode() if self.root.is_dir() else b"")
-            try:
-                digest.update(file.read_bytes())
-            except OSError:
-                pass
             self.problems.extend(yf.problems)
             self.reported.extend((yf.display, format_path(p)) for p in yf.bad_paths)
             if yf.data is None:
                 self.unread = True
                 continue
             self._merge_file(yf)
-        return digest.hexdigest()[:16]
+        # the files as read now (the cache's key hashes them the same way: one definition of the digest)
+        return (cache.content_digest(self.root, files) or "")[:16]
 
     def _merge_file(self, yf: YamlFile) -> None:
         if not isinstance(yf.data, dict):
