@@ -5,7 +5,8 @@ Times are seconds on the run's timeline, counted from its origin (when the run's
 - `WallClock` (live): the timeline is real time; waits are real sleeps; parallel work runs on threads.
 - `SimulatedClock` (rehearsal): a discrete-event view of the weekend. Time is virtual and advances only
   when every participant of a unit (the devices of a location, the servers of a wave) is waiting; the
-  participants then run one at a time, earliest wake-up first, ties in a fixed order. A step therefore
+  participants then run one at a time, earliest wake-up first, ties in a fixed order; a wait that lets no
+  time pass keeps the turn. A step therefore
   starts when its slot, its dependencies and its crew allow and ends after its simulated duration,
   whatever the machine is doing. Compression only paces playback (`None`: as fast as the machine
   allows); the timeline is the same at any compression.
@@ -237,6 +238,8 @@ class SimulatedClock:
         self.sleep_until(self._now + max(0.0, seconds))
 
     def sleep_until(self, moment: float) -> None:
+        if moment <= self._now:  # no time passes: the turn stays (a hand-over here would only cost a thread switch)
+            return
         me = getattr(_current, "participant", None)
         with self._cv:
             if me is None or self._participants == 0:  # the unit's own thread, alone

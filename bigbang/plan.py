@@ -205,10 +205,25 @@ class Plan:
         return sum(1 for _ in self.steps())
 
     def location(self, location_id: str) -> LocationPlan:
-        for loc in self.locations:
-            if loc.id == location_id:
-                return loc
-        raise KeyError(location_id)
+        return self._locations_by_id[location_id]
+
+    @cached_property
+    def _locations_by_id(self) -> dict[str, LocationPlan]:
+        return {loc.id: loc for loc in self.locations}
+
+    @cached_property
+    def precheck_step_ids(self) -> tuple[str, ...]:
+        """The prechecks' step ids (every location's start waits for their end)."""
+        return tuple(s.id for srv in self.servers for s in srv.prechecks)
+
+    def wave_step_ids(self, index: int) -> tuple[str, ...]:
+        """The step ids of server wave `index`."""
+        return self._wave_step_ids[index] if 0 <= index < len(self._wave_step_ids) else ()
+
+    @cached_property
+    def _wave_step_ids(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(s.id for srv in self.servers if srv.wave == index for s in srv.steps)
+                     for index in range(len(self.waves)))
 
     def server(self, name: str) -> ServerPlan:
         for srv in self.servers:

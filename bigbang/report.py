@@ -77,7 +77,7 @@ class ReportFiles:
 def report_data(ledger: Ledger, run_id: str) -> dict[str, Any]:
     frozen = frozen_run(ledger, run_id)
     run, plan, inventory = frozen.row, frozen.plan, frozen.inventory
-    results = ledger.step_results(run_id)
+    results = ledger.step_results(run_id, with_facts=False)
     loc_rows = ledger.location_results(run_id)
     simulated = run["clock"] == "simulated"
 

@@ -184,11 +184,11 @@ class Runner:
         return max(end, fallback) if end is not None else fallback
 
     def prechecks_end(self) -> float:
-        return self._end_of([s.id for srv in self.plan.servers for s in srv.prechecks], 0.0)
+        return self._end_of(self.plan.precheck_step_ids, 0.0)
 
     def wave_end(self, index: int) -> float:
         start = self.prechecks_end() if index == 0 else self.wave_end(index - 1)
-        return self._end_of([s.id for srv in self.plan.servers if srv.wave == index for s in srv.steps], start)
+        return self._end_of(self.plan.wave_step_ids(index), start)
 
     def location_start(self, loc: LocationPlan) -> float:
         """When its slot, the server waves it needs and its crew's previous location allow."""

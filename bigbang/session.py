@@ -97,9 +97,15 @@ def frozen_run(ledger: Ledger, run_id: str) -> FrozenRun:
                        hint="it was made by an older bigbang: start a new run")
     plan = Plan.from_dict(frozen.plan)
     inventory = Inventory.model_validate(frozen.inventory)
-    with _SESSIONS_LOCK:
-        _FROZEN[key] = (plan, inventory)
+    _remember_frozen(ledger, run_id, row["plan_version"], plan, inventory)
     return FrozenRun(row, plan, inventory, frozen.version)
+
+
+def _remember_frozen(ledger: Ledger, run_id: str, version: int, plan: Plan, inventory: Inventory) -> None:
+    """What this process froze or read of a run's plan version: later readers (the report, other units'
+    tasks) take the same values instead of parsing the stored plan again."""
+    with _SESSIONS_LOCK:
+        _FROZEN[(ledger.url, run_id, version)] = (plan, inventory)
 
 
 def plan_changes(old: Plan, new: Plan, limit: int = 8) -> list[str]:
@@ -188,6 +194,7 @@ class RunSession:
         ledger.acquire_lease(session.run_id, RUN_SCOPE)  # a new run: nobody else can hold it yet
         session.clock_origin = ledger.get_run(session.run_id)["clock_origin"]  # type: ignore[index]
         _SESSIONS[(session.run_id, ledger.url)] = session
+        _remember_frozen(ledger, session.run_id, 1, plan, inventory)  # the report reads it: not parsed again
         return session
 
     @classmethod
@@ -241,6 +248,7 @@ class RunSession:
         session.resumed_from = run.row
         ledger.reopen_run(run_id, options.to_dict(), "retry failed steps" if retry_failed else "")
         _SESSIONS[(run_id, ledger.url)] = session
+        _remember_frozen(ledger, run_id, version, plan, inventory)
         return session
 
     @classmethod

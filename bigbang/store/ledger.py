@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.schema import Table
 
@@ -67,6 +68,8 @@ from bigbang.store.schema import (
 )
 
 FINAL = tuple(s.value for s in StepStatus if s.final)
+_FINISHED = frozenset(s.value for s in StepStatus if s.finished)
+QUEUE_LIMIT = 20000  # queued writes a producer may run ahead of the writer by (bounds memory if the database is slow)
 CHECKED_IN = "location.checked_in"
 RUN_SCOPE = "run"
 SERVERS_SCOPE = "servers"  # the prechecks and server waves: the steps of scope "servers" (one at a time)
@@ -85,9 +88,8 @@ _CLOCK_END = select(func.max(steps.c.clock_end),
                     func.sum(case((steps.c.status == StepStatus.SUCCEEDED.value, 1), else_=0))).where(and_(
     steps.c.run_id == bindparam("run_id"), steps.c.step_id.in_(bindparam("step_ids", expanding=True))))
 
-_SETTLE_INTENTS = update(intents).where(and_(
-    intents.c.run_id == bindparam("b_run_id"), intents.c.step_id.in_(bindparam("b_step_ids", expanding=True)),
-    intents.c.settled_at.is_(None))).values(settled_at=bindparam("b_settled_at"), outcome=bindparam("b_outcome"))
+_SETTLE_INTENT = text("UPDATE intents SET settled_at = :settled_at, outcome = :outcome "
+                      "WHERE run_id = :run_id AND step_id = :step_id AND settled_at IS NULL")
 
 
 
@@ -105,6 +107,20 @@ def _upsert(table: Table, update: tuple[str, ...] = (), where: str = "") -> Text
     return text(sql).bindparams(*(bindparam(c.name, type_=c.type) for c in table.columns))
 
 
+_DRIVER_SQL: dict[tuple[int, str], str] = {}
+
+
+def _driver_sql(clause: TextClause, dialect_name: str) -> str:
+    """A text statement (`_upsert`, `_SETTLE_INTENT`) in the driver's own parameter style (sqlite3 takes
+    `:name`, psycopg `%(name)s`)."""
+    key = (id(clause), dialect_name)
+    sql = _DRIVER_SQL.get(key)
+    if sql is None:
+        sql = clause.text if dialect_name == "sqlite" else re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", clause.text)
+        _DRIVER_SQL[key] = sql
+    return sql
+
+
 def _all_but_key(table: Table) -> tuple[str, ...]:
     return tuple(c.name for c in table.columns if not c.primary_key)
 
@@ -119,11 +135,12 @@ _INSERT_SIM_EFFECTS = _upsert(sim_effects)
 class _Commit:
     """A caller waiting for the writer to commit what it queued (an intent), and how that ended."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.result: Any = None
 
 
 def location_scope(location_id: str) -> str:
@@ -181,11 +198,11 @@ class StepRecord:
 
     @property
     def final(self) -> bool:
-        return StepStatus(self.status).final
+        return self.status in FINAL
 
     @property
     def finished(self) -> bool:
-        return StepStatus(self.status).finished
+        return self.status in _FINISHED
 
 
 @dataclass(frozen=True)
@@ -225,7 +242,10 @@ class Ledger:
         self.url = url or default_ledger_url()
         self.engine = _engine(self.url)
         self.worker = worker_name()
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=20000)
+        # SimpleQueue: put and get in C, one per step record on the hot path (queue.Queue's are Python)
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._room = threading.Event()  # set while the queue is below QUEUE_LIMIT
+        self._room.set()
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
         self._lock = threading.RLock()  # re-entrant: a signal handler may flush while its thread is in _put
@@ -518,12 +538,12 @@ class Ledger:
 
     def fence_for(self, run_id: str, scope: str) -> Fence | None:
         """The lease a write for `scope` (a location id, or "servers") is made under: the location's (the
-        servers'), else the run's; None for a writer that holds no lease on the run (tools, tests)."""
-        with self._lock:
-            for held_scope in (lease_scope(scope), RUN_SCOPE):
-                held = self._held.get((run_id, held_scope))
-                if held is not None:
-                    return (run_id, held_scope, held[0])
+        servers'), else the run's; None for a writer that holds no lease on the run (tools, tests). Once per
+        step record: no lock (a dict read is atomic; `_held` changes only under `_lock`)."""
+        for held_scope in (lease_scope(scope), RUN_SCOPE):
+            held = self._held.get((run_id, held_scope))
+            if held is not None:
+                return (run_id, held_scope, held[0])
         return None
 
     def _free(self, lease: Lease, t: float) -> bool:
@@ -629,12 +649,48 @@ class Ledger:
         self._stop_renewing.set()
         self.engine.dispose()
 
+    def _transact(self, work: Callable[[Any], Any], timeout: float = 120.0) -> Any:
+        """`work(connection)` in a transaction of its own, made by the writer thread after what was queued
+        before it: this process's writes then never wait on each other's locks (SQLite's busy wait cost a
+        sign-off ~7 ms while the writer committed steps)."""
+        if threading.current_thread() is self._writer:
+            with self.engine.begin() as conn:
+                return work(conn)
+        commit = _Commit()
+        self._put(("call", (work, commit)))
+        if not commit.done.wait(timeout):
+            raise LedgerError(f"the ledger writer did not commit within {timeout:.0f} s ({self.safe_url})")
+        _raise_as_ledger_error(commit.error)
+        return commit.result
+
+    def _run_call(self, work: Callable[[Any], Any], commit: _Commit) -> None:
+        for attempt in range(8):
+            try:
+                with self.engine.begin() as conn:
+                    commit.result = work(conn)
+                break
+            except OperationalError as exc:  # another process holds the database: back off, try again
+                if attempt == 7:
+                    commit.error = exc
+                time.sleep(0.02 * 2**attempt)
+            except BaseException as exc:  # noqa: BLE001 - the caller's to handle, not the writer's
+                commit.error = exc
+                break
+        commit.done.set()
+
     def _put(self, item: tuple[str, Any]) -> None:
         self._raise_writer_error()
-        with self._lock:
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="bigbang-ledger-writer", daemon=True)
-                self._writer.start()
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_loop, name="bigbang-ledger-writer",
+                                                    daemon=True)
+                    self._writer.start()
+        if self._queue.qsize() >= QUEUE_LIMIT and threading.current_thread() is not self._writer:
+            self._room.clear()
+            while self._queue.qsize() >= QUEUE_LIMIT // 2:  # the writer sets `_room` once it has caught up
+                self._room.wait(0.1)
+                self._raise_writer_error()
         self._queue.put(item)
 
     def _raise_writer_error(self) -> None:
@@ -648,6 +704,8 @@ class Ledger:
                     batch.append(self._queue.get_nowait())
             except queue.Empty:
                 pass
+            if not self._room.is_set() and self._queue.qsize() < QUEUE_LIMIT // 2:
+                self._room.set()
             intent_rows = [item for kind, item in batch if kind == "intent"]
             step_rows = [item for kind, item in batch if kind == "step"]
             location_rows = [item for kind, item in batch if kind == "location"]
@@ -668,7 +726,7 @@ class Ledger:
                             if step_rows:
                                 self._upsert_steps(conn, step_rows)
                             if effect_rows:  # with the outcomes they belong to: neither is ever seen alone
-                                conn.execute(_INSERT_SIM_EFFECTS, effect_rows)
+                                self._bulk(conn, _INSERT_SIM_EFFECTS, effect_rows)
                             if location_rows:
                                 self._upsert_locations(conn, [row for row, _ in location_rows])
                             self._check_fences(conn, fences)  # a stale holder's writes roll back here
@@ -694,7 +752,9 @@ class Ledger:
                 commit.error = error
                 commit.done.set()
             for kind, item in batch:
-                if kind == "flush":
+                if kind == "call":  # after the batch's commit: it follows what was queued before it
+                    self._run_call(*item)
+                elif kind == "flush":
                     item.set()
                 elif kind == "stop":
                     return
@@ -714,9 +774,28 @@ class Ledger:
                 _SIM_EFFECTS_AMONG, {"run_id": run_id, "step_ids": ids}))
         return looked - found, found
 
+    def _bulk(self, conn: Any, clause: TextClause, rows: list[dict[str, Any]]) -> None:
+        """executemany of a text statement on the driver's cursor, in `conn`'s transaction: SQLAlchemy's
+        own executemany binds every row in Python, most of the writer's time at ~30,000 rows a run. Errors
+        come out as they do from SQLAlchemy (a fault that retrying will not cure as a LedgerError)."""
+        if not rows:
+            return
+        dialect = conn.dialect
+        sql = _driver_sql(clause, dialect.name)
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.executemany(sql, rows)
+        except dialect.loaded_dbapi.Error as exc:
+            fatal = _fatal(exc, self.safe_url)
+            if fatal is not None:
+                raise fatal from exc
+            raise DBAPIError.instance(sql, rows[0], exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+        finally:
+            cursor.close()
+
     def _upsert_intents(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         latest = {(row["run_id"], row["step_id"]): row for row in rows}
-        conn.execute(_UPSERT_INTENTS, [latest[key] for key in sorted(latest)])  # one lock order for all
+        self._bulk(conn, _UPSERT_INTENTS, [latest[key] for key in sorted(latest)])  # one lock order for all
 
     def _upsert_steps(self, conn, items: list[tuple[str, StepRecord, Fence | None, float | None]]) -> None:
         # The last write for a step in one batch wins; earlier ones are superseded.
@@ -726,21 +805,17 @@ class Ledger:
                 continue  # as in the database below: nothing undoes a succeeded step
             latest[(run_id, r.step_id)] = dict(
                 run_id=run_id, step_id=r.step_id, scope=r.scope, target=r.target, kind=r.kind,
-                status=r.status, attempts=r.attempts, changed=r.changed, message=r.message[:4000],
+                status=str(r.status), attempts=r.attempts, changed=r.changed, message=r.message[:4000],
                 facts=json.dumps(r.facts or {}, sort_keys=True, default=str), started_at=r.started_at,
                 finished_at=r.finished_at, clock_start=r.clock_start, clock_end=r.clock_end, worker=self.worker,
             )
         rows = [latest[key] for key in sorted(latest)]  # one lock order for all writers: no deadlocks
-        conn.execute(_UPSERT_STEPS, rows)
+        self._bulk(conn, _UPSERT_STEPS, rows)
         # An outcome settles its step's intent in the same transaction: no window where one exists alone.
-        by_status: dict[str, list[tuple[str, str]]] = {}
-        for row in rows:
-            if row["status"] in FINAL:
-                by_status.setdefault(row["status"], []).append((row["run_id"], row["step_id"]))
-        for status, keys in sorted(by_status.items()):
-            for run_id in sorted({r for r, _ in keys}):
-                conn.execute(_SETTLE_INTENTS, {"b_run_id": run_id, "b_step_ids": [s for r, s in keys if r == run_id],
-                                               "b_settled_at": now(), "b_outcome": status})
+        settled_at = now()
+        self._bulk(conn, _SETTLE_INTENT, [{"run_id": row["run_id"], "step_id": row["step_id"],
+                                           "settled_at": settled_at, "outcome": row["status"]}
+                                          for row in rows if row["status"] in FINAL])
 
     def _upsert_locations(self, conn, rows: list[dict[str, Any]]) -> None:
         # As for steps: nothing rewrites a location that succeeded (its times and verdict are final), and the
@@ -753,9 +828,12 @@ class Ledger:
         conn.execute(_UPSERT_LOCATIONS, [latest[key] for key in sorted(latest)])
 
     # ------------------------------------------------------------ reads
-    def step_results(self, run_id: str, *, scope: str | None = None,
-                     step_ids: Iterable[str] | None = None) -> dict[str, StepRecord]:
-        query = select(steps).where(steps.c.run_id == run_id)
+    def step_results(self, run_id: str, *, scope: str | None = None, step_ids: Iterable[str] | None = None,
+                     with_facts: bool = True) -> dict[str, StepRecord]:
+        """step id -> its record; `with_facts=False` leaves out what the devices reported (`facts` None), which
+        a report of the whole run does not show and which costs most of reading 30,000 records."""
+        columns = steps.c if with_facts else [c for c in steps.c if c.name != "facts"]
+        query = select(*columns).where(steps.c.run_id == run_id)
         if scope is not None:
             query = query.where(steps.c.scope == scope)
         ids = list(step_ids) if step_ids is not None else None
@@ -792,12 +870,15 @@ class Ledger:
         stmt = insert(signoffs).values(run_id=run_id, location_id=location_id, signed_by=signed_by,
                                        signed_at=now(), note=note)
         stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "location_id"]).returning(signoffs.c.location_id)
-        with self.engine.begin() as conn:
+
+        def work(conn: Any) -> bool:
             done = conn.execute(stmt).first() is not None
             if done:
                 conn.execute(events.insert().values(run_id=run_id, at=now(), kind="location.signed_off",
                                                     subject=location_id, message=f"by {signed_by}. {note}".strip()))
             return done
+
+        return bool(self._transact(work))
 
     def signoffs(self, run_id: str) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -899,7 +980,7 @@ def _record(row: Any) -> StepRecord:
     return StepRecord(
         step_id=row["step_id"], scope=row["scope"], target=row["target"], kind=row["kind"],
         status=StepStatus(row["status"]), attempts=row["attempts"], changed=bool(row["changed"]),
-        message=row["message"] or "", facts=json.loads(row["facts"] or "{}"),
+        message=row["message"] or "", facts=json.loads(row["facts"] or "{}") if "facts" in row else None,
         started_at=row["started_at"], finished_at=row["finished_at"], clock_start=row["clock_start"],
         clock_end=row["clock_end"],
     )
