@@ -1,7 +1,8 @@
 """A warm local Prefect server, so that rehearsals do not pay Prefect's start-up every time.
 
 The first `bigbang run` without a Prefect server works as before, on Prefect's embedded (ephemeral)
-server; when it ends it starts a local server in the background, bound to 127.0.0.1 only, with its own
+server (`EmbeddedServer`: started by the command at its very start, so that it boots while the command
+does its own start-up); when it ends it starts a local server in the background, bound to 127.0.0.1 only, with its own
 SQLite database in the Prefect home. Later runs find it through a state file and use it. It stops
 itself after `BIGBANG_WARM_IDLE` seconds (default 1800) in which no run used it and no flow run is
 running. `BIGBANG_WARM_SERVER=0` turns all this off; a `PREFECT_API_URL` the user set always wins.
@@ -12,7 +13,9 @@ running. `BIGBANG_WARM_SERVER=0` turns all this off; a `PREFECT_API_URL` the use
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -185,6 +188,72 @@ def main(argv: list[str] | None = None) -> int:
     state = _read_state()
     print(state["url"] if state and healthy(state["url"]) else "no warm server")
     return 0
+
+
+
+
+# ---------------------------------------------------------------- the run's own embedded server
+
+
+class EmbeddedServer:
+    """Prefect's embedded (ephemeral) server, started by `bigbang run` itself at the very start of the
+    command, before Prefect is imported: the server boots in its own process while the command imports
+    Prefect's client, loads the inventory and freezes the plan, and the command never imports Prefect's
+    server modules (Prefect's own ephemeral mode imports them into the client process, ~2 s). The same
+    server as Prefect's ephemeral one: its command line, its settings, its database in PREFECT_HOME, bound
+    to 127.0.0.1; it stops with the command."""
+
+    def __init__(self, port: int, process: subprocess.Popen[bytes], log: Path):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.process = process
+        self.log = log
+
+    @classmethod
+    def start(cls) -> EmbeddedServer | None:
+        """Start it, or None when Prefect's package cannot be found (Prefect's own ephemeral mode then)."""
+        spec = importlib.util.find_spec("prefect")
+        if spec is None or spec.origin is None:
+            return None
+        home = prefect_home()
+        home.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+        env.pop("PREFECT_API_URL", None)
+        log = home / "bigbang-embedded-server.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+                 "--log-level", "error", "--lifespan", "on"],
+                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        server = cls(port, process, log)
+        atexit.register(server.stop)
+        return server
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Return once it answers; ConnectionError (with the end of its log) if it stopped or did not start."""
+        limit = timeout if timeout is not None else float(
+            os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 90)
+        deadline = time.monotonic() + limit
+        while not healthy(self.url, timeout=1.0):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = ""
+                with contextlib.suppress(OSError):
+                    tail = " ".join(self.log.read_text(errors="replace")[-400:].split())
+                raise ConnectionError(f"Prefect's local server did not start on {self.url}"
+                                      + (f": {tail}" if tail else ""))
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -73,6 +74,7 @@ class _Running:
     session: RunSession | None = None
     monitor: Any = None
     weekend: Any = None
+    embedded: Any = None  # bigbang.warm.EmbeddedServer, when this command started Prefect's server
 
 
 def _on_signals(state: _Running) -> dict[int, Any]:
@@ -127,6 +129,13 @@ def _run(args: argparse.Namespace, state: _Running) -> int:
     console = state.console
     apply_defaults()
     warm_url = warm.use()  # a warm local Prefect server from an earlier run, if one is up
+    embedded = None
+    if warm_url is None and not os.environ.get("PREFECT_API_URL") and (
+            args.dispatch or os.environ.get("BIGBANG_DISPATCH") or "local") == "local":
+        # Prefect's embedded server, booting in its own process from now on; Prefect reads its URL on import
+        embedded = state.embedded = warm.EmbeddedServer.start()
+        if embedded is not None:
+            os.environ["PREFECT_API_URL"] = embedded.url
     weekend = importlib.import_module("flows.weekend")  # imports Prefect: before the live display starts
     state.weekend = weekend
     _quiet_user_errors()
@@ -168,6 +177,8 @@ def _run(args: argparse.Namespace, state: _Running) -> int:
     monitor = None if args.quiet else RunMonitor(session.ledger, session.run_id, plan, console).start()
     state.monitor = monitor
     try:
+        if embedded is not None:
+            embedded.wait()
         weekend.run_weekend(session, dispatch=args.dispatch)
     except Exception as exc:
         if monitor is not None:
@@ -197,6 +208,8 @@ def _run(args: argparse.Namespace, state: _Running) -> int:
     finally:
         if monitor is not None:
             monitor.stop()
+    if embedded is not None:
+        os.environ.pop("PREFECT_API_URL", None)  # ours, not the user's: the warm server below must not see it
     if warm_url is None:
         warm.start_in_background()  # the next run starts warm
     code = _summarise(session, console, time.monotonic() - started, args.strict)
@@ -262,6 +275,9 @@ def _interrupted(state: _Running, why: str) -> None:
             state.weekend.stop_local_server()
         except Exception:  # noqa: BLE001
             pass
+    if state.embedded is not None:
+        with contextlib.suppress(Exception):
+            state.embedded.process.kill()  # os._exit below skips the atexit stop
     if session is None:
         line = f"Interrupted ({why}) before the run started."
     else:
