@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from bigbang.store.ledger import Ledger, StepRecord
-from tests.helpers import copy_demo, rehearse
+from tests.helpers import copy_demo, rehearse, wait_for
 from tests.peers.postgres import postgres  # noqa: F401
 
 
@@ -38,6 +38,40 @@ def test_a_succeeded_step_is_never_overwritten(ledger_url):
     results = ledger.step_results(run)
     assert (results["a:ws.image"].status, results["a:ws.image"].attempts) == ("succeeded", 2)
     assert results["b:ws.image"].status == "succeeded"  # a retried failure may succeed later
+    ledger.close()
+
+
+def test_a_running_state_is_written_once_it_lasts_and_an_outcome_in_time_supersedes_it(ledger_url):
+    ledger = Ledger(ledger_url)
+    run = new_run(ledger)
+    written: list[list[str]] = []
+    original = Ledger._upsert_steps
+
+    def spy(self, conn, items):  # noqa: ANN001 - records what each committed batch wrote
+        written.append([f"{r.step_id}={r.status}" for _, r, _, _ in items])
+        return original(self, conn, items)
+
+    Ledger._upsert_steps = spy  # type: ignore[method-assign]
+    try:
+        ledger.record_step(run, StepRecord("a:ws.image", "L1", "a", "ws.image", "running", clock_start=1.0))
+        ledger.record_step(run, StepRecord("b:tc.verify", "L1", "b", "tc.verify", "running", clock_start=1.0))
+        ledger.record_step(run, StepRecord("b:tc.verify", "L1", "b", "tc.verify", "succeeded", attempts=1))
+        # the long step shows as running without a flush, once it has run RUNNING_DELAY seconds
+        running = wait_for(lambda: ledger.step_results(run).get("a:ws.image"), 20, "the running state")
+        assert running.status == "running" and running.clock_start == 1.0
+        ledger.record_step(run, StepRecord("a:ws.image", "L1", "a", "ws.image", "succeeded", attempts=1))
+        ledger.flush()
+    finally:
+        Ledger._upsert_steps = original  # type: ignore[method-assign]
+    rows = [row for batch in written for row in batch]
+    assert "b:tc.verify=running" not in rows and rows.count("b:tc.verify=succeeded") == 1  # written once
+    assert rows.index("a:ws.image=running") < rows.index("a:ws.image=succeeded")
+    assert {k: r.status for k, r in ledger.step_results(run).items()} == {"a:ws.image": "succeeded",
+                                                                          "b:tc.verify": "succeeded"}
+    # a flush writes a running state at once: what was queued before it is committed
+    ledger.record_step(run, StepRecord("c:ws.image", "L1", "c", "ws.image", "running"))
+    ledger.flush()
+    assert ledger.step_results(run)["c:ws.image"].status == "running"
     ledger.close()
 
 

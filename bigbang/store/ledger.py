@@ -69,6 +69,7 @@ from bigbang.store.schema import (
 
 FINAL = tuple(s.value for s in StepStatus if s.final)
 _FINISHED = frozenset(s.value for s in StepStatus if s.finished)
+RUNNING_DELAY = 0.5  # seconds a step runs before its running state is written (see _write_loop)
 QUEUE_LIMIT = 20000  # queued writes a producer may run ahead of the writer by (bounds memory if the database is slow)
 CHECKED_IN = "location.checked_in"
 RUN_SCOPE = "run"
@@ -697,8 +698,20 @@ class Ledger:
         _raise_as_ledger_error(self._writer_error)
 
     def _write_loop(self) -> None:
+        # Running records held back (writer thread only), oldest first: a step's running state is written
+        # once it has run RUNNING_DELAY seconds, or with its outcome's batch superseded by it. Most rehearsal
+        # steps finish sooner, and their row is then written once instead of twice; a live step (minutes)
+        # shows as running RUNNING_DELAY later. A flush writes them all.
+        held: dict[tuple[str, str], tuple[float, Any]] = {}
         while True:
-            batch = [self._queue.get()]
+            try:
+                if held:
+                    first_held = next(iter(held.values()))[0]
+                    batch = [self._queue.get(timeout=max(0.0, first_held + RUNNING_DELAY - time.monotonic()))]
+                else:
+                    batch = [self._queue.get()]
+            except queue.Empty:
+                batch = []
             try:
                 while len(batch) < 2000:
                     batch.append(self._queue.get_nowait())
@@ -707,7 +720,8 @@ class Ledger:
             if not self._room.is_set() and self._queue.qsize() < QUEUE_LIMIT // 2:
                 self._room.set()
             intent_rows = [item for kind, item in batch if kind == "intent"]
-            step_rows = [item for kind, item in batch if kind == "step"]
+            step_rows = self._hold_running(held, [item for kind, item in batch if kind == "step"],
+                                           everything=any(kind in ("flush", "stop") for kind, _ in batch))
             location_rows = [item for kind, item in batch if kind == "location"]
             effect_rows = [dict(run_id=run_id, step_id=r.step_id, applied_at=at, worker=self.worker)
                            for run_id, r, _, at in step_rows if at is not None]
@@ -758,6 +772,27 @@ class Ledger:
                     item.set()
                 elif kind == "stop":
                     return
+
+    @staticmethod
+    def _hold_running(held: dict[tuple[str, str], tuple[float, Any]], items: list[Any], everything: bool) -> list[Any]:
+        """The step records to write in this batch: held running records that are due (all of them for a
+        flush), then the batch's own, minus new running records (held) and records superseded in the batch."""
+        mine: list[Any] = []
+        t = time.monotonic()
+        for item in items:
+            key = (item[0], item[1].step_id)
+            held.pop(key, None)  # a later record supersedes it (re-held below if it is running again)
+            if item[1].status == StepStatus.RUNNING:
+                held[key] = (t, item)
+            else:
+                mine.append(item)
+        due: list[Any] = []
+        for key, (since, item) in list(held.items()):
+            if not everything and since + RUNNING_DELAY > t:
+                break  # oldest first: the rest are younger
+            due.append(item)
+            del held[key]
+        return due + mine
 
     def _look_for_sim_effects(self, conn: Any, rows: list[dict[str, Any]]
                               ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]] | None:
