@@ -68,8 +68,9 @@ class _Pipeline:
                          f"[ \"$__bb_rc\" -eq 0 ] || exit \"$__bb_rc\"\n")
         self.command = "".join(parts)
 
-    def feed(self, out: bytes | bytearray, err: bytes | bytearray, started: float) -> None:
-        """Look for the next finished scripts in the output so far."""
+    def feed(self, out: bytes | bytearray, err: bytes | bytearray, started: float, final: bool = False) -> None:
+        """Look for the next finished scripts in the output so far. A failed script ends the command: its
+        result waits for the end (`final`), as its stderr may come after its marker on stdout."""
         needle = f"\n{self.mark} ".encode()
         while len(self.results) < len(self.names):
             at = out.find(needle, self._pos)
@@ -83,6 +84,8 @@ class _Pipeline:
                 code = int(fields[1])
             except (IndexError, ValueError):
                 code = 255
+            if code and not final:
+                return
             name = self.names[len(self.results)]
             result = CommandResult(name, code, bytes(out[self._pos:at]).decode(errors="replace"),
                                    bytes(err).decode(errors="replace") if code else "", time.monotonic() - started)
@@ -206,10 +209,19 @@ class SshSessions:
                 if pipeline is not None:
                     pipeline.feed(out, err, started)
             channel.status_event.wait(max(0.0, deadline - time.monotonic()))
+            # sshd may send the end of stderr after the channel's EOF and the exit status (it reads the
+            # command's stderr pipe until that closes), but never after closing the channel: wait for the
+            # close (a millisecond or so), then take what stderr holds.
+            until = min(deadline, time.monotonic() + 2.0)
+            while not channel.closed and time.monotonic() < until:
+                if channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+                else:
+                    time.sleep(0.001)
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
             if pipeline is not None:
-                pipeline.feed(out, err, started)
+                pipeline.feed(out, err, started, final=True)
         except TimeoutError:
             self.drop(address)
             raise ConnectorError(f"{name} on {address} did not finish within {timeout:g} s",
