@@ -81,7 +81,8 @@ class Runner:
             return self._intents.get(step_id)
 
     # ------------------------------------------------------------ one step
-    def execute(self, step: Step, scope: str, known: Known, clock: Clock) -> StepRecord:
+    def execute(self, step: Step, scope: str, known: Known, clock: Clock, intended: bool = False) -> StepRecord:
+        """Run one step and record it; `intended`: its first attempt's intent is committed already."""
         prev = known.get(step.id)
         if prev is not None and prev.finished:
             if prev.status == StepStatus.SUCCEEDED or not self.options.retry_failed:
@@ -102,8 +103,8 @@ class Runner:
         outcome = Outcome(ok=False, message="not attempted")
         attempt = 0
         for attempt in range(1, attempts + 1):
-            if changing:  # committed before the device is touched; settled with the outcome below
-                self.ledger.record_intent(self.run_id, step.id, scope, attempt)
+            if changing and not (intended and attempt == 1):  # committed before the device is touched;
+                self.ledger.record_intent(self.run_id, step.id, scope, attempt)  # settled by the outcome
             outcome = self._attempt(connector, step, attempt)
             if outcome.ok or not outcome.transient or attempt == attempts:
                 break
@@ -402,6 +403,7 @@ class Runner:
                 clock: Clock) -> DeviceStatus:
         blocker = None
         result = DeviceStatus.SUCCEEDED
+        intended = self._intend(device, loc.id, known, state)
         for step in device.steps:
             prev = known.get(step.id)
             if blocker is None and state.halted_reason and not (prev is not None and prev.finished):
@@ -410,7 +412,7 @@ class Runner:
             if blocker:
                 self.skip(step, loc.id, blocker, known, clock)
                 continue
-            rec = self.execute(step, loc.id, known, clock)
+            rec = self.execute(step, loc.id, known, clock, intended=step.id in intended)
             if rec.status == StepStatus.FAILED:
                 blocker = f"{step.kind} failed"
                 result = DeviceStatus.FAILED
@@ -419,6 +421,25 @@ class Runner:
         if result == DeviceStatus.FAILED:
             state.add_failure(device.hostname)
         return result
+
+    def _intend(self, device: DevicePlan, scope: str, known: Known, state: _LocationState) -> set[str]:
+        """Commit the intents of the device's changing steps that are to run, in one wait before the first
+        (each step waited for its own before: most of a rehearsal's waiting). A step that does not get to
+        run (an earlier one failed) is settled by its skip; a crash leaves its intent open, and a resume asks
+        the device before running it, as for a step that had started. Steps an interrupted process left an
+        intent for are settled one by one (`execute`)."""
+        if state.halted_reason:
+            return set()
+        todo: list[tuple[str, int]] = []
+        for step in device.steps:
+            prev = known.get(step.id)
+            if prev is not None and prev.finished and (prev.status == StepStatus.SUCCEEDED
+                                                       or not self.options.retry_failed):
+                continue  # kept as it is (see `execute`)
+            if changes_device(step) and self._open_intent(step.id) is None:
+                todo.append((step.id, 1))
+        self.ledger.record_intents(self.run_id, scope, todo)
+        return {step_id for step_id, _ in todo}
 
     def _finish_location(self, loc: LocationPlan, status: LocationStatus, reason: str, total: int, failed: int,
                          skipped: int, started: float, clock_start: float, clock: Clock,
@@ -429,7 +450,7 @@ class Runner:
             self.ledger.record_location(self.run_id, loc.id, status, reason=reason, devices=total,
                                         devices_failed=failed, devices_skipped=skipped, started_at=started,
                                         finished_at=now(), clock_start=clock_start, clock_end=clock.now())
-        self.ledger.flush()
+        self.ledger.flush(running=False)  # its own steps are all final; others' running states need not wait
         if status.stopped:
             self._check_rollout_halt(clock)
         return LocationResult(loc.id, status, reason, total, failed, skipped)

@@ -414,6 +414,67 @@ def test_a_change_applied_before_a_crash_is_found_on_the_device_not_redone(tmp_p
 
 # ---------------------------------------------------------------- a resume of a finished run
 
+def test_a_device_s_intents_come_before_its_first_change_and_a_crash_before_a_later_step_runs_it_once(
+        tmp_path, monkeypatch):
+    inventory = copy_demo(tmp_path)
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    committed: list[tuple[str, list[str]]] = []
+    original_intents = Ledger.record_intents
+
+    def spy(self, run_id, scope, attempts):  # noqa: ANN001 - what was committed when
+        attempts = list(attempts)
+        committed.append(("intents", [step_id for step_id, _ in attempts]))
+        return original_intents(self, run_id, scope, attempts)
+
+    from bigbang.connectors.simulated import SimulatedConnector
+
+    ran: list[str] = []
+    original_run = SimulatedConnector.run
+
+    def run(self, action):  # noqa: ANN001
+        ran.append(action.step_id)
+        committed.append(("run", [action.step_id]))
+        return original_run(self, action)
+
+    monkeypatch.setattr(Ledger, "record_intents", spy)
+    monkeypatch.setattr(SimulatedConnector, "run", run)
+    session = rehearse(inventory, url)
+    session.close()
+    run_id, loc = session.run_id, session.plan.locations[0]
+    device = loc.devices[0]
+    first, second = [s for s in device.steps if changes_device(s)][:2]
+    # one commit holds both intents, and it comes before the device's first change
+    together = next(i for i, (what, ids) in enumerate(committed) if what == "intents" and first.id in ids)
+    assert second.id in committed[together][1]
+    assert together < committed.index(("run", [first.id]))
+    effects = session.ledger.sim_effect_counts(run_id)
+    # The state a kill leaves after the first change's outcome, before the second step started: its intent
+    # open (committed with the first's), no record of it or of anything after it, its change not made.
+    later = [s.id for s in device.steps[device.steps.index(second):]] + [loc.signoff.id, loc.verify.id]
+    db = sqlite3.connect(url.removeprefix("sqlite:///"))
+    with db:
+        db.execute(f"DELETE FROM steps WHERE run_id = ? AND step_id IN ({', '.join('?' * len(later))})",
+                   (run_id, *later))
+        db.execute("DELETE FROM sim_effects WHERE run_id = ? AND step_id = ?", (run_id, second.id))
+        db.execute("DELETE FROM signoffs WHERE run_id = ?", (run_id,))
+        db.execute("UPDATE locations SET status = 'running' WHERE run_id = ? AND location_id = ?", (run_id, loc.id))
+        opened = db.execute("UPDATE intents SET settled_at = NULL, outcome = NULL WHERE run_id = ? AND step_id = ?",
+                            (run_id, second.id))
+        assert opened.rowcount == 1
+    db.close()
+    ran.clear()
+    resumed = RunSession.resume(run_id, ledger_url=url)
+    assert resumed.ledger.open_intents(run_id) == {second.id: 1}
+    finish(resumed)
+    resumed.finish()
+    resumed.close()
+    record = resumed.ledger.step_results(run_id, step_ids=[second.id])[second.id]
+    assert record.status == StepStatus.SUCCEEDED and record.changed is True  # the device was asked: not made
+    assert ran.count(second.id) == 1 and first.id not in ran
+    assert resumed.ledger.sim_effect_counts(run_id) == effects  # the change made once, again
+    assert resumed.ledger.open_intents(run_id) == {}
+
+
 
 def test_resuming_a_completed_run_rewrites_nothing(tmp_path):
     inventory = copy_demo(tmp_path)

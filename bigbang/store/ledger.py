@@ -133,15 +133,36 @@ _UPSERT_LOCATIONS = _upsert(locations, _all_but_key(locations),
 _INSERT_SIM_EFFECTS = _upsert(sim_effects)
 
 
-class _Commit:
-    """A caller waiting for the writer to commit what it queued (an intent), and how that ended."""
+_facts_json = json.JSONEncoder(sort_keys=True, default=str).encode  # one encoder: `dumps` with options builds one per call
 
-    __slots__ = ("done", "error", "result")
+
+class _Commit:
+    """A caller waiting for the writer to commit what it queued (intents, a call), and how that ended.
+
+    A bare lock, held until the writer is done: one per changing device, so an `Event` (a Condition, a
+    waiter lock and a deque each) cost more than the wait itself."""
+
+    __slots__ = ("_pending", "_released", "error", "result")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self._pending = threading.Lock()
+        self._pending.acquire()
+        self._released = False
         self.error: BaseException | None = None
         self.result: Any = None
+
+    def set(self) -> None:
+        """The writer is done with it (once; the writer thread only)."""
+        if not self._released:
+            self._released = True
+            self._pending.release()
+
+    def wait(self, timeout: float) -> bool:
+        """True once the writer is done; False after `timeout` seconds (call again to go on waiting)."""
+        if self._pending.acquire(timeout=timeout):
+            self._pending.release()  # a later wait returns at once
+            return True
+        return False
 
 
 def location_scope(location_id: str) -> str:
@@ -583,17 +604,26 @@ class Ledger:
 
     # ------------------------------------------------------------ intents (before a changing step)
     def record_intent(self, run_id: str, step_id: str, scope: str, attempt: int) -> None:
-        """Commit that a changing step is about to touch its device; refused without the current lease.
+        """Commit that a changing step is about to touch its device; refused without the current lease."""
+        self.record_intents(run_id, scope, [(step_id, attempt)])
 
-        Returns once committed. Intents go through the writer like everything else, so the intents of
-        all the devices that are about to be changed at one moment share one transaction (group commit)."""
+    def record_intents(self, run_id: str, scope: str, attempts: Iterable[tuple[str, int]]) -> None:
+        """Commit that these changing steps (step id, attempt) of one scope may touch their devices from now
+        on; refused without the current lease. Returns once committed.
+
+        Intents go through the writer like everything else, so the intents of all the devices that are
+        about to be changed at one moment share one transaction (group commit). An intent whose step never
+        started is harmless: a resume asks the device, finds the change not made, and runs the step."""
         self._raise_writer_error()  # a ledger that cannot record the outcome must not let the change start
         fence = self.fence_for(run_id, scope)
-        row = dict(run_id=run_id, step_id=step_id, attempt=attempt, token=fence[2] if fence else None,
-                   owner=self.worker, recorded_at=now(), settled_at=None, outcome=None)
+        token, t = (fence[2] if fence else None), now()
+        rows = [dict(run_id=run_id, step_id=step_id, attempt=attempt, token=token, owner=self.worker,
+                     recorded_at=t, settled_at=None, outcome=None) for step_id, attempt in attempts]
+        if not rows:
+            return
         commit = _Commit()
-        self._put(("intent", (row, fence, commit)))
-        while not commit.done.wait(5.0):
+        self._put(("intent", (rows, fence, commit)))
+        while not commit.wait(5.0):
             writer = self._writer
             if writer is None or not writer.is_alive():
                 raise LedgerError(f"the ledger writer stopped before an intent was committed ({self.safe_url})")
@@ -628,13 +658,15 @@ class Ledger:
             finished_at=finished_at, clock_start=clock_start, clock_end=clock_end, worker=self.worker,
         ), self.fence_for(run_id, location_id))))
 
-    def flush(self, timeout: float = 120.0) -> None:
-        """Return once everything queued so far is committed."""
+    def flush(self, timeout: float = 120.0, *, running: bool = True) -> None:
+        """Return once everything queued so far is committed. `running=False` leaves the running states the
+        writer holds back (younger than RUNNING_DELAY) to be written when due or superseded: what a unit
+        needs at its end (its outcomes committed), without writing every other unit's steps twice."""
         if self._writer is None:
             self._raise_writer_error()
             return
         done = threading.Event()
-        self._put(("flush", done))
+        self._put(("flush" if running else "flush-outcomes", done))
         if not done.wait(timeout):
             raise LedgerError(f"the ledger writer did not commit within {timeout:.0f} s ({self.safe_url})")
         self._raise_writer_error()
@@ -659,7 +691,7 @@ class Ledger:
                 return work(conn)
         commit = _Commit()
         self._put(("call", (work, commit)))
-        if not commit.done.wait(timeout):
+        if not commit.wait(timeout):
             raise LedgerError(f"the ledger writer did not commit within {timeout:.0f} s ({self.safe_url})")
         _raise_as_ledger_error(commit.error)
         return commit.result
@@ -677,7 +709,7 @@ class Ledger:
             except BaseException as exc:  # noqa: BLE001 - the caller's to handle, not the writer's
                 commit.error = exc
                 break
-        commit.done.set()
+        commit.set()
 
     def _put(self, item: tuple[str, Any]) -> None:
         self._raise_writer_error()
@@ -735,8 +767,9 @@ class Ledger:
                     try:
                         with self.engine.begin() as conn:
                             if intent_rows:  # before any outcome: a step's outcome is queued after its intent
-                                self._upsert_intents(conn, [row for row, _, _ in intent_rows])
-                                checked = self._look_for_sim_effects(conn, [row for row, _, _ in intent_rows])
+                                rows = [row for batch_rows, _, _ in intent_rows for row in batch_rows]
+                                self._upsert_intents(conn, rows)
+                                checked = self._look_for_sim_effects(conn, rows)
                             if step_rows:
                                 self._upsert_steps(conn, step_rows)
                             if effect_rows:  # with the outcomes they belong to: neither is ever seen alone
@@ -764,11 +797,11 @@ class Ledger:
                     error = self._writer_error or LedgerError("the ledger writer could not commit")
             for _, _, commit in intent_rows:  # the changes may start now (or must not, with the error)
                 commit.error = error
-                commit.done.set()
+                commit.set()
             for kind, item in batch:
                 if kind == "call":  # after the batch's commit: it follows what was queued before it
                     self._run_call(*item)
-                elif kind == "flush":
+                elif kind in ("flush", "flush-outcomes"):
                     item.set()
                 elif kind == "stop":
                     return
@@ -841,7 +874,7 @@ class Ledger:
             latest[(run_id, r.step_id)] = dict(
                 run_id=run_id, step_id=r.step_id, scope=r.scope, target=r.target, kind=r.kind,
                 status=str(r.status), attempts=r.attempts, changed=r.changed, message=r.message[:4000],
-                facts=json.dumps(r.facts or {}, sort_keys=True, default=str), started_at=r.started_at,
+                facts=_facts_json(r.facts) if r.facts else "{}", started_at=r.started_at,
                 finished_at=r.finished_at, clock_start=r.clock_start, clock_end=r.clock_end, worker=self.worker,
             )
         rows = [latest[key] for key in sorted(latest)]  # one lock order for all writers: no deadlocks
