@@ -266,8 +266,15 @@ class Plan:
 
 
 def digest_of(plan_dict: dict[str, Any]) -> str:
+    return frozen_json(plan_dict)[1]
+
+
+def frozen_json(plan_dict: dict[str, Any]) -> tuple[str, str]:
+    """The plan's JSON as the ledger freezes it, and its digest: one serialization for both (Höglandet's is
+    18 MB). It leaves out `inventory_digest`, which the ledger keeps beside it (see Ledger.frozen_plan)."""
     content = {k: v for k, v in plan_dict.items() if k != "inventory_digest"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    text = json.dumps(content, sort_keys=True, default=str)
+    return text, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- building

@@ -31,7 +31,7 @@ from bigbang.connectors import CONNECTORS, Connector, ConnectorContext
 from bigbang.connectors.simulated import simulates
 from bigbang.errors import LiveModeUnavailable, RunError
 from bigbang.inventory import Inventory, load_inventory
-from bigbang.plan import INTERNAL_CONNECTOR, Plan, build_plan, digest_of
+from bigbang.plan import INTERNAL_CONNECTOR, Plan, build_plan, frozen_json
 from bigbang.schedule.store import slots_of, stored_schedule
 from bigbang.secrets import resolve
 from bigbang.status import LocationStatus, Mode, RunStatus
@@ -185,11 +185,11 @@ class RunSession:
         session.check_connectors()
         if ledger.get_run(session.run_id) is not None:
             raise RunError(f"run {session.run_id} exists already", hint=f"resume it with --resume {session.run_id}")
-        plan_dict = plan.to_dict()  # once: frozen and digested from the same value
+        plan_json, plan_digest = frozen_json(plan.to_dict())  # once: frozen and digested from the same text
         ledger.create_run(session.run_id, rollout=inventory.rollout.name,
                           inventory=str(Path(inventory_path).resolve()), mode=options.mode,
-                          options=options.to_dict(), clock=session.clock_kind, plan=plan_dict,
-                          inventory_data=inventory.model_dump(mode="json"), plan_digest=digest_of(plan_dict),
+                          options=options.to_dict(), clock=session.clock_kind, plan=plan_json,
+                          inventory_data=inventory.model_dump_json(), plan_digest=plan_digest,
                           inventory_digest=inventory.digest, schedule=schedule)
         ledger.acquire_lease(session.run_id, RUN_SCOPE)  # a new run: nobody else can hold it yet
         session.clock_origin = ledger.get_run(session.run_id)["clock_origin"]  # type: ignore[index]

@@ -167,3 +167,32 @@ def test_the_clock_plays_a_location_at_the_pace_asked(tmp_path, ledger_url):
     lanes = SimulatedClock(0.0, Pace(None, time.time()))
     ends = lanes.parallel([30.0, 10.0, 10.0, 10.0], lambda d: (lanes.sleep(d), lanes.now())[1], 2, "t")
     assert ends == [30.0, 10.0, 20.0, 30.0]  # two crews: the short jobs queue behind each other
+
+
+def test_the_frozen_plan_is_stored_as_the_text_its_digest_is_taken_of_and_reads_back_whole(tmp_path, ledger_url):
+    import hashlib
+    import sqlite3
+
+    inventory = copy_demo(tmp_path)
+    session = RunSession.start(inventory, RunOptions(zero_duration=True), ledger_url=ledger_url)
+    run_id, plan = session.run_id, session.plan
+    session.close()
+    db = sqlite3.connect(ledger_url.removeprefix("sqlite:///"))
+    text, digest, inventory_digest = db.execute(
+        "SELECT plan, plan_digest, inventory_digest FROM run_plans WHERE run_id = ?", (run_id,)).fetchone()
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == digest == plan.digest
+    assert "inventory_digest" not in json.loads(text) and inventory_digest == plan.inventory_digest
+    from bigbang.session import _SESSIONS
+    from bigbang.store import Ledger
+
+    _SESSIONS.clear()
+    frozen = Ledger(ledger_url).frozen_plan(run_id)
+    assert frozen is not None and frozen.plan == plan.to_dict()  # the column's digest put back
+    # a plan frozen by an earlier version, its inventory digest inside the text, reads back the same
+    with db:
+        db.execute("UPDATE run_plans SET plan = ? WHERE run_id = ?",
+                   (json.dumps(plan.to_dict(), sort_keys=True), run_id))
+    db.close()
+    again = Ledger(ledger_url).frozen_plan(run_id)
+    assert again is not None and again.plan == plan.to_dict()
+    assert frozen_run(Ledger(ledger_url), run_id).plan.digest == digest

@@ -308,9 +308,10 @@ class Ledger:
 
     # ------------------------------------------------------------ runs
     def create_run(self, run_id: str, *, rollout: str, inventory: str, mode: str, options: dict[str, Any],
-                   clock: str, plan: dict[str, Any], inventory_data: dict[str, Any], plan_digest: str,
+                   clock: str, plan: dict[str, Any] | str, inventory_data: dict[str, Any] | str, plan_digest: str,
                    inventory_digest: str, schedule: dict[str, Any] | None = None) -> None:
-        """Create the run with its frozen plan (version 1) in one transaction: a run never exists without it."""
+        """Create the run with its frozen plan (version 1) in one transaction: a run never exists without it.
+        The plan and the inventory are values or their JSON text (bigbang.plan.frozen_json)."""
         t = now()
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
@@ -340,11 +341,12 @@ class Ledger:
         return version
 
     @staticmethod
-    def _insert_plan(conn: Any, run_id: str, version: int, plan: dict[str, Any], inventory_data: dict[str, Any],
-                     plan_digest: str, inventory_digest: str, note: str) -> None:
+    def _insert_plan(conn: Any, run_id: str, version: int, plan: dict[str, Any] | str,
+                     inventory_data: dict[str, Any] | str, plan_digest: str, inventory_digest: str, note: str) -> None:
         conn.execute(run_plans.insert().values(
             run_id=run_id, version=version, plan_digest=plan_digest, inventory_digest=inventory_digest,
-            plan=json.dumps(plan, sort_keys=True, default=str), inventory=json.dumps(inventory_data, default=str),
+            plan=plan if isinstance(plan, str) else json.dumps(plan, sort_keys=True, default=str),
+            inventory=inventory_data if isinstance(inventory_data, str) else json.dumps(inventory_data, default=str),
             created_at=now(), note=note))
 
     def frozen_plan(self, run_id: str, version: int | None = None) -> FrozenPlan | None:
@@ -356,7 +358,9 @@ class Ledger:
             row = conn.execute(query).mappings().first()
         if row is None:
             return None
-        return FrozenPlan(row["version"], json.loads(row["plan"]), json.loads(row["inventory"]), row["plan_digest"],
+        plan = json.loads(row["plan"])
+        plan.setdefault("inventory_digest", row["inventory_digest"])  # its text leaves out what this column holds
+        return FrozenPlan(row["version"], plan, json.loads(row["inventory"]), row["plan_digest"],
                           row["inventory_digest"], row["note"])
 
     def set_run_schedule(self, run_id: str, schedule: dict[str, Any]) -> None:
