@@ -84,11 +84,10 @@ class Runner:
     def execute(self, step: Step, scope: str, known: Known, clock: Clock, intended: bool = False) -> StepRecord:
         """Run one step and record it; `intended`: its first attempt's intent is committed already."""
         prev = known.get(step.id)
-        if prev is not None and prev.finished:
-            if prev.status == StepStatus.SUCCEEDED or not self.options.retry_failed:
-                if prev.clock_end is not None:
-                    clock.sleep_until(prev.clock_end)  # keeps a resumed timeline where it was
-                return prev
+        if prev is not None and self._kept(prev):
+            if prev.clock_end is not None:
+                clock.sleep_until(prev.clock_end)  # keeps a resumed timeline where it was
+            return prev
         connector = self.session.connector(step.connector)
         changing = changes_device(step)
         if changing:
@@ -116,6 +115,10 @@ class Runner:
         )
         known[step.id] = record
         return record
+
+    def _kept(self, prev: StepRecord) -> bool:
+        """Whether a step a resume finds recorded stays as it is: finished, and not a failure to retry."""
+        return prev.finished and (prev.status == StepStatus.SUCCEEDED or not self.options.retry_failed)
 
     def _settle(self, connector: Connector, step: Step, scope: str, attempt: int, prev: StepRecord | None,
                 known: Known, clock: Clock) -> StepRecord | None:
@@ -433,9 +436,8 @@ class Runner:
         todo: list[tuple[str, int]] = []
         for step in device.steps:
             prev = known.get(step.id)
-            if prev is not None and prev.finished and (prev.status == StepStatus.SUCCEEDED
-                                                       or not self.options.retry_failed):
-                continue  # kept as it is (see `execute`)
+            if prev is not None and self._kept(prev):
+                continue
             if changes_device(step) and self._open_intent(step.id) is None:
                 todo.append((step.id, 1))
         self.ledger.record_intents(self.run_id, scope, todo)
