@@ -292,15 +292,18 @@ class Ledger:
         return self.engine.dialect.name
 
     def _ensure_schema(self) -> None:
-        try:
-            metadata.create_all(self.engine)
-        except (IntegrityError, OperationalError) as exc:
-            # Two processes creating the schema at once: the other one won.
-            if "exists" not in str(exc).lower() and "locked" not in str(exc).lower():
-                raise LedgerError(f"cannot create the ledger schema at {self.safe_url}: {exc}") from exc
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot open the ledger at {self.safe_url}: {exc.__class__.__name__}: {exc}") from exc
+        for attempt in range(10):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except (IntegrityError, OperationalError) as exc:
+                # Processes creating the schema at once: another made a table between this one's look and its
+                # CREATE (CI once saw a third process win the second round too). Look again.
+                if ("exists" not in str(exc).lower() and "locked" not in str(exc).lower()) or attempt == 9:
+                    raise LedgerError(f"cannot create the ledger schema at {self.safe_url}: {exc}") from exc
+                time.sleep(0.02 * (attempt + 1))
+            except SQLAlchemyError as exc:
+                raise LedgerError(f"cannot open the ledger at {self.safe_url}: {exc.__class__.__name__}: {exc}") from exc
 
     @property
     def safe_url(self) -> str:
