@@ -213,6 +213,10 @@ class Timeline:
         return value
 
 
+def _outside_parallel(me: int) -> threading.Thread:
+    raise RuntimeError(f"participant {me} handed the turn outside parallel()")  # a bug, never a user's
+
+
 class SimulatedClock:
     """A unit's virtual clock; see the module docstring."""
 
@@ -228,6 +232,8 @@ class SimulatedClock:
         self._order = itertools.count()
         self._turn: int | None = None  # the participant that may run; None: the unit's own thread
         self._participants = 0
+        self._threads: dict[int, threading.Thread] = {}  # the participants started, by lane
+        self._start: Callable[[int], threading.Thread] = _outside_parallel
         _bind(self)
         self._advance_timeline(start)
 
@@ -278,7 +284,7 @@ class SimulatedClock:
                         errors.append(exc)
             finally:
                 with self._cv:
-                    self._participants -= 1
+                    self._participants -= 1 + self._drop_unstarted()  # no items left for those
                     if self._participants == 0:
                         self._turn = None
                         finished.set()
@@ -288,20 +294,29 @@ class SimulatedClock:
         with self._cv:
             self._participants = count
             self._lanes = [threading.Condition(self._mutex) for _ in range(count)]
+            # A participant's thread starts when it first gets the turn: a unit whose work lets no time pass
+            # is done by its first participant alone, without starting the others.
+            self._threads = {}
+            self._start = lambda me: threading.Thread(target=participant, args=(me,), name=f"{name}-{me}",
+                                                      daemon=True)
             for me in range(count):  # everyone starts now, in lane order
                 heapq.heappush(self._queue, (self._now, next(self._order), me))
-        threads = [threading.Thread(target=participant, args=(me,), name=f"{name}-{me}", daemon=True)
-                   for me in range(count)]
-        for thread in threads:
-            thread.start()
-        with self._cv:
             self._hand_over()
         finished.wait()
-        for thread in threads:
+        for thread in list(self._threads.values()):
             thread.join()
         if errors:
             raise errors[0]
         return [results[i] for i in range(len(items))]
+
+    def _drop_unstarted(self) -> int:
+        """Take the participants that never got the turn out of the queue (lock held); how many."""
+        kept = [entry for entry in self._queue if entry[2] in self._threads]
+        dropped = len(self._queue) - len(kept)
+        if dropped:
+            heapq.heapify(kept)
+            self._queue = kept
+        return dropped
 
     def close(self) -> None:
         if self._timeline is not None:
@@ -314,7 +329,11 @@ class SimulatedClock:
         moment, _, who = heapq.heappop(self._queue)
         self._move_to(moment)
         self._turn = who
-        self._lanes[who].notify()
+        if who not in self._threads:
+            self._threads[who] = thread = self._start(who)
+            thread.start()
+        else:
+            self._lanes[who].notify()
 
     def _move_to(self, moment: float) -> None:
         """Time goes on to `moment`, paced (lock held)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 
 DEFAULT_IDLE = 1800.0
 STATE_NAME = "bigbang-warm-server.json"
+LOCK_NAME = "bigbang-warm-server.lock"  # held by the one serving process from its first moment
 
 
 def prefect_home() -> Path:
@@ -81,6 +83,8 @@ def start_in_background() -> bool:
     state = _read_state()
     if state is not None and _alive(int(state["pid"])):
         return False
+    if _starting_pid() is not None:  # one is booting: it writes the state file once it answers
+        return False
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "bigbang-warm-server.log", "ab")  # noqa: SIM115 - handed to the child
@@ -92,13 +96,51 @@ def start_in_background() -> bool:
 
 def stop() -> bool:
     state = _read_state()
-    if state is None:
+    pid = int(state["pid"]) if state is not None else _starting_pid()
+    if pid is None:
         return False
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(int(state["pid"]), signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
     with contextlib.suppress(OSError):
         state_file().unlink()
     return True
+
+
+def _lock_file() -> Path:
+    return prefect_home() / LOCK_NAME
+
+
+def _take_lock() -> int | None:
+    """The serving lock's descriptor, held until this process ends; None if another process holds it."""
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(_lock_file(), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _starting_pid() -> int | None:
+    """The process holding the serving lock (a server starting or running), if any."""
+    try:
+        fd = os.open(_lock_file(), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -136,6 +178,10 @@ def serve(idle: float) -> int:
     """Run the server until it has been idle for `idle` seconds (the background process's body)."""
     from bigbang.commands.server import server_env
 
+    # One server per Prefect home: a second run that starts one while the first is still booting (no state
+    # file yet) must not start a second server on the same database.
+    if _take_lock() is None:
+        return 0
     home = prefect_home()
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"

@@ -90,7 +90,7 @@ def poll_seconds() -> float:
     return float(os.environ.get("BIGBANG_DISPATCH_POLL_SECONDS", "2"))
 
 
-@task(name="dispatch-location", cache_policy=NO_CACHE, persist_result=False)
+@task(name="dispatch-location", task_run_name="location-{location_id}", cache_policy=NO_CACHE, persist_result=False)
 def dispatch_location(run_id: str, ledger_url: str | None, location_id: str) -> dict[str, Any]:
     """Run one location as a flow run of the location deployment and wait for it."""
     session = RunSession.attach(run_id, resolve_ledger(ledger_url))

@@ -38,7 +38,7 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
     register_prefect_secrets()
     ledger_ref = ledger_reference(ledger_url)  # a password given anyway goes no further
     ledger_url = resolve_ledger(ledger_url)
-    location_task = dispatching.location_task(dispatching.dispatch_mode(dispatch))
+    location_task = dispatching.location_task(dispatching.dispatch_mode(dispatch))  # run name: location-ID
     if run_id is None:
         if not inventory:
             raise ConfigError("the weekend flow needs a run_id, or an inventory to start a new run of")
@@ -60,8 +60,7 @@ def weekend(run_id: str | None = None, ledger_url: str | None = None, dispatch: 
         upstream = [waves[i] for i in loc.waits_for_waves] or [pre]
         if loc.after_location:
             upstream.append(futures[loc.after_location])
-        futures[loc.id] = location_task.with_options(task_run_name=f"location-{loc.id}").submit(
-            run_id, ledger_ref, loc.id, wait_for=upstream)
+        futures[loc.id] = location_task.submit(run_id, ledger_ref, loc.id, wait_for=upstream)  # named by its id
 
     crashed: dict[str, str] = {}
     for loc_id, future in futures.items():

@@ -167,6 +167,10 @@ def test_the_weekend_flow_run_in_the_prefect_ui_on_another_port(tmp_path, bb_env
                 "10 devices, 1 failed, 0 skipped") in ours
         assert ours[-1].startswith(f"run {RUN_ID} completed: 3 locations (2 succeeded, 1 completed with failures)")
         assert not any("sqlite:" in m or "ledger.db" in m for m in messages)
+        task_lines = [log["message"] for log in api_post(server.api_url, "/logs/filter", {  # type: ignore[union-attr]
+            "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}) if log["task_run_id"]]
+        assert any(m.startswith("location HST-001 ") for m in task_lines)  # the location's own line is there,
+        assert not any(m.startswith("Finished in state") for m in task_lines)  # Prefect's per-task one is not
 
         SCREENSHOTS.mkdir(exist_ok=True)
         page = chromium.new_page(viewport={"width": 1400, "height": 1000})

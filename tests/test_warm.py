@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -57,3 +60,40 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return "State:\tZ" not in status  # a zombie has stopped; only its exit status is left
+
+
+def test_a_second_server_started_while_the_first_boots_steps_aside_and_stop_reaches_a_booting_one(bb_env, tmp_path):
+    env = {**bb_env, "BIGBANG_WARM_SERVER": "1", "PREFECT_HOME": str(tmp_path / "prefect")}
+    serve = [sys.executable, "-m", "bigbang.warm", "--serve"]
+    first = subprocess.Popen(serve, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        lock = tmp_path / "prefect" / warm.LOCK_NAME
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lock.read_text().strip() == str(first.pid)
+        assert not (tmp_path / "prefect" / warm.STATE_NAME).exists()  # still booting: no state file yet
+
+        second = subprocess.run(serve, env=env, stdin=subprocess.DEVNULL, timeout=60)
+        assert second.returncode == 0 and first.poll() is None  # it stepped aside; the first one goes on
+        assert not with_env(env, warm.start_in_background)()  # nor does a run start another
+
+        assert with_env(env, warm.stop)()  # found through the lock, before it has a state file
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert not with_env(env, warm.stop)()  # nothing left to stop
+
+
+def with_env(env: dict[str, str], function):
+    def call():
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            return function()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    return call

@@ -143,6 +143,10 @@ intents = Table(
     Column("settled_at", Float),
     Column("outcome", String(20)),
 )
+# The open intents of a run, the few in flight: every location's runner reads them once (a run's whole intents,
+# 10,000 and more, scanned each time before). Ledgers made before it get it when next opened (Ledger).
+open_intents_index = Index("ix_intents_open", intents.c.run_id, sqlite_where=intents.c.settled_at.is_(None),
+                           postgresql_where=intents.c.settled_at.is_(None))
 
 # The frozen plan: what a run does, written once at start (a new version only on an explicit
 # `--accept-inventory-changes`). Everyone reads the plan from here, never from the inventory's YAML.
