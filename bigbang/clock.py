@@ -294,8 +294,8 @@ class SimulatedClock:
         with self._cv:
             self._participants = count
             self._lanes = [threading.Condition(self._mutex) for _ in range(count)]
-            # A participant's thread starts when it first gets the turn: a unit whose work lets no time pass
-            # is done by its first participant alone, without starting the others.
+            # The first participant's thread starts at once, the others' only once the unit's time passes:
+            # a unit whose work lets no time pass is done by the first alone, without starting the others.
             self._threads = {}
             self._start = lambda me: threading.Thread(target=participant, args=(me,), name=f"{name}-{me}",
                                                       daemon=True)
@@ -330,8 +330,11 @@ class SimulatedClock:
         self._move_to(moment)
         self._turn = who
         if who not in self._threads:
-            self._threads[who] = thread = self._start(who)
-            thread.start()
+            # The first start, or the first time this unit's time passes: from then on its participants
+            # take turns, so all of them start now, in one go (each waits for its turn on its lane).
+            for me in [who] if not self._threads else [m for _, _, m in self._queue if m not in self._threads] + [who]:
+                self._threads[me] = thread = self._start(me)
+                thread.start()
         else:
             self._lanes[who].notify()
 
