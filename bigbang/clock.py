@@ -329,14 +329,18 @@ class SimulatedClock:
         moment, _, who = heapq.heappop(self._queue)
         self._move_to(moment)
         self._turn = who
-        if who not in self._threads:
-            # The first start, or the first time this unit's time passes: from then on its participants
-            # take turns, so all of them start now, in one go (each waits for its turn on its lane).
-            for me in [who] if not self._threads else [m for _, _, m in self._queue if m not in self._threads] + [who]:
-                self._threads[me] = thread = self._start(me)
-                thread.start()
-        else:
+        if who in self._threads:
             self._lanes[who].notify()
+        elif not self._threads:  # the first start
+            self._start_participants([who])
+        else:  # the first time this unit's time passes: from then on its participants take turns
+            self._start_participants([m for _, _, m in self._queue if m not in self._threads] + [who])
+
+    def _start_participants(self, lanes: list[int]) -> None:
+        """Start these participants' threads, in one go; each waits for its turn on its lane (lock held)."""
+        for me in lanes:
+            self._threads[me] = thread = self._start(me)
+            thread.start()
 
     def _move_to(self, moment: float) -> None:
         """Time goes on to `moment`, paced (lock held)."""

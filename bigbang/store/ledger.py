@@ -90,6 +90,20 @@ _CLOCK_END = select(func.max(steps.c.clock_end),
                     func.sum(case((steps.c.status == StepStatus.SUCCEEDED.value, 1), else_=0))).where(and_(
     steps.c.run_id == bindparam("run_id"), steps.c.step_id.in_(bindparam("step_ids", expanding=True))))
 
+# The reads each location makes (its verdict, its steps, the run's halt, its sign-off, the lease): built with
+# bound parameters, SQLAlchemy finds them in its cache instead of building and keying them again (~0.3 ms a read).
+_HALTED = select(runs.c.halted_reason, runs.c.halted_clock).where(runs.c.run_id == bindparam("run_id"))
+_LOCATION = select(locations).where(and_(
+    locations.c.run_id == bindparam("run_id"), locations.c.location_id == bindparam("location_id")))
+_SIGNOFF = select(signoffs).where(and_(
+    signoffs.c.run_id == bindparam("run_id"), signoffs.c.location_id == bindparam("location_id")))
+_LEASE = select(leases).where(and_(leases.c.run_id == bindparam("run_id"), leases.c.scope == bindparam("scope")))
+_OPEN_INTENTS = select(intents.c.step_id, intents.c.attempt).where(and_(
+    intents.c.run_id == bindparam("run_id"), intents.c.settled_at.is_(None)))
+_STEPS_OF_SCOPE = select(steps).where(and_(steps.c.run_id == bindparam("run_id"), steps.c.scope == bindparam("scope")))
+_STEPS_AMONG = select(steps).where(and_(
+    steps.c.run_id == bindparam("run_id"), steps.c.step_id.in_(bindparam("step_ids", expanding=True))))
+
 _SETTLE_INTENT = text("UPDATE intents SET settled_at = :settled_at, outcome = :outcome "
                       "WHERE run_id = :run_id AND step_id = :step_id AND settled_at IS NULL")
 
@@ -471,7 +485,7 @@ class Ledger:
     def halted_reason(self, run_id: str, by: float | None = None) -> str | None:
         """Why the rollout halted; with `by`, only if it halted at or before that moment on the run's clock."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(runs.c.halted_reason, runs.c.halted_clock).where(runs.c.run_id == run_id)).first()
+            row = conn.execute(_HALTED, {"run_id": run_id}).first()
         if row is None or row[0] is None:
             return None
         if by is not None and row[1] is not None and row[1] > by:
@@ -507,8 +521,7 @@ class Ledger:
     # ------------------------------------------------------------ leases (who executes a run)
     def lease(self, run_id: str, scope: str = RUN_SCOPE) -> Lease | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(leases).where(and_(leases.c.run_id == run_id, leases.c.scope == scope))
-                               ).mappings().first()
+            row = conn.execute(_LEASE, {"run_id": run_id, "scope": scope}).mappings().first()
         return Lease(**dict(row)) if row else None
 
     def acquire_lease(self, run_id: str, scope: str = RUN_SCOPE, *, ttl: float | None = None,
@@ -643,8 +656,7 @@ class Ledger:
     def open_intents(self, run_id: str) -> dict[str, int]:
         """step id -> attempt of every intent without a recorded outcome (its process died in between)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(intents.c.step_id, intents.c.attempt).where(and_(
-                intents.c.run_id == run_id, intents.c.settled_at.is_(None)))).all()
+            rows = conn.execute(_OPEN_INTENTS, {"run_id": run_id}).all()
         return {step_id: attempt for step_id, attempt in rows}
 
     # ------------------------------------------------------------ steps (queued writes)
@@ -911,15 +923,19 @@ class Ledger:
                      with_facts: bool = True) -> dict[str, StepRecord]:
         """step id -> its record; `with_facts=False` leaves out what the devices reported (`facts` None), which
         a report of the whole run does not show and which costs most of reading 30,000 records."""
-        columns = steps.c if with_facts else [c for c in steps.c if c.name != "facts"]
-        query = select(*columns).where(steps.c.run_id == run_id)
-        if scope is not None:
-            query = query.where(steps.c.scope == scope)
         ids = list(step_ids) if step_ids is not None else None
-        if ids is not None:
-            query = query.where(steps.c.step_id.in_(ids))
+        if with_facts and (scope is None) != (ids is None):  # what each location reads: built once
+            query, params = ((_STEPS_OF_SCOPE, {"run_id": run_id, "scope": scope}) if ids is None
+                             else (_STEPS_AMONG, {"run_id": run_id, "step_ids": ids}))
+        else:
+            columns = steps.c if with_facts else [c for c in steps.c if c.name != "facts"]
+            query, params = select(*columns).where(steps.c.run_id == run_id), {}
+            if scope is not None:
+                query = query.where(steps.c.scope == scope)
+            if ids is not None:
+                query = query.where(steps.c.step_id.in_(ids))
         with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+            rows = conn.execute(query, params).mappings().all()
         return {r["step_id"]: _record(r) for r in rows}
 
     def location_results(self, run_id: str) -> dict[str, dict[str, Any]]:
@@ -929,8 +945,7 @@ class Ledger:
 
     def location_result(self, run_id: str, location_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(locations).where(and_(
-                locations.c.run_id == run_id, locations.c.location_id == location_id))).mappings().first()
+            row = conn.execute(_LOCATION, {"run_id": run_id, "location_id": location_id}).mappings().first()
         return dict(row) if row else None
 
     def progress(self, run_id: str) -> dict[tuple[str, str, str], int]:
@@ -963,8 +978,7 @@ class Ledger:
 
     def signoff(self, run_id: str, location_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(signoffs).where(
-                and_(signoffs.c.run_id == run_id, signoffs.c.location_id == location_id))).mappings().first()
+            row = conn.execute(_SIGNOFF, {"run_id": run_id, "location_id": location_id}).mappings().first()
         return dict(row) if row else None
 
     # ------------------------------------------------------------ field problems
