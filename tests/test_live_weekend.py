@@ -125,7 +125,7 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
             return process
 
         workers = {region: worker(f"worker-{region}", region) for region in ("nord", "syd")}
-        spaces = {net_namespace(w.pid) for w in workers.values()}
+        spaces = {net_namespace(w) for w in workers.values()}
         assert len(spaces) == 2 and os.readlink("/proc/self/ns/net") not in spaces, "a worker machine each"
 
         slow_link = lab.netem(next(s for s in lab.sites if s.id == SLOW))
@@ -339,12 +339,15 @@ def test_live_weekend_through_prefect_on_the_lab(tmp_path, bb_env, prefect_serve
         lab.stop()
 
 
-def net_namespace(pid: int) -> str:
-    """The network namespace of a process started through `ip netns exec` (once it has become the command)."""
+def net_namespace(process: subprocess.Popen) -> str:
+    """The network namespace of a process started through `ip netns exec NAME COMMAND...`, once it has
+    become COMMAND (before, it is this process's fork, then `ip`, both still in this namespace)."""
+    command = [os.fsencode(arg) for arg in list(process.args)[4:]]
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ip\0") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return os.readlink(f"/proc/{pid}/ns/net")
+    while (Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")[:len(command)] != command
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    return os.readlink(f"/proc/{process.pid}/ns/net")
 
 
 def xen_vms(lab: Lab) -> list[dict]:
