@@ -255,3 +255,20 @@ def test_faults_are_soap_faults_even_for_broken_requests(wsman_http_lab):
     send = envelope.replace("urn:nothing", "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Send")
     broken = _soap_fault(requests.post(url, data=send, auth=auth, headers=headers, timeout=10))
     assert broken["status"] == 500 and broken["code"] in ("s:Sender", "s:Receiver") and broken["machine"] == "srv-faults"
+
+
+def test_a_client_that_never_finishes_its_handshake_holds_up_no_one(wsman_lab, host):
+    """Each TLS handshake runs in its request thread: a client stalled mid-handshake (a lossy link, a killed
+    worker) does not keep the next one from connecting."""
+    import socket
+
+    stalled = [socket.create_connection((host.address, wsman_lab.port), timeout=5) for _ in range(3)]
+    try:
+        stalled[0].sendall(b"\x16\x03\x01")  # the start of a ClientHello, never finished
+        started = time.monotonic()
+        result = pywinrm_session(wsman_lab, host, operation_timeout_sec=4, read_timeout_sec=6).run_cmd("echo ok")
+        assert (result.status_code, result.std_out) == (0, b"ok\n")
+        assert time.monotonic() - started < 4.0
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -48,6 +48,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.peers import free_port
+from tests.peers.tls import HandshakeInRequestThread, tls_listener
 from tests.peers.wsman_server import _make_certificates  # the same throwaway lab CA as the WS-Man peer
 
 COMMANDS = ("reboot", "shutdown", "wakeup", "settings2tc", "tcreset2facdefs")
@@ -102,11 +103,11 @@ class ImiServer:
         self.requests: Counter[str] = Counter()
         self.logins = 0
         self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
+        self.httpd = _Server(("127.0.0.1", self.port), _handler(self))
         self.httpd.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd.socket = tls_listener(context, self.httpd.socket)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="imi-server", daemon=True)
         self.thread.start()
 
@@ -328,6 +329,10 @@ def _endpoint(method: str, path: str, query: dict[str, str]) -> str:
     name = "/".join("{id}" if p.isdigit() else p for p in path.split("/") if p)
     keep = {k: v for k, v in query.items() if k in ("command", "operation", "facets")}
     return f"{method} {name}" + ("?" + "&".join(f"{k}={v}" for k, v in sorted(keep.items())) if keep else "")
+
+
+class _Server(HandshakeInRequestThread, ThreadingHTTPServer):
+    daemon_threads = True
 
 
 def _handler(lab: ImiServer) -> type[BaseHTTPRequestHandler]:

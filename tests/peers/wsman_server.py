@@ -42,6 +42,7 @@ from xml.sax.saxutils import escape
 import pytest
 
 from tests.peers import free_port
+from tests.peers.tls import HandshakeInRequestThread, tls_listener
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -173,7 +174,7 @@ class WsmanLab:
             server = _Server((host.address, self.port), _Handler)
             server.lab, server.host = self, host
             if self.ssl_context is not None:
-                server.socket = self.ssl_context.wrap_socket(server.socket, server_side=True)
+                server.socket = tls_listener(self.ssl_context, server.socket)
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
                              name=f"wsman-{host.name}").start()
             host.server = server
@@ -244,7 +245,7 @@ class WsmanLab:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(HandshakeInRequestThread, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     lab: WsmanLab

@@ -36,6 +36,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 import pytest
 
 from tests.peers import free_port
+from tests.peers.tls import HandshakeInRequestThread, tls_listener
 
 GiB = 1024 ** 3
 NULL = "OpaqueRef:NULL"
@@ -106,7 +107,7 @@ class XapiPool:
         self._servers = []
         for host_ref, address in ((self.master_ref, self.master_address), (self.member_ref, self.member_address)):
             server = _Server((address, self.port), _Handler, logRequests=False, allow_none=True)
-            server.socket = context.wrap_socket(server.socket, server_side=True)
+            server.socket = tls_listener(context, server.socket)
             server.register_instance(_Dispatcher(self, host_ref))
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
                              name=f"xapi-{address}").start()
@@ -744,7 +745,7 @@ class _Handler(SimpleXMLRPCRequestHandler):
     rpc_paths = ("/", "/RPC2")
 
 
-class _Server(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
+class _Server(HandshakeInRequestThread, socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     daemon_threads = True
     allow_reuse_address = True
 
