@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from greenlet import GreenletExit, getcurrent, greenlet
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -213,27 +215,23 @@ class Timeline:
         return value
 
 
-def _outside_parallel(me: int) -> threading.Thread:
-    raise RuntimeError(f"participant {me} handed the turn outside parallel()")  # a bug, never a user's
-
-
 class SimulatedClock:
-    """A unit's virtual clock; see the module docstring."""
+    """A unit's virtual clock; see the module docstring.
+
+    Only one participant of a unit ever runs at a time, so participants are greenlets on the unit's own
+    thread, not threads: handing the turn over is a switch of a few microseconds, not a thread wake-up
+    through the kernel and the GIL (with threads, a realistic-duration Holstebro rehearsal started ~900
+    and spent most of its time handing over between them)."""
 
     def __init__(self, start: float, pace: Pace, timeline: Timeline | None = None, unit: str = ""):
         self._now = start
         self._pace = pace
         self._timeline = timeline
         self._unit = unit
-        self._mutex = threading.RLock()
-        self._cv = threading.Condition(self._mutex)
-        self._lanes: list[threading.Condition] = []  # one per participant, on the same lock: a hand-over wakes one
         self._queue: list[tuple[float, int, int]] = []  # (wake-up, order, participant)
         self._order = itertools.count()
-        self._turn: int | None = None  # the participant that may run; None: the unit's own thread
-        self._participants = 0
-        self._threads: dict[int, threading.Thread] = {}  # the participants started, by lane
-        self._start: Callable[[int], threading.Thread] = _outside_parallel
+        self._lanes: dict[greenlet, int] = {}  # the participants of the parallel() running, and their lane
+        self._scheduler: greenlet | None = None  # where a participant that waits hands the turn back to
         _bind(self)
         self._advance_timeline(start)
 
@@ -244,113 +242,70 @@ class SimulatedClock:
         self.sleep_until(self._now + max(0.0, seconds))
 
     def sleep_until(self, moment: float) -> None:
-        if moment <= self._now:  # no time passes: the turn stays (a hand-over here would only cost a thread switch)
+        if moment <= self._now:  # no time passes: the turn stays
             return
-        me = getattr(_current, "participant", None)
-        with self._cv:
-            if me is None or self._participants == 0:  # the unit's own thread, alone
-                self._move_to(moment)
-                return
-            wake = max(moment, self._now)
-            if not self._queue or self._queue[0][0] > wake:  # the next to run anyway: keep the turn
-                self._move_to(wake)
-                return
-            heapq.heappush(self._queue, (wake, next(self._order), me))
-            self._hand_over()
-            lane = self._lanes[me]
-            while self._turn != me:
-                lane.wait()
+        me = self._lanes.get(getcurrent()) if self._lanes else None
+        if me is None or self._scheduler is None:  # the unit's own work, outside parallel()
+            self._move_to(moment)
+            return
+        if not self._queue or self._queue[0][0] > moment:  # the next to run anyway: keep the turn
+            self._move_to(moment)
+            return
+        heapq.heappush(self._queue, (moment, next(self._order), me))
+        self._scheduler.switch()  # back here once this participant is the earliest to wake
 
     def parallel(self, items: Sequence[T], work: Callable[[T], R], width: int, name: str) -> list[R]:
         if not items:
             return []
+        if self._lanes:
+            raise RuntimeError(f"{name}: parallel() inside parallel() on one clock")  # a bug, never a user's
         todo = iter(enumerate(items))
         results: dict[int, R] = {}
         errors: list[BaseException] = []
-        count = max(1, min(width, len(items)))
-        finished = threading.Event()
+        exhausted = False
 
-        def participant(me: int) -> None:
-            _bind(self)
-            _current.participant = me
-            with self._cv:
-                while self._turn != me:
-                    self._lanes[me].wait()
-            try:
-                for index, item in todo:  # only the participant holding the turn pulls the next item
-                    try:
-                        results[index] = work(item)
-                    except BaseException as exc:  # noqa: BLE001 - handed to the unit's thread below
-                        errors.append(exc)
-            finally:
-                with self._cv:
-                    self._participants -= 1 + self._drop_unstarted()  # no items left for those
-                    if self._participants == 0:
-                        self._turn = None
-                        finished.set()
-                    else:
-                        self._hand_over()
+        def participant() -> None:
+            nonlocal exhausted
+            for index, item in todo:  # only the participant holding the turn pulls the next item
+                try:
+                    results[index] = work(item)
+                except (GreenletExit, KeyboardInterrupt, SystemExit):
+                    raise  # not the work's failure: parallel() itself ends with it
+                except BaseException as exc:  # noqa: BLE001 - raised from parallel() below
+                    errors.append(exc)
+            exhausted = True
 
-        with self._cv:
-            self._participants = count
-            self._lanes = [threading.Condition(self._mutex) for _ in range(count)]
-            # The first participant's thread starts at once, the others' only once the unit's time passes:
-            # a unit whose work lets no time pass is done by the first alone, without starting the others.
-            self._threads = {}
-            self._start = lambda me: threading.Thread(target=participant, args=(me,), name=f"{name}-{me}",
-                                                      daemon=True)
-            for me in range(count):  # everyone starts now, in lane order
-                heapq.heappush(self._queue, (self._now, next(self._order), me))
-            self._hand_over()
-        finished.wait()
-        for thread in list(self._threads.values()):
-            thread.join()
+        scheduler = getcurrent()
+        lanes = [greenlet(participant, parent=scheduler) for _ in range(max(1, min(width, len(items))))]
+        bound = getattr(_current, "clock", None)
+        _bind(self)  # what the work asks current_clock() for
+        self._lanes = {lane: me for me, lane in enumerate(lanes)}
+        self._scheduler = scheduler
+        self._queue = [(self._now, next(self._order), me) for me in range(len(lanes))]  # all start now, in order
+        try:
+            while self._queue:
+                moment, _, me = heapq.heappop(self._queue)
+                lane = lanes[me]
+                if exhausted and not lane:  # never started, and no item is left for it: time stays
+                    continue
+                self._move_to(moment)
+                lane.switch()  # it runs until it waits (queued again) or has no item left
+        finally:
+            self._lanes, self._scheduler, self._queue = {}, None, []
+            _current.clock = bound
         if errors:
             raise errors[0]
         return [results[i] for i in range(len(items))]
-
-    def _drop_unstarted(self) -> int:
-        """Take the participants that never got the turn out of the queue (lock held); how many."""
-        kept = [entry for entry in self._queue if entry[2] in self._threads]
-        dropped = len(self._queue) - len(kept)
-        if dropped:
-            heapq.heapify(kept)
-            self._queue = kept
-        return dropped
 
     def close(self) -> None:
         if self._timeline is not None:
             self._timeline.done(self._unit)
 
-    def _hand_over(self) -> None:
-        """Give the turn to the earliest waiting participant, moving time to its wake-up (lock held)."""
-        if not self._queue:
-            return
-        moment, _, who = heapq.heappop(self._queue)
-        self._move_to(moment)
-        self._turn = who
-        if who in self._threads:
-            self._lanes[who].notify()
-        elif not self._threads:  # the first start
-            self._start_participants([who])
-        else:  # the first time this unit's time passes: from then on its participants take turns
-            self._start_participants([m for _, _, m in self._queue if m not in self._threads] + [who])
-
-    def _start_participants(self, lanes: list[int]) -> None:
-        """Start these participants' threads, in one go; each waits for its turn on its lane (lock held)."""
-        for me in lanes:
-            self._threads[me] = thread = self._start(me)
-            thread.start()
-
     def _move_to(self, moment: float) -> None:
-        """Time goes on to `moment`, paced (lock held)."""
+        """Time goes on to `moment`, paced."""
         if moment <= self._now:
             return
-        self._cv.release()  # pacing must not hold up the other threads' bookkeeping
-        try:
-            self._pace.wait_for(moment)
-        finally:
-            self._cv.acquire()
+        self._pace.wait_for(moment)
         self._now = moment
         self._advance_timeline(moment)
 
