@@ -28,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bigbang import prefect_db
+
 DEFAULT_IDLE = 1800.0
 STATE_NAME = "bigbang-warm-server.json"
 LOCK_NAME = "bigbang-warm-server.lock"  # held by the one serving process from its first moment
@@ -188,6 +190,7 @@ def serve(idle: float) -> int:
     env = server_env(None, None)
     env.pop("PREFECT_API_URL", None)
     env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home / 'bigbang-warm.db'}"
+    prefect_db.seed(home / "bigbang-warm.db", chosen_by_bigbang=True)  # a new one: migrated already
     child = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                               "--port", str(port)], env=env, stdin=subprocess.DEVNULL)
 
@@ -263,6 +266,7 @@ class EmbeddedServer:
             return None
         home = prefect_home()
         home.mkdir(parents=True, exist_ok=True)
+        prefect_db.seed(home / "prefect.db")  # a new home: a migrated database instead of Prefect's migrations
         port = _free_port()
         env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
         env.pop("PREFECT_API_URL", None)

@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bigbang import warm
+from bigbang import prefect_db, warm
 from bigbang.errors import LeaseHeld, LedgerError, RunError, UserError
 from bigbang.prefect_env import apply_defaults
 from bigbang.progress import RunMonitor, summary_table
@@ -221,6 +221,8 @@ def _run(args: argparse.Namespace, state: _Running) -> int:
         os.environ.pop("PREFECT_API_URL", None)  # ours, not the user's: the warm server below must not see it
     if warm_url is None:
         warm.start_in_background()  # the next run starts warm
+    if embedded is not None:
+        prefect_db.make_in_background()  # once per machine: the next new Prefect home skips the migrations
     code = _summarise(session, console, time.monotonic() - started, args.strict)
     session.close_quietly()
     return code
