@@ -31,6 +31,12 @@ from typing import Any
 from bigbang import prefect_db
 
 DEFAULT_IDLE = 1800.0
+# Prefect services the warm server leaves off: they act on deployments, workers, schedules and
+# automations, which a local `bigbang run` does not use (distributed runs go to `bigbang server`), and
+# the triggers alone evaluate every event of a run (~0.8 s of the server's CPU in a Holstebro rehearsal,
+# taken from the cores the run itself uses). Events, task-run records and logs are kept, for the UI.
+LOCAL_RUNS_NEED_NOT = ("TRIGGERS", "SCHEDULER", "LATE_RUNS", "FOREMAN", "REPOSSESSOR", "CANCELLATION_CLEANUP",
+                       "DB_VACUUM", "CLEANUP_RECONCILER")
 STATE_NAME = "bigbang-warm-server.json"
 LOCK_NAME = "bigbang-warm-server.lock"  # held by the one serving process from its first moment
 
@@ -190,6 +196,7 @@ def serve(idle: float) -> int:
     env = server_env(None, None)
     env.pop("PREFECT_API_URL", None)
     env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home / 'bigbang-warm.db'}"
+    env.update({f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in LOCAL_RUNS_NEED_NOT})
     prefect_db.seed(home / "bigbang-warm.db", chosen_by_bigbang=True)  # a new one: migrated already
     child = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                               "--port", str(port)], env=env, stdin=subprocess.DEVNULL)

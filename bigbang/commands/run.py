@@ -136,10 +136,10 @@ def _run(args: argparse.Namespace, state: _Running) -> int:
     # the inventory) is frozen out of the collector's sight once loaded, below.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     apply_defaults()
-    warm_url = warm.use()  # a warm local Prefect server from an earlier run, if one is up
+    local = (args.dispatch or os.environ.get("BIGBANG_DISPATCH") or "local") == "local"
+    warm_url = warm.use() if local else None  # a warm local Prefect server from an earlier run, if one is up
     embedded = None
-    if warm_url is None and not os.environ.get("PREFECT_API_URL") and (
-            args.dispatch or os.environ.get("BIGBANG_DISPATCH") or "local") == "local":
+    if warm_url is None and not os.environ.get("PREFECT_API_URL") and local:
         # Prefect's embedded server, booting in its own process from now on; Prefect reads its URL on import
         embedded = state.embedded = warm.EmbeddedServer.start()
         if embedded is not None:
@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace, state: _Running) -> int:
             monitor.stop()
     if embedded is not None:
         os.environ.pop("PREFECT_API_URL", None)  # ours, not the user's: the warm server below must not see it
-    if warm_url is None:
+    if warm_url is None and local:
         warm.start_in_background()  # the next run starts warm
     if embedded is not None:
         prefect_db.make_in_background()  # once per machine: the next new Prefect home skips the migrations
