@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bigbang.user_dirs import cache_root
+
 TEMPLATE_ENV = "BIGBANG_PREFECT_TEMPLATE"
 # Where Prefect reads a database URL from the environment (its current and its older setting name).
 _DATABASE_SETTINGS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
@@ -47,9 +49,7 @@ def _prefect_version() -> str | None:
 
 
 def template_dir() -> Path:
-    base = os.environ.get("BIGBANG_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "bigbang")
-    return Path(base) / "prefect-db"
+    return cache_root() / "prefect-db"
 
 
 def template_path() -> Path | None:
@@ -79,6 +79,10 @@ def seed(database: Path, *, chosen_by_bigbang: bool = False) -> bool:
     try:
         shutil.copyfile(template, partial)
         os.chmod(partial, 0o600)
+        if not _revision(partial):  # a damaged template: make it again, and let Prefect migrate this once
+            with contextlib.suppress(OSError):
+                template.unlink()
+            return False
         os.link(partial, database)
     except FileExistsError:
         return False
@@ -88,6 +92,16 @@ def seed(database: Path, *, chosen_by_bigbang: bool = False) -> bool:
         with contextlib.suppress(OSError):
             partial.unlink()
     return True
+
+
+def _revision(database: Path) -> str | None:
+    """The alembic revision a Prefect database records, None if it cannot be read as one."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def _lock_file() -> Path:
@@ -164,12 +178,12 @@ def make() -> int:
                 print(f"Prefect's migration failed ({done.returncode}): {done.stderr[-2000:]}", file=sys.stderr)
                 return 1
             with contextlib.closing(sqlite3.connect(partial)) as conn:
-                if not conn.execute("SELECT version_num FROM alembic_version").fetchone():
-                    print("Prefect's migration left no revision behind", file=sys.stderr)
-                    return 1
                 # One self-contained file: nothing left in a write-ahead log beside it.
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.execute("PRAGMA journal_mode=DELETE")
+            if not _revision(partial):
+                print("Prefect's migration left no revision behind", file=sys.stderr)
+                return 1
             os.chmod(partial, 0o600)
             os.replace(partial, template)
             print(f"made {template} in {time.monotonic() - started:.1f} s", file=sys.stderr)

@@ -68,7 +68,13 @@ def test_a_database_that_exists_or_that_the_user_chose_is_left_alone(tmp_path, m
     assert template is not None
     assert not prefect_db.seed(tmp_path / "home" / "prefect.db")  # no template yet: Prefect migrates
     template.parent.mkdir(parents=True)
-    template.write_bytes(b"the template")
+    template.write_bytes(b"not a database")  # damaged: removed, to be made again; Prefect migrates this home
+    assert not prefect_db.seed(tmp_path / "damaged" / "prefect.db")
+    assert not template.exists() and not (tmp_path / "damaged" / "prefect.db").exists()
+    with sqlite3.connect(template) as conn:  # what the template holds that seed() checks: a revision
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('a3b9c7d2e5f1')")
+    made = template.read_bytes()
 
     existing = tmp_path / "used" / "prefect.db"
     existing.parent.mkdir()
@@ -94,5 +100,5 @@ def test_a_database_that_exists_or_that_the_user_chose_is_left_alone(tmp_path, m
 
     fresh = tmp_path / "fresh" / "prefect.db"
     assert prefect_db.seed(fresh)
-    assert fresh.read_bytes() == b"the template" and fresh.stat().st_mode & 0o077 == 0
+    assert fresh.read_bytes() == made and fresh.stat().st_mode & 0o077 == 0
     assert not any(p.name.endswith(".seeding") for p in fresh.parent.iterdir())

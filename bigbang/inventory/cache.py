@@ -22,6 +22,7 @@ from pathlib import Path
 import pydantic
 
 from bigbang.inventory.model import Inventory
+from bigbang.user_dirs import cache_root
 
 CACHE_ENV = "BIGBANG_INVENTORY_CACHE"
 KEEP = 8  # entries kept; the oldest go first
@@ -33,11 +34,7 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    """$BIGBANG_CACHE, else the user's cache directory (XDG): a cache, not a run's state, so a read-only
-    command (`validate`, `plan`) writes nothing into the working directory."""
-    base = os.environ.get("BIGBANG_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "bigbang")
-    return Path(base) / "inventory"
+    return cache_root() / "inventory"
 
 
 def _code_fingerprint() -> bytes:
