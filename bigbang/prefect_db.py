@@ -97,7 +97,8 @@ def seed(database: Path, *, chosen_by_bigbang: bool = False) -> bool:
 def _revision(database: Path) -> str | None:
     """The alembic revision a Prefect database records, None if it cannot be read as one."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        # as_uri() escapes what a URI would misread in the path ("?", "#", "%", spaces)
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as conn:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     except sqlite3.Error:
         return None

@@ -98,7 +98,7 @@ def test_a_database_that_exists_or_that_the_user_chose_is_left_alone(tmp_path, m
     assert not prefect_db.make_in_background()
     monkeypatch.delenv(prefect_db.TEMPLATE_ENV)
 
-    fresh = tmp_path / "fresh" / "prefect.db"
+    fresh = tmp_path / "a home #1 at 100% ?" / "prefect.db"  # what a URI would misread, in the path
     assert prefect_db.seed(fresh)
     assert fresh.read_bytes() == made and fresh.stat().st_mode & 0o077 == 0
     assert not any(p.name.endswith(".seeding") for p in fresh.parent.iterdir())
